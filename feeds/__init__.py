@@ -1,0 +1,1 @@
+"""Feed adapters, the sans-I/O market book and the book processor."""

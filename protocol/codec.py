@@ -1,0 +1,77 @@
+"""Encoders and decoders, built once at import and shared by every caller.
+
+Servers encode each message once per wire format and hand the same bytes to every
+subscriber; clients and tests decode with :func:`decode_server`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgspec
+
+from protocol.errors import ErrorCode, ProtocolError
+from protocol.types import ClientCommand, ServerMessage
+
+_json_encoder = msgspec.json.Encoder(decimal_format="string")
+_server_decoder: msgspec.json.Decoder[ServerMessage] = msgspec.json.Decoder(ServerMessage)
+_client_decoder: msgspec.json.Decoder[ClientCommand] = msgspec.json.Decoder(ClientCommand)
+_raw_decoder = msgspec.json.Decoder()
+_msgpack_encoder = msgspec.msgpack.Encoder(decimal_format="string")
+_msgpack_server_decoder: msgspec.msgpack.Decoder[ServerMessage] = msgspec.msgpack.Decoder(
+    ServerMessage
+)
+
+COMMAND_TYPES: frozenset[str] = frozenset({"subscribe", "unsubscribe", "resume", "ping"})
+
+
+def encode(message: msgspec.Struct) -> bytes:
+    """Encode any protocol message as compact JSON bytes."""
+    return _json_encoder.encode(message)
+
+
+def encode_msgpack(message: msgspec.Struct) -> bytes:
+    """Encode any protocol message as MessagePack (the binary option)."""
+    return _msgpack_encoder.encode(message)
+
+
+def decode_server(data: bytes | str) -> ServerMessage:
+    """Decode one server-to-client JSON message. Raises :class:`msgspec.DecodeError`."""
+    return _server_decoder.decode(data)
+
+
+def decode_server_msgpack(data: bytes) -> ServerMessage:
+    """Decode one server-to-client MessagePack message."""
+    return _msgpack_server_decoder.decode(data)
+
+
+def decode_command(data: bytes | str) -> ClientCommand:
+    """Decode one client command, or raise :class:`ProtocolError` with the precise code.
+
+    The command's ``id`` is carried on the error whenever it could be read, so the
+    client can match the error to its request.
+    """
+    try:
+        return _client_decoder.decode(data)
+    except msgspec.DecodeError:
+        pass  # Fall through to find out precisely what is wrong, for the error frame.
+    try:
+        raw: Any = _raw_decoder.decode(data)
+    except msgspec.DecodeError as exc:
+        raise ProtocolError(ErrorCode.BAD_JSON, f"not valid JSON: {exc}") from None
+    if not isinstance(raw, dict):
+        raise ProtocolError(ErrorCode.BAD_JSON, "a command must be a JSON object")
+    raw_id = raw.get("id")
+    command_id = raw_id if isinstance(raw_id, str | int) and not isinstance(raw_id, bool) else None
+    kind = raw.get("type")
+    if not isinstance(kind, str) or kind not in COMMAND_TYPES:
+        raise ProtocolError(
+            ErrorCode.UNKNOWN_TYPE,
+            f"unknown command type {kind!r}; expected one of {sorted(COMMAND_TYPES)}",
+            command_id,
+        )
+    try:
+        command: ClientCommand = msgspec.convert(raw, ClientCommand)
+        return command
+    except msgspec.ValidationError as exc:
+        raise ProtocolError(ErrorCode.INVALID, f"invalid {kind}: {exc}", command_id) from None

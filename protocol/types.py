@@ -1,0 +1,234 @@
+"""Domain and wire types of the oddstream protocol (``oddstream.v1``).
+
+Every server-to-client message is a JSON object tagged by ``type``; every client command
+likewise. These Structs are the single source of truth: the JSON Schema and AsyncAPI
+documents in ``docs/`` are generated from them (``python -m protocol.schema``).
+
+Prices are :class:`decimal.Decimal` and travel as JSON strings (``"2.10"``), so a price
+round-trips exactly between feed, server and screen: no binary-float drift.
+"""
+
+from __future__ import annotations
+
+from decimal import Decimal
+from typing import Literal
+
+import msgspec
+from msgspec import UNSET, UnsetType
+
+MarketStatus = Literal["open", "suspended", "closed", "settled", "voided"]
+SelectionStatus = Literal["active", "removed", "winner", "loser", "void"]
+EventPhase = Literal["pre", "live", "ended"]
+
+#: Market states after which no price or status may change again.
+FINAL_MARKET_STATES: frozenset[str] = frozenset({"settled", "voided"})
+
+
+class Selection(msgspec.Struct, frozen=True, omit_defaults=True):
+    """One outcome of a market, in full."""
+
+    selection_id: str
+    name: str
+    price: Decimal | None = None
+    status: SelectionStatus = "active"
+
+
+class SelectionChange(msgspec.Struct, frozen=True, omit_defaults=True):
+    """The fields of one selection that changed; absent fields are unchanged.
+
+    A selection the client has never seen arrives with ``name`` set: it is added.
+    ``price`` set to ``null`` means the selection has no price any more.
+    """
+
+    selection_id: str
+    name: str | UnsetType = UNSET
+    price: Decimal | UnsetType | None = UNSET
+    status: SelectionStatus | UnsetType = UNSET
+
+
+class Clock(msgspec.Struct, frozen=True, omit_defaults=True):
+    """Match clock as the feed last reported it."""
+
+    period: str
+    seconds: int = 0
+    running: bool = False
+
+
+# ---------------------------------------------------------------------------
+# Server -> client messages
+# ---------------------------------------------------------------------------
+
+
+class Snapshot(msgspec.Struct, frozen=True, tag="snapshot", tag_field="type", omit_defaults=True):
+    """The full book of one market at ``seq`` within ``epoch``.
+
+    ``ts`` is the feed timestamp (epoch milliseconds) of the last update the book reflects.
+    ``reset`` is true when the snapshot replaces a stream the client could not resume
+    (history gone, epoch changed, gap): the client must drop what it had for this market.
+    """
+
+    market_id: str
+    event_id: str
+    seq: int
+    epoch: str
+    ts: int
+    sport: str
+    kind: str
+    name: str
+    status: MarketStatus
+    selections: tuple[Selection, ...]
+    main: bool = False
+    reason: str | None = None
+    reset: bool = False
+
+
+class Delta(msgspec.Struct, frozen=True, tag="delta", tag_field="type", omit_defaults=True):
+    """The minimal change taking a market from ``seq - 1`` to ``seq`` within ``epoch``.
+
+    ``status`` and ``reason`` are present only when they changed; ``selections`` lists
+    only the selections that changed, with only their changed fields.
+    """
+
+    market_id: str
+    event_id: str
+    seq: int
+    epoch: str
+    ts: int
+    status: MarketStatus | UnsetType = UNSET
+    reason: str | UnsetType | None = UNSET
+    selections: tuple[SelectionChange, ...] = ()
+
+
+class EventState(msgspec.Struct, frozen=True, tag="event", tag_field="type", omit_defaults=True):
+    """Full state of a match; each message replaces the previous one (``seq`` per event).
+
+    Event messages are small and idempotent, so they need no history: the latest wins.
+    """
+
+    event_id: str
+    seq: int
+    ts: int
+    sport: str
+    competition: str
+    name: str
+    home: str
+    away: str
+    start_time: int
+    phase: EventPhase
+    score: tuple[int, int] = (0, 0)
+    clock: Clock | None = None
+
+
+class Heartbeat(msgspec.Struct, frozen=True, tag="heartbeat", tag_field="type"):
+    """Sent when the connection has been quiet for the heartbeat interval."""
+
+    ts: int
+
+
+class Ack(msgspec.Struct, frozen=True, tag="ack", tag_field="type", omit_defaults=True):
+    """A command succeeded. ``id`` echoes the command's ``id``."""
+
+    command: str
+    id: str | int | None = None
+    markets: tuple[str, ...] = ()
+    events: tuple[str, ...] = ()
+    lobbies: tuple[str, ...] = ()
+
+
+class Error(msgspec.Struct, frozen=True, tag="error", tag_field="type", omit_defaults=True):
+    """A command failed; the connection stays open. ``code`` is machine-readable."""
+
+    code: str
+    message: str
+    id: str | int | None = None
+
+
+class Reconnect(msgspec.Struct, frozen=True, tag="reconnect", tag_field="type", omit_defaults=True):
+    """The server is going away (drain): reconnect, to any gateway, and resume."""
+
+    reason: str
+    after_ms: int = 0
+
+
+ServerMessage = Snapshot | Delta | EventState | Heartbeat | Ack | Error | Reconnect
+MarketMessage = Snapshot | Delta
+
+
+# ---------------------------------------------------------------------------
+# Client -> server commands
+# ---------------------------------------------------------------------------
+
+
+class Subscribe(msgspec.Struct, frozen=True, tag="subscribe", tag_field="type", omit_defaults=True):
+    """Subscribe to markets, to every market of events, and/or to sports' lobbies of main
+    markets. The server answers ``ack``, then a snapshot per market, then deltas."""
+
+    markets: tuple[str, ...] = ()
+    events: tuple[str, ...] = ()
+    lobbies: tuple[str, ...] = ()
+    id: str | int | None = None
+
+
+class Unsubscribe(
+    msgspec.Struct, frozen=True, tag="unsubscribe", tag_field="type", omit_defaults=True
+):
+    """Stop receiving the named markets, events and lobbies."""
+
+    markets: tuple[str, ...] = ()
+    events: tuple[str, ...] = ()
+    lobbies: tuple[str, ...] = ()
+    id: str | int | None = None
+
+
+class Position(msgspec.Struct, frozen=True):
+    """Where a client's copy of a market stands: the last ``seq`` it applied in ``epoch``."""
+
+    market_id: str
+    epoch: str
+    seq: int
+
+
+class Resume(msgspec.Struct, frozen=True, tag="resume", tag_field="type", omit_defaults=True):
+    """Resubscribe after a reconnect. For each position the server sends exactly the
+    deltas after it when they are still in history, else a snapshot with ``reset``."""
+
+    positions: tuple[Position, ...]
+    events: tuple[str, ...] = ()
+    lobbies: tuple[str, ...] = ()
+    id: str | int | None = None
+
+
+class Ping(msgspec.Struct, frozen=True, tag="ping", tag_field="type", omit_defaults=True):
+    """Liveness probe; answered by ``ack``."""
+
+    id: str | int | None = None
+
+
+ClientCommand = Subscribe | Unsubscribe | Resume | Ping
+
+__all__ = [
+    "FINAL_MARKET_STATES",
+    "UNSET",
+    "Ack",
+    "ClientCommand",
+    "Clock",
+    "Delta",
+    "Error",
+    "EventPhase",
+    "EventState",
+    "Heartbeat",
+    "MarketMessage",
+    "MarketStatus",
+    "Ping",
+    "Position",
+    "Reconnect",
+    "Resume",
+    "Selection",
+    "SelectionChange",
+    "SelectionStatus",
+    "ServerMessage",
+    "Snapshot",
+    "Subscribe",
+    "UnsetType",
+    "Unsubscribe",
+]
