@@ -1,0 +1,440 @@
+"""The relay: a gateway node's view of the markets its clients watch.
+
+It owns the node's broker subscription, keeps one local book per watched market (kept
+current by the deltas it receives), checks every message's ``seq`` and ``epoch``, heals
+gaps from storage *before* passing anything on, and fans frames out through the hub.
+
+Ordering rules (the heart of guarantees 2 and 4):
+
+* A channel is subscribed *before* the snapshot is fetched, and deltas that arrive while
+  loading are buffered, then applied only if newer than the snapshot.
+* A market's frames reach the hub strictly in ``seq`` order; a duplicate (``seq`` already
+  applied) is dropped; a gap or a foreign epoch suspends the market (later messages are
+  buffered) until history or a fresh snapshot fills it. A snapshot that replaces a stream
+  clients cannot continue is sent to them with ``reset: true``.
+* Everything that touches an entry runs on the event loop without awaiting in between,
+  so a session can attach to a market and take its snapshot atomically.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Coroutine, Iterable
+from enum import Enum
+from typing import Any
+
+import msgspec
+
+import protocol
+from channels.broker import Broker, Subscription
+from channels.frame import Frame
+from channels.hub import Hub, Subscriber
+from channels.store import Store
+from protocol import ApplyError, Delta, EventState, Snapshot
+
+log = logging.getLogger(__name__)
+
+
+class UnknownMarket(Exception):
+    def __init__(self, market_ids: list[str]):
+        super().__init__(f"unknown market(s): {', '.join(market_ids)}")
+        self.market_ids = market_ids
+
+
+class _State(Enum):
+    LOADING = 1
+    READY = 2
+    HEALING = 3
+
+
+class _Entry:
+    __slots__ = ("frame", "loaded", "pending", "snapshot", "state")
+
+    def __init__(self) -> None:
+        self.state = _State.LOADING
+        self.snapshot: Snapshot | None = None
+        self.frame: Frame | None = None  # Snapshot frame of the current version, shared.
+        self.pending: list[tuple[Snapshot | Delta, bytes]] = []
+        self.loaded: asyncio.Event = asyncio.Event()
+
+
+class RelayStats(msgspec.Struct):
+    received: int = 0
+    duplicates: int = 0
+    gaps: int = 0
+    healed_from_history: int = 0
+    healed_from_snapshot: int = 0
+    resyncs: int = 0
+    pending_overflows: int = 0
+
+
+class Relay:
+    """Broker -> local books -> hub, for one gateway node.
+
+    ``max_pending`` bounds the messages buffered per market while it loads or heals; past
+    it the buffer is dropped and the market is healed from a snapshot instead.
+    """
+
+    def __init__(
+        self,
+        broker: Broker,
+        store: Store,
+        hub: Hub,
+        *,
+        max_pending: int = 1024,
+        retry_delay: float = 0.2,
+    ):
+        self._broker = broker
+        self._store = store
+        self.hub = hub
+        self._max_pending = max_pending
+        self._retry_delay = retry_delay
+        self._entries: dict[str, _Entry] = {}
+        self._events: dict[str, EventState] = {}
+        self._event_frames: dict[str, Frame] = {}
+        self._channels: dict[str, int] = {}
+        self._channel_lock = asyncio.Lock()
+        self._sub: Subscription | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+        self.stats = RelayStats()
+
+    async def start(self) -> None:
+        self._sub = await self._broker.subscription(self._on_message, self._on_resync)
+
+    async def close(self) -> None:
+        for task in tuple(self._tasks):
+            task.cancel()
+        if self._tasks:
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self._sub is not None:
+            await self._sub.close()
+            self._sub = None
+
+    # -- channels ------------------------------------------------------------------------------
+
+    async def acquire(self, channel: str) -> None:
+        """Hold a broker channel; the first holder subscribes. Call before loading
+        anything the channel carries."""
+        async with self._channel_lock:
+            count = self._channels.get(channel, 0)
+            if count == 0:
+                assert self._sub is not None, "Relay.start() was not awaited"
+                await self._sub.subscribe(channel)
+            self._channels[channel] = count + 1
+
+    async def release(self, channel: str) -> None:
+        async with self._channel_lock:
+            count = self._channels.get(channel, 0)
+            if count <= 1:
+                self._channels.pop(channel, None)
+                if count == 1 and self._sub is not None:
+                    await self._sub.unsubscribe(channel)
+            else:
+                self._channels[channel] = count - 1
+
+    def holds(self, channel: str) -> bool:
+        return channel in self._channels
+
+    # -- markets -------------------------------------------------------------------------------
+
+    async def ensure(self, market_ids: Iterable[str]) -> None:
+        """Make sure every market has a ready local book. The channels carrying them must
+        already be held. Raises :class:`UnknownMarket` naming every market storage lacks;
+        :class:`channels.store.StoreError` when storage fails."""
+        ids = list(dict.fromkeys(market_ids))
+        to_load = [m for m in ids if m not in self._entries]
+        for m in to_load:
+            self._entries[m] = _Entry()
+        if to_load:
+            try:
+                snaps = {s.market_id: s for s in await self._store.snapshots(to_load)}
+            except BaseException:
+                for m in to_load:
+                    self._abandon(m)
+                raise
+            missing = []
+            for m in to_load:
+                snap = snaps.get(m)
+                if snap is None:
+                    missing.append(m)
+                    self._abandon(m)
+                else:
+                    self._loaded(m, snap)
+            if missing:
+                raise UnknownMarket(missing)
+        for m in ids:
+            entry = self._entries.get(m)
+            if entry is None:
+                raise UnknownMarket([m])
+            if entry.state is _State.LOADING:
+                await entry.loaded.wait()
+                if m not in self._entries:
+                    raise UnknownMarket([m])
+
+    def attach(self, market_id: str, sub: Subscriber, reason: str) -> Frame | None:
+        """Attach ``sub`` to a ready market. Returns the snapshot frame to send first when
+        ``sub`` was not attached before, else None. Synchronous, so no delta can slip
+        between the snapshot and the attachment."""
+        entry = self._entries[market_id]
+        fresh = self.hub.attach(market_id, sub, reason)
+        if not fresh:
+            return None
+        return self._snapshot_frame(entry)
+
+    def current(self, market_id: str) -> Snapshot | None:
+        """The local book of a watched market (None while loading or not watched)."""
+        entry = self._entries.get(market_id)
+        return None if entry is None else entry.snapshot
+
+    def snapshot_frame(self, market_id: str) -> Frame:
+        return self._snapshot_frame(self._entries[market_id])
+
+    def forget_unwatched(self, market_ids: Iterable[str]) -> None:
+        """Drop the local books of markets no subscriber is attached to any more."""
+        for m in market_ids:
+            if not self.hub.has_subscribers(m):
+                entry = self._entries.get(m)
+                if entry is not None and entry.state is not _State.LOADING:
+                    del self._entries[m]
+
+    def markets_of_event(self, event_id: str) -> list[str]:
+        return [
+            m
+            for m, e in self._entries.items()
+            if e.snapshot is not None and e.snapshot.event_id == event_id
+        ]
+
+    # -- events --------------------------------------------------------------------------------
+
+    async def event(self, event_id: str) -> Frame | None:
+        """The latest event-state frame, from the local cache or storage."""
+        frame = self._event_frames.get(event_id)
+        if frame is not None:
+            return frame
+        state = await self._store.event(event_id)
+        if state is None:
+            return None
+        return self._remember_event(state)
+
+    def event_frame(self, state: EventState) -> Frame:
+        """The frame of the newest of ``state`` and the cached state of its event."""
+        return self._remember_event(state)
+
+    def _remember_event(self, state: EventState, payload: bytes | None = None) -> Frame:
+        known = self._events.get(state.event_id)
+        if known is not None and known.seq >= state.seq:
+            return self._event_frames[state.event_id]
+        self._events[state.event_id] = state
+        frame = self._event_frames[state.event_id] = Frame(state, payload)
+        return frame
+
+    # -- incoming ------------------------------------------------------------------------------
+
+    def _on_message(self, channel: str, payload: bytes) -> None:
+        self.stats.received += 1
+        try:
+            message = protocol.decode_server(payload)
+        except msgspec.DecodeError:
+            log.error("undecodable message on %s: %r", channel, payload[:200])
+            return
+        if isinstance(message, EventState):
+            known = self._events.get(message.event_id)
+            if known is None or message.seq > known.seq:
+                frame = self._remember_event(message, payload)
+                self.hub.fanout_event(message.event_id, message.sport, frame)
+            return
+        if not isinstance(message, Snapshot | Delta):
+            return
+        entry = self._entries.get(message.market_id)
+        if entry is None:
+            self._unwatched_market(channel, message, payload)
+            return
+        if entry.state is not _State.READY:
+            self._buffer(message.market_id, entry, message, payload)
+            return
+        self._advance(message.market_id, entry, message, payload)
+
+    def _advance(
+        self, market_id: str, entry: _Entry, message: Snapshot | Delta, payload: bytes
+    ) -> None:
+        current = entry.snapshot
+        assert current is not None
+        if isinstance(message, Snapshot):
+            if message.epoch == current.epoch and message.seq <= current.seq:
+                self.stats.duplicates += 1
+                return
+            # A new stream (new market or new epoch): it replaces what clients have.
+            self._set(entry, message)
+            self.hub.fanout(market_id, self._snapshot_frame(entry, reset=True))
+            return
+        if message.epoch == current.epoch and message.seq <= current.seq:
+            self.stats.duplicates += 1
+            return
+        try:
+            book = protocol.apply(current, message)
+        except ApplyError:
+            self.stats.gaps += 1
+            entry.state = _State.HEALING
+            entry.pending.append((message, payload))
+            self._spawn(self._heal(market_id, entry))
+            return
+        self._set(entry, book)
+        self.hub.fanout(market_id, Frame(message, payload))
+
+    def _buffer(
+        self, market_id: str, entry: _Entry, message: Snapshot | Delta, payload: bytes
+    ) -> None:
+        if len(entry.pending) >= self._max_pending:
+            self.stats.pending_overflows += 1
+            entry.pending.clear()  # The heal falls back to a snapshot.
+            return
+        entry.pending.append((message, payload))
+
+    def _unwatched_market(self, channel: str, message: Snapshot | Delta, payload: bytes) -> None:
+        """A message for a market with no local book: a new market of a watched event or
+        lobby, or one created while a subscription was being set up."""
+        event_watchers = self.hub.event_watchers(message.event_id)
+        sport: str | None = None
+        if channel.startswith("l:"):
+            sport = channel[2:]  # The lobby channel only carries main markets.
+        elif isinstance(message, Snapshot) and message.main:
+            sport = message.sport
+        lobby_watchers = self.hub.lobby_watchers(sport) if sport is not None else set()
+        if not event_watchers and not lobby_watchers:
+            return
+        market_id = message.market_id
+        watchers = [(s, f"e:{message.event_id}") for s in event_watchers]
+        watchers += [(s, f"l:{sport}") for s in lobby_watchers]
+        if isinstance(message, Snapshot) and message.seq == 1:
+            entry = _Entry()
+            self._entries[market_id] = entry
+            self._loaded(market_id, message)
+            for sub, reason in watchers:
+                frame = self.attach(market_id, sub, reason)
+                if frame is not None:
+                    sub.offer(frame)
+            return
+        # A market we have not loaded yet: load it, then attach whoever watches it.
+        self._spawn(self._load_for_watchers(market_id, message.event_id))
+
+    async def _load_for_watchers(self, market_id: str, event_id: str) -> None:
+        try:
+            await self.ensure([market_id])
+        except UnknownMarket:
+            return
+        entry = self._entries[market_id]
+        assert entry.snapshot is not None
+        watchers = [(s, f"e:{event_id}") for s in self.hub.event_watchers(event_id)]
+        if entry.snapshot.main:
+            sport = entry.snapshot.sport
+            watchers += [(s, f"l:{sport}") for s in self.hub.lobby_watchers(sport)]
+        for sub, reason in watchers:
+            frame = self.attach(market_id, sub, reason)
+            if frame is not None:
+                sub.offer(frame)
+        self.forget_unwatched([market_id])
+
+    def _loaded(self, market_id: str, snap: Snapshot) -> None:
+        entry = self._entries[market_id]
+        self._set(entry, snap)
+        pending, entry.pending = entry.pending, []
+        entry.state = _State.READY
+        entry.loaded.set()
+        for message, payload in pending:
+            if entry.state is _State.READY:
+                self._advance(market_id, entry, message, payload)
+            else:
+                entry.pending.append((message, payload))
+
+    def _abandon(self, market_id: str) -> None:
+        entry = self._entries.pop(market_id, None)
+        if entry is not None:
+            entry.loaded.set()
+
+    def _set(self, entry: _Entry, snap: Snapshot) -> None:
+        entry.snapshot = snap
+        entry.frame = None
+
+    def _snapshot_frame(self, entry: _Entry, *, reset: bool = False) -> Frame:
+        assert entry.snapshot is not None
+        if reset:
+            return Frame(protocol.as_reset(entry.snapshot))
+        if entry.frame is None:
+            entry.frame = Frame(entry.snapshot)
+        return entry.frame
+
+    # -- healing -------------------------------------------------------------------------------
+
+    async def _heal(self, market_id: str, entry: _Entry) -> None:
+        """Fill a gap from history, else from a snapshot; then replay what was buffered.
+        Retries while storage fails; clients of the market receive nothing meanwhile."""
+        while self._entries.get(market_id) is entry:
+            try:
+                await self._heal_once(market_id, entry)
+                return
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("healing %s failed; retrying", market_id)
+                await asyncio.sleep(self._retry_delay)
+
+    async def _heal_once(self, market_id: str, entry: _Entry) -> None:
+        current = entry.snapshot
+        assert current is not None
+        missed = None
+        if entry.pending:
+            missed = await self._store.history(market_id, current.epoch, current.seq)
+        if missed is not None:
+            self.stats.healed_from_history += 1
+            entry.state = _State.READY
+            replay = [(d, p) for p in missed if isinstance(d := protocol.decode_server(p), Delta)]
+            pending, entry.pending = entry.pending, []
+            for message, payload in [*replay, *pending]:
+                if entry.state is not _State.READY:
+                    entry.pending.append((message, payload))
+                else:
+                    self._advance(market_id, entry, message, payload)
+            return
+        snap = await self._store.snapshot(market_id)
+        if snap is None:
+            return
+        self.stats.healed_from_snapshot += 1
+        self._set(entry, snap)
+        self.hub.fanout(market_id, self._snapshot_frame(entry, reset=True))
+        entry.state = _State.READY
+        pending, entry.pending = entry.pending, []
+        for message, payload in pending:
+            if entry.state is not _State.READY:
+                entry.pending.append((message, payload))
+            else:
+                self._advance(market_id, entry, message, payload)
+
+    def _on_resync(self) -> None:
+        """The broker (re)connected and may have dropped messages: compare every ready
+        book with storage and heal those that fell behind."""
+        self.stats.resyncs += 1
+        self._spawn(self._resync())
+
+    async def _resync(self) -> None:
+        ready = [m for m, e in self._entries.items() if e.state is _State.READY]
+        for snap in await self._store.snapshots(ready):
+            entry = self._entries.get(snap.market_id)
+            if entry is None or entry.state is not _State.READY or entry.snapshot is None:
+                continue
+            if snap.epoch != entry.snapshot.epoch or snap.seq > entry.snapshot.seq:
+                self.stats.gaps += 1
+                entry.state = _State.HEALING
+                # Sentinel-free heal: with nothing pending, history fills up to the latest.
+                entry.pending.append((snap, protocol.encode(snap)))
+                self._spawn(self._heal(snap.market_id, entry))
+        for event_id in list(self._events):
+            state = await self._store.event(event_id)
+            if state is not None and state.seq > self._events[event_id].seq:
+                frame = self._remember_event(state)
+                self.hub.fanout_event(event_id, state.sport, frame)
+
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)

@@ -1,0 +1,1 @@
+"""The gateway: starlette app, client sessions, transports, REST, settings and the CLI."""

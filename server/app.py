@@ -1,0 +1,62 @@
+"""The starlette application: routes only wire transports and REST to the gateway."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
+from pathlib import Path
+from typing import Any
+
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import FileResponse, Response
+from starlette.routing import Route, WebSocketRoute
+
+from server import rest
+from server.gateway import Gateway
+from server.sse import sse_endpoint
+from server.ws import websocket_endpoint
+
+STATIC = Path(__file__).parent / "static"
+
+Background = Callable[[], Coroutine[Any, Any, None]]
+
+
+async def index(request: Request) -> Response:
+    return FileResponse(STATIC / "index.html", headers={"Cache-Control": "no-store"})
+
+
+def build_app(gateway: Gateway, background: Sequence[Background] = ()) -> Starlette:
+    """The ASGI app of one gateway. ``background`` coroutines (the embedded pipeline in
+    ``oddstream dev``) run for the app's lifetime, owned by its lifespan."""
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        await gateway.start()
+        tasks = [asyncio.create_task(run()) for run in background]
+        try:
+            yield
+        finally:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            await gateway.close()
+
+    app = Starlette(
+        routes=[
+            Route("/", index),
+            WebSocketRoute("/ws", websocket_endpoint),
+            Route("/sse", sse_endpoint),
+            Route("/v1/events", rest.list_events),
+            Route("/v1/events/{event_id}", rest.get_event),
+            Route("/v1/markets", rest.list_markets),
+            Route("/v1/markets/{market_id:path}", rest.get_market),
+            Route("/healthz", rest.healthz),
+            Route("/readyz", rest.readyz),
+            Route("/metrics", rest.metrics),
+        ],
+        lifespan=lifespan,
+    )
+    app.state.gateway = gateway
+    return app

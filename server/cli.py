@@ -1,0 +1,119 @@
+"""The ``oddstream`` command: ``dev`` (everything in one process), ``feed``, ``books`` and
+``gateway`` (the distributed mode).
+
+A bad flag or setting stops start-up with a message naming it, and exit status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import socket
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+import uvicorn
+
+from channels.broker import MemoryBroker
+from channels.store import MemoryStore
+from feeds.embedded import EmbeddedPipeline, now_ms
+from server.app import build_app
+from server.gateway import Gateway
+from server.settings import Settings, SettingsError
+
+log = logging.getLogger("oddstream")
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="oddstream", description="Real-time push server for live sports-betting odds."
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+    dev = sub.add_parser("dev", help="everything in one process: synthetic feed, books, gateway")
+    _server_flags(dev)
+    dev.add_argument("--seed", type=int, help="synthetic feed seed (default 1)")
+    dev.add_argument("--events", type=int, help="concurrent events (default 12)")
+    dev.add_argument("--rate", type=float, help="feed messages per second (default 200)")
+    return parser
+
+
+def _server_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--host", help="listen address (default 127.0.0.1)")
+    p.add_argument("--port", type=int, help="listen port (default 8000; 0 picks a free one)")
+    p.add_argument("--heartbeat-s", type=float, dest="heartbeat_s", help="heartbeat interval")
+    p.add_argument("--max-subscriptions", type=int, dest="max_subscriptions")
+    p.add_argument("--queue-frames", type=int, dest="queue_frames")
+    p.add_argument("--max-frame-bytes", type=int, dest="max_frame_bytes")
+    p.add_argument("--history-size", type=int, dest="history_size")
+    p.add_argument("--log-level", dest="log_level")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    flags: dict[str, Any] = {k: v for k, v in vars(args).items() if k != "command"}
+    try:
+        settings = Settings.load(flags)
+    except SettingsError as exc:
+        print(f"oddstream: {exc}", file=sys.stderr)
+        return 2
+    logging.basicConfig(
+        level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    if args.command == "dev":
+        return _run(dev(settings))
+    return 2
+
+
+def _run(coro: Any) -> int:
+    try:
+        import uvloop
+    except ImportError:  # pragma: no cover - uvloop is a dependency on POSIX
+        asyncio.run(coro)
+    else:
+        uvloop.run(coro)
+    return 0
+
+
+async def dev(settings: Settings) -> None:
+    """The embedded default: synthetic match day -> in-memory bus -> books -> gateway."""
+    from feeds.synthetic import MatchDay
+
+    store = MemoryStore(history_size=settings.history_size)
+    broker = MemoryBroker()
+    gateway = Gateway(settings, broker, store)
+    source = iter(MatchDay(seed=settings.seed, events=settings.events, start_ms=now_ms()))
+    pipeline = EmbeddedPipeline(source, store, broker, rate=settings.rate)
+    app = build_app(gateway, background=[pipeline.run])
+    await serve(app, settings)
+
+
+async def serve(app: Any, settings: Settings) -> None:
+    """Serve ``app`` until cancelled; the socket is bound first so the printed URL carries
+    the real port (``--port 0`` picks a free one)."""
+    sock = socket.socket(socket.AF_INET6 if ":" in settings.host else socket.AF_INET)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((settings.host, settings.port))
+    except OSError as exc:
+        sock.close()
+        raise SystemExit(
+            f"oddstream: cannot listen on {settings.host}:{settings.port} (--host/--port): {exc}"
+        ) from None
+    config = uvicorn.Config(
+        app,
+        ws="websockets-sansio",
+        ws_max_size=settings.max_frame_bytes,
+        ws_ping_interval=None,  # Liveness is the protocol's heartbeat.
+        lifespan="on",
+        log_level="warning",
+        access_log=False,
+    )
+    port = sock.getsockname()[1]
+    print(f"oddstream: serving on http://{settings.host}:{port}/  (Ctrl-C to stop)", flush=True)
+    await uvicorn.Server(config).serve(sockets=[sock])
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,319 @@
+"""One client's subscription state machine, independent of the transport.
+
+A transport (WebSocket, SSE) feeds the session decoded commands and drains its
+:class:`~server.outbox.Outbox`. The session is the one place a command is authorised
+(:meth:`Session.authorize`), validated against limits, and turned into hub attachments.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable
+
+import protocol
+from channels.frame import Frame
+from channels.names import event_channel, lobby_channel, market_channel
+from channels.relay import Relay, UnknownMarket
+from channels.store import Store, StoreError
+from protocol import (
+    Ack,
+    ClientCommand,
+    Delta,
+    Error,
+    ErrorCode,
+    Ping,
+    Position,
+    ProtocolError,
+    Resume,
+    Subscribe,
+    Unsubscribe,
+)
+from server.outbox import Outbox
+
+log = logging.getLogger(__name__)
+
+_RESUME_ATTEMPTS = 3
+
+
+class Session:
+    """Subscriptions of one connection. ``offer`` makes it a hub subscriber."""
+
+    def __init__(self, relay: Relay, store: Store, outbox: Outbox, *, max_subscriptions: int):
+        self._relay = relay
+        self._store = store
+        self.outbox = outbox
+        self._max = max_subscriptions
+        self.markets: set[str] = set()
+        self.events: set[str] = set()
+        self.lobbies: set[str] = set()
+        self.closed = False
+
+    # Hub subscriber.
+    def offer(self, frame: Frame) -> None:
+        self.outbox.offer(frame)
+
+    def send(self, message: protocol.ServerMessage) -> None:
+        self.outbox.offer(Frame(message))
+
+    async def handle(self, data: str | bytes) -> None:
+        """Decode and run one command; any failure becomes an ``error`` frame."""
+        try:
+            command = protocol.decode_command(data)
+        except ProtocolError as exc:
+            self.send(Error(code=exc.code, message=exc.message, id=exc.command_id))
+            return
+        await self.run(command)
+
+    async def execute(self, command: ClientCommand) -> None:
+        """Run one command. Raises :class:`ProtocolError` when it is refused (the session
+        is then unchanged) and :class:`StoreError` when storage fails."""
+        self.authorize(command)
+        match command:
+            case Subscribe():
+                await self._subscribe(command)
+            case Unsubscribe():
+                await self._unsubscribe(command)
+            case Resume():
+                await self._resume(command)
+            case Ping():
+                self.send(Ack(command="ping", id=command.id))
+
+    async def run(self, command: ClientCommand) -> None:
+        """Run one command; a refusal or failure becomes an ``error`` frame."""
+        try:
+            await self.execute(command)
+        except ProtocolError as exc:
+            self.send(Error(code=exc.code, message=exc.message, id=command.id))
+        except StoreError as exc:
+            self.send(Error(code=ErrorCode.UNAVAILABLE, message=str(exc), id=command.id))
+
+    def authorize(self, command: ClientCommand) -> None:
+        """The single place where a command is checked against the connection's rights
+        (JWT channel claims come here). Everything is allowed for now."""
+
+    # -- subscribe -------------------------------------------------------------------------------
+
+    async def _subscribe(self, cmd: Subscribe) -> None:
+        markets = [m for m in dict.fromkeys(cmd.markets) if m not in self.markets]
+        events = [e for e in dict.fromkeys(cmd.events) if e not in self.events]
+        lobbies = [s for s in dict.fromkeys(cmd.lobbies) if s not in self.lobbies]
+        total = len(self.markets) + len(self.events) + len(self.lobbies)
+        if total + len(markets) + len(events) + len(lobbies) > self._max:
+            raise ProtocolError(
+                ErrorCode.TOO_MANY_SUBSCRIPTIONS,
+                f"at most {self._max} subscriptions per connection",
+            )
+        # Validate everything before holding anything, so a refused command changes nothing.
+        event_frames = []
+        for e in events:
+            frame = await self._relay.event(e)
+            if frame is None:
+                raise ProtocolError(ErrorCode.UNKNOWN_EVENT, f"unknown event: {e}")
+            event_frames.append(frame)
+        lobby_markets: dict[str, list[str]] = {}
+        lobby_events: dict[str, list[Frame]] = {}
+        for sport in lobbies:
+            states = await self._store.events(sport)
+            if not states:
+                raise ProtocolError(ErrorCode.UNKNOWN_LOBBY, f"no events for sport {sport!r}")
+            lobby_events[sport] = [self._relay.event_frame(state) for state in states]
+        held: list[str] = []
+        try:
+            # Channels first, then the books they carry: no delta can fall in between.
+            for channel in (
+                *(market_channel(m) for m in markets),
+                *(event_channel(e) for e in events),
+                *(lobby_channel(s) for s in lobbies),
+            ):
+                await self._relay.acquire(channel)
+                held.append(channel)
+            await self._relay.ensure(markets)
+            event_markets = {e: await self._store.market_ids(e) for e in events}
+            for ids in event_markets.values():
+                await self._ensure_known(ids)
+            for sport in lobbies:
+                lobby_markets[sport] = await self._store.lobby(sport)
+                await self._ensure_known(lobby_markets[sport])
+        except UnknownMarket as exc:
+            await self._release(held)
+            raise ProtocolError(ErrorCode.UNKNOWN_MARKET, str(exc)) from None
+        except BaseException:
+            await self._release(held)
+            raise
+        # From here on nothing awaits: acknowledgement, snapshots and attachments are one
+        # atomic step with respect to the fan-out.
+        self.send(
+            Ack(
+                command="subscribe",
+                id=cmd.id,
+                markets=tuple(markets),
+                events=tuple(events),
+                lobbies=tuple(lobbies),
+            )
+        )
+        hub = self._relay.hub
+        for m in markets:
+            self.markets.add(m)
+            self._attach(m, "m")
+        for e, frame in zip(events, event_frames, strict=True):
+            self.events.add(e)
+            hub.watch_event(e, self)
+            self.offer(frame)
+            for m in self._known(event_markets[e], self._relay.markets_of_event(e)):
+                self._attach(m, f"e:{e}")
+        for sport in lobbies:
+            self.lobbies.add(sport)
+            hub.watch_lobby(sport, self)
+            for frame in lobby_events[sport]:
+                self.offer(frame)
+            for m in self._known(lobby_markets[sport]):
+                self._attach(m, f"l:{sport}")
+
+    async def _ensure_known(self, ids: list[str]) -> None:
+        """Load the books of markets that storage listed; one that vanished is skipped."""
+        try:
+            await self._relay.ensure(ids)
+        except UnknownMarket as exc:
+            rest = [m for m in ids if m not in exc.market_ids]
+            if rest:
+                await self._relay.ensure(rest)
+
+    def _known(self, *groups: Iterable[str]) -> list[str]:
+        ids = dict.fromkeys(m for group in groups for m in group)
+        return [m for m in ids if self._relay.current(m) is not None]
+
+    def _attach(self, market_id: str, reason: str) -> None:
+        frame = self._relay.attach(market_id, self, reason)
+        if frame is not None:
+            self.offer(frame)
+
+    # -- unsubscribe -----------------------------------------------------------------------------
+
+    async def _unsubscribe(self, cmd: Unsubscribe) -> None:
+        hub = self._relay.hub
+        left: list[str] = []
+        channels: list[str] = []
+        for m in cmd.markets:
+            if m in self.markets:
+                self.markets.discard(m)
+                if hub.detach(m, self, "m"):
+                    left.append(m)
+                channels.append(market_channel(m))
+        for e in cmd.events:
+            if e in self.events:
+                self.events.discard(e)
+                hub.unwatch_event(e, self)
+                left += hub.release(self, f"e:{e}")
+                channels.append(event_channel(e))
+        for sport in cmd.lobbies:
+            if sport in self.lobbies:
+                self.lobbies.discard(sport)
+                hub.unwatch_lobby(sport, self)
+                left += hub.release(self, f"l:{sport}")
+                channels.append(lobby_channel(sport))
+        self._relay.forget_unwatched(left)
+        self.send(
+            Ack(
+                command="unsubscribe",
+                id=cmd.id,
+                markets=cmd.markets,
+                events=cmd.events,
+                lobbies=cmd.lobbies,
+            )
+        )
+        await self._release(channels)
+
+    # -- resume ----------------------------------------------------------------------------------
+
+    async def _resume(self, cmd: Resume) -> None:
+        """Re-attach each market from the client's position: the missed deltas from
+        history when they are all there, else a snapshot flagged ``reset``."""
+        if cmd.events or cmd.lobbies:
+            await self._subscribe(Subscribe(events=cmd.events, lobbies=cmd.lobbies))
+        positions = [p for p in cmd.positions if p.market_id not in self.markets]
+        await self._resume_markets(positions, cmd.id)
+
+    async def _resume_markets(
+        self, positions: list[Position], command_id: str | int | None
+    ) -> None:
+        total = len(self.markets) + len(self.events) + len(self.lobbies)
+        if total + len(positions) > self._max:
+            raise ProtocolError(
+                ErrorCode.TOO_MANY_SUBSCRIPTIONS,
+                f"at most {self._max} subscriptions per connection",
+            )
+        held: list[str] = []
+        known: list[Position] = []
+        for p in positions:
+            channel = market_channel(p.market_id)
+            await self._relay.acquire(channel)
+            try:
+                await self._relay.ensure([p.market_id])
+            except UnknownMarket:
+                await self._relay.release(channel)
+                continue
+            held.append(channel)
+            known.append(p)
+        self.send(Ack(command="resume", id=command_id, markets=tuple(p.market_id for p in known)))
+        for p in known:
+            await self._resume_one(p)
+
+    async def _resume_one(self, p: Position) -> None:
+        m = p.market_id
+        for _ in range(_RESUME_ATTEMPTS):
+            current = self._relay.current(m)
+            if current is None or current.epoch != p.epoch or p.seq > current.seq:
+                break
+            missed: list[bytes] = []
+            if p.seq < current.seq:
+                fetched = await self._store.history(m, p.epoch, p.seq)
+                if fetched is None:
+                    break
+                missed = fetched
+            current = self._relay.current(m)
+            if current is None:
+                break
+            # No await from here: replay up to the relay's current seq, then attach, so
+            # the next delta the hub fans out is exactly the one after the replay.
+            deltas = [
+                (d, b)
+                for b in missed
+                if isinstance(d := protocol.decode_server(b), Delta) and d.seq <= current.seq
+            ]
+            if (deltas[-1][0].seq if deltas else p.seq) < current.seq:
+                continue  # More arrived while history was fetched; fetch again.
+            for delta, payload in deltas:
+                self.offer(Frame(delta, payload))
+            self.markets.add(m)
+            self._relay.hub.attach(m, self, "m")
+            return
+        # Not resumable exactly: a fresh snapshot, flagged so the client drops its copy.
+        self.markets.add(m)
+        self._relay.hub.attach(m, self, "m")
+        snap = self._relay.current(m)
+        if snap is not None:
+            self.offer(Frame(protocol.as_reset(snap)))
+
+    # -- teardown --------------------------------------------------------------------------------
+
+    async def close(self) -> None:
+        """Detach from everything and release the broker channels (idempotent)."""
+        if self.closed:
+            return
+        self.closed = True
+        self.outbox.close()
+        left = self._relay.hub.drop(self)
+        self._relay.forget_unwatched(left)
+        channels = [
+            *(market_channel(m) for m in self.markets),
+            *(event_channel(e) for e in self.events),
+            *(lobby_channel(s) for s in self.lobbies),
+        ]
+        self.markets.clear()
+        self.events.clear()
+        self.lobbies.clear()
+        await self._release(channels)
+
+    async def _release(self, channels: list[str]) -> None:
+        for channel in channels:
+            await self._relay.release(channel)

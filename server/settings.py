@@ -1,0 +1,110 @@
+"""One frozen settings object, built once at start-up from flags and ``ODDSTREAM_*``
+environment variables (flags win), validated, and passed explicitly. Nothing else in the
+code reads the environment.
+
+Every limit has a name, a default and a line in ``docs/configuration.md``.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, fields
+from typing import Any
+from urllib.parse import urlparse
+
+
+class SettingsError(ValueError):
+    """A setting is invalid; the message names it (flag and environment variable)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    host: str = "127.0.0.1"
+    port: int = 8000
+    # Limits per connection.
+    max_frame_bytes: int = 65_536
+    max_subscriptions: int = 500
+    queue_frames: int = 4_096
+    heartbeat_s: float = 15.0
+    close_timeout_s: float = 2.0
+    # Storage.
+    history_size: int = 256
+    # Embedded (dev) feed.
+    seed: int = 1
+    events: int = 12
+    rate: float = 200.0
+    # Distributed mode.
+    kafka: str = ""
+    redis: str = ""
+    partitions: int = 6
+    group: str = "oddstream-books"
+    log_level: str = "info"
+
+    def __post_init__(self) -> None:
+        _check(self.port, "port", 0 <= self.port <= 65535, "must be 0-65535")
+        _check(self.max_frame_bytes, "max_frame_bytes", self.max_frame_bytes >= 256, ">= 256")
+        _check(self.max_subscriptions, "max_subscriptions", self.max_subscriptions >= 1, ">= 1")
+        _check(self.queue_frames, "queue_frames", self.queue_frames >= 16, ">= 16")
+        _check(self.heartbeat_s, "heartbeat_s", self.heartbeat_s > 0, "> 0")
+        _check(self.close_timeout_s, "close_timeout_s", self.close_timeout_s > 0, "> 0")
+        _check(self.history_size, "history_size", self.history_size >= 1, ">= 1")
+        _check(self.events, "events", self.events >= 1, ">= 1")
+        _check(self.rate, "rate", self.rate > 0, "> 0")
+        _check(self.partitions, "partitions", self.partitions >= 1, ">= 1")
+        _check(
+            self.log_level,
+            "log_level",
+            self.log_level in {"debug", "info", "warning", "error"},
+            "one of debug, info, warning, error",
+        )
+        if self.kafka:
+            for server in self.kafka.split(","):
+                host, _, port = server.strip().rpartition(":")
+                _check(self.kafka, "kafka", bool(host) and port.isdigit(), "host:port[,host:port]")
+        if self.redis:
+            url = urlparse(self.redis)
+            _check(
+                self.redis,
+                "redis",
+                url.scheme in {"redis", "rediss", "unix"} and bool(url.hostname or url.path),
+                "a redis://host:port/db URL",
+            )
+
+    @classmethod
+    def load(
+        cls, flags: Mapping[str, Any] | None = None, env: Mapping[str, str] | None = None
+    ) -> Settings:
+        """Settings from ``ODDSTREAM_<NAME>`` variables overridden by non-None flags.
+
+        Raises :class:`SettingsError` naming the setting when a value does not parse or is
+        out of range."""
+        env = os.environ if env is None else env
+        flags = flags or {}
+        values: dict[str, Any] = {}
+        for f in fields(cls):
+            raw: Any = flags.get(f.name)
+            source = f"--{f.name.replace('_', '-')}"
+            if raw is None:
+                raw = env.get(env_name(f.name))
+                source = env_name(f.name)
+            if raw is None:
+                continue
+            kind: type[Any] = type(f.default)
+            try:
+                values[f.name] = raw if isinstance(raw, kind) else kind(raw)
+            except (TypeError, ValueError):
+                raise SettingsError(f"invalid {source}={raw!r}: expected {kind.__name__}") from None
+        return cls(**values)
+
+
+def env_name(name: str) -> str:
+    return f"ODDSTREAM_{name.upper()}"
+
+
+def _check(value: object, name: str, ok: bool, expected: str) -> None:
+    if not ok:
+        flag = "--" + name.replace("_", "-")
+        raise SettingsError(
+            f"invalid setting {name} ({flag} / {env_name(name)}) = {value!r}: expected {expected}"
+        )
