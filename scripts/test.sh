@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# The second command: set up, start the real services the tests need (Kafka, Redis; or use
+# those ODDSTREAM_KAFKA / ODDSTREAM_REDIS point at), check types and lint, run every test.
+# Extra arguments go to pytest.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+scripts/setup.sh
+
+started=0
+cleanup() { if [ "$started" = 1 ]; then scripts/services.sh down || true; fi; }
+trap cleanup EXIT
+env_lines=$(scripts/services.sh up)
+started=1
+eval "$env_lines"
+export ODDSTREAM_KAFKA ODDSTREAM_REDIS
+echo "test: Kafka at $ODDSTREAM_KAFKA, Redis at $ODDSTREAM_REDIS" >&2
+
+echo "test: ruff" >&2
+.venv/bin/ruff check .
+.venv/bin/ruff format --check .
+echo "test: mypy --strict" >&2
+.venv/bin/mypy
+echo "test: schema is current" >&2
+.venv/bin/python -m protocol.schema --check
+echo "test: pytest" >&2
+.venv/bin/pytest "$@"

@@ -1,0 +1,118 @@
+"""SSE and REST against a real server on 127.0.0.1 (memory broker and store)."""
+
+from __future__ import annotations
+
+import asyncio
+
+import httpx
+
+import protocol
+from tests.component.stack import (
+    T0,
+    Books,
+    event,
+    match_result,
+    over_under,
+    price_walk,
+    running_stack,
+    sse_messages,
+    status,
+)
+
+M1 = "fb-1:1x2"
+M2 = "fb-1:ou_2.5"
+
+
+async def test_sse_event_stream_rebuilds_books_equal_to_rest() -> None:
+    async with running_stack() as stack, httpx.AsyncClient(base_url=stack.url) as http:
+        await stack.feed.send(event(), match_result(), over_under())
+        books = Books()
+        kinds: list[str] = []
+        ids: list[str | None] = []
+        stream = sse_messages(http, "/sse?events=fb-1")
+        async with asyncio.timeout(10):
+            async for event_id, kind, message in stream:
+                books.take(message)
+                kinds.append(kind)
+                ids.append(event_id)
+                if books.at(M1) == 1 and books.at(M2) == 1:
+                    break
+            await stack.feed.send(*price_walk(M1, 10, T0), status(M2, T0 + 50, "suspended", "var"))
+            async for event_id, kind, message in stream:
+                books.take(message)
+                kinds.append(kind)
+                ids.append(event_id)
+                if books.at(M1) == 11 and books.at(M2) == 2:
+                    break
+            await stream.aclose()
+        assert kinds[:2] == ["ack", "event"]
+        assert books.seqs[M1] == list(range(1, 12))
+        for market_id in (M1, M2):
+            rest = protocol.decode_server((await http.get(f"/v1/markets/{market_id}")).content)
+            assert books.markets[market_id] == rest
+        assert (ids[-1] is not None and ids[-1].endswith(f"~{M1}")) or ids[-1].endswith(f"~{M2}")
+
+
+async def test_sse_last_event_id_resumes_exactly() -> None:
+    async with running_stack() as stack, httpx.AsyncClient(base_url=stack.url) as http:
+        await stack.feed.send(event(), match_result(), *price_walk(M1, 3, T0))
+        books = Books()
+        last_id = None
+        stream = sse_messages(http, f"/sse?markets={M1}")
+        async with asyncio.timeout(10):
+            async for event_id, _, message in stream:
+                books.take(message)
+                last_id = event_id
+                if isinstance(message, protocol.Snapshot):
+                    break
+            await stream.aclose()
+        assert last_id == f"4~{books.markets[M1].epoch}~{M1}"
+        await stack.feed.send(*price_walk(M1, 5, T0 + 100))
+        stream = sse_messages(http, f"/sse?markets={M1}", headers={"Last-Event-ID": last_id})
+        async with asyncio.timeout(10):
+            async for _, kind, message in stream:
+                assert kind != "snapshot", "resumable stream must not restart from a snapshot"
+                books.take(message)
+                if books.at(M1) == 9:
+                    break
+            await stream.aclose()
+        assert books.seqs[M1] == [4, 5, 6, 7, 8, 9]
+        assert books.markets[M1] == stack.feed.book(M1)
+
+
+async def test_sse_errors_are_json() -> None:
+    async with running_stack() as stack, httpx.AsyncClient(base_url=stack.url) as http:
+        await stack.feed.send(event(), match_result())
+        missing = await http.get("/sse?markets=nope")
+        assert missing.status_code == 404
+        assert missing.json()["code"] == "unknown_market"
+        empty = await http.get("/sse")
+        assert empty.status_code == 400
+        assert empty.json()["type"] == "error"
+
+
+async def test_rest_listing_and_errors() -> None:
+    async with running_stack() as stack, httpx.AsyncClient(base_url=stack.url) as http:
+        await stack.feed.send(
+            event(), match_result(), over_under(), event("fb-2"), match_result("fb-2")
+        )
+        events = (await http.get("/v1/events")).json()
+        assert [e["event_id"] for e in events] == ["fb-1", "fb-2"]
+        rows = (await http.get("/v1/markets", params={"event_id": "fb-1"})).json()
+        assert {r["market_id"] for r in rows} == {M1, M2}
+        for row in rows:
+            assert {"market_id", "event_id", "status", "seq", "epoch"} <= set(row)
+            assert row["event_id"] == "fb-1"
+        assert len((await http.get("/v1/markets")).json()) == 3
+        unknown = await http.get("/v1/markets/nope")
+        assert unknown.status_code == 404
+        assert unknown.json() == {
+            "type": "error",
+            "code": "unknown_market",
+            "message": "unknown market: nope",
+        }
+        assert (await http.get("/v1/events/nope")).status_code == 404
+        assert (await http.get("/healthz")).json() == {"status": "ok"}
+        assert (await http.get("/readyz")).status_code == 200
+        metrics = (await http.get("/metrics")).text
+        assert "oddstream_connections 0" in metrics
