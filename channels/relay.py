@@ -30,6 +30,7 @@ import protocol
 from channels.broker import Broker, Subscription
 from channels.frame import Frame
 from channels.hub import Hub, Subscriber
+from channels.names import event_channel, lobby_channel
 from channels.store import Store
 from protocol import ApplyError, Delta, EventState, Snapshot
 
@@ -205,6 +206,13 @@ class Relay:
             if e.snapshot is not None and e.snapshot.event_id == event_id
         ]
 
+    def markets_of_lobby(self, sport: str) -> list[str]:
+        return [
+            m
+            for m, e in self._entries.items()
+            if e.snapshot is not None and e.snapshot.main and e.snapshot.sport == sport
+        ]
+
     # -- events --------------------------------------------------------------------------------
 
     async def event(self, event_id: str) -> Frame | None:
@@ -301,19 +309,26 @@ class Relay:
         elif isinstance(message, Snapshot) and message.main:
             sport = message.sport
         lobby_watchers = self.hub.lobby_watchers(sport) if sport is not None else set()
-        if not event_watchers and not lobby_watchers:
-            return
         market_id = message.market_id
         watchers = [(s, f"e:{message.event_id}") for s in event_watchers]
         watchers += [(s, f"l:{sport}") for s in lobby_watchers]
         if isinstance(message, Snapshot) and message.seq == 1:
-            entry = _Entry()
-            self._entries[market_id] = entry
+            # A new market. Keep it even before anyone watches, if its event or lobby
+            # channel is held: a subscription being set up lists markets from storage
+            # and would otherwise miss one created in between.
+            covered = self.holds(event_channel(message.event_id)) or (
+                sport is not None and self.holds(lobby_channel(sport))
+            )
+            if not watchers and not covered:
+                return
+            self._entries[market_id] = _Entry()
             self._loaded(market_id, message)
             for sub, reason in watchers:
                 frame = self.attach(market_id, sub, reason)
                 if frame is not None:
                     sub.offer(frame)
+            return
+        if not watchers:
             return
         # A market we have not loaded yet: load it, then attach whoever watches it.
         self._spawn(self._load_for_watchers(market_id, message.event_id))

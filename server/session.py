@@ -166,7 +166,7 @@ class Session:
             hub.watch_lobby(sport, self)
             for frame in lobby_events[sport]:
                 self.offer(frame)
-            for m in self._known(lobby_markets[sport]):
+            for m in self._known(lobby_markets[sport], self._relay.markets_of_lobby(sport)):
                 self._attach(m, f"l:{sport}")
 
     async def _ensure_known(self, ids: list[str]) -> None:
