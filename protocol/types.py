@@ -144,10 +144,13 @@ class Error(msgspec.Struct, frozen=True, tag="error", tag_field="type", omit_def
 
 
 class Reconnect(msgspec.Struct, frozen=True, tag="reconnect", tag_field="type", omit_defaults=True):
-    """The server is going away (drain): reconnect, to any gateway, and resume."""
+    """The server is going away (drain): reconnect, to any gateway, after ``after_ms``
+    (a per-client jitter, so a fleet does not reconnect at once), and ``resume`` from
+    ``positions``: where each of the connection's markets stands in what was sent."""
 
     reason: str
     after_ms: int = 0
+    positions: tuple[Position, ...] = ()
 
 
 ServerMessage = Snapshot | Delta | EventState | Heartbeat | Ack | Error | Reconnect

@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import logging
+import signal
 import socket
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import uvicorn
@@ -47,6 +49,7 @@ def _server_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--queue-frames", type=int, dest="queue_frames")
     p.add_argument("--max-frame-bytes", type=int, dest="max_frame_bytes")
     p.add_argument("--history-size", type=int, dest="history_size")
+    p.add_argument("--drain-s", type=float, dest="drain_s", help="drain deadline on SIGTERM")
     p.add_argument("--log-level", dest="log_level")
 
 
@@ -86,16 +89,19 @@ async def dev(settings: Settings) -> None:
     source = iter(MatchDay(seed=settings.seed, events=settings.events, start_ms=now_ms()))
     pipeline = EmbeddedPipeline(source, store, broker, rate=settings.rate)
     app = build_app(gateway, background=[pipeline.run])
-    await serve(app, settings)
+    await serve(app, settings, gateway)
 
 
-async def serve(app: Any, settings: Settings) -> None:
-    """Serve ``app`` until cancelled; the socket is bound first so the printed URL carries
-    the real port (``--port 0`` picks a free one)."""
+async def serve(app: Any, settings: Settings, gateway: Gateway | None = None) -> None:
+    """Serve ``app`` until SIGTERM/SIGINT. The socket is bound first so the printed URL
+    carries the real port (``--port 0`` picks a free one). The first signal drains the
+    gateway (stop accepting, ``reconnect`` every client, close within ``drain_s``) and then
+    stops; a second one stops at once."""
     sock = socket.socket(socket.AF_INET6 if ":" in settings.host else socket.AF_INET)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     try:
         sock.bind((settings.host, settings.port))
+        sock.listen(2048)  # Clients may connect as soon as the URL is printed.
     except OSError as exc:
         sock.close()
         raise SystemExit(
@@ -109,10 +115,44 @@ async def serve(app: Any, settings: Settings) -> None:
         lifespan="on",
         log_level="warning",
         access_log=False,
+        timeout_graceful_shutdown=int(settings.close_timeout_s) + 1,
     )
+    server = _Server(config)
+    loop = asyncio.get_running_loop()
+    drain: list[asyncio.Task[None]] = []
+
+    async def drain_then_stop() -> None:
+        for listener in server.servers:
+            listener.close()  # Stop accepting; established connections carry on.
+        if gateway is not None:
+            await gateway.drain(settings.drain_s)
+        server.should_exit = True
+
+    def on_signal() -> None:
+        if drain:
+            server.force_exit = server.should_exit = True
+        else:
+            drain.append(loop.create_task(drain_then_stop()))
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, on_signal)
     port = sock.getsockname()[1]
     print(f"oddstream: serving on http://{settings.host}:{port}/  (Ctrl-C to stop)", flush=True)
-    await uvicorn.Server(config).serve(sockets=[sock])
+    try:
+        await server.serve(sockets=[sock])
+    finally:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(sig)
+        for task in drain:
+            task.cancel()
+
+
+class _Server(uvicorn.Server):
+    """uvicorn's server with our signal handling (drain first) instead of its own."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
 
 
 if __name__ == "__main__":

@@ -3,6 +3,9 @@ and the sessions it serves. Transports and routes get everything from here."""
 
 from __future__ import annotations
 
+import asyncio
+import logging
+import random
 import time
 
 import msgspec
@@ -16,6 +19,8 @@ from protocol import Heartbeat
 from server.outbox import Outbox
 from server.session import Session
 from server.settings import Settings
+
+log = logging.getLogger(__name__)
 
 
 class GatewayStats(msgspec.Struct):
@@ -34,6 +39,9 @@ class Gateway:
         self.stats = GatewayStats()
         self.ready = False
         self.draining = False
+        self.sessions: set[Session] = set()
+        self._idle = asyncio.Event()
+        self._idle.set()
 
     async def start(self) -> None:
         await self.relay.start()
@@ -46,17 +54,47 @@ class Gateway:
     def open_session(self) -> Session:
         self.stats.connections += 1
         self.stats.connections_total += 1
-        return Session(
+        session = Session(
             self.relay,
             self.store,
             Outbox(self.settings.queue_frames),
             max_subscriptions=self.settings.max_subscriptions,
         )
+        self.sessions.add(session)
+        self._idle.clear()
+        return session
 
     async def close_session(self, session: Session) -> None:
         if not session.closed:
             self.stats.connections -= 1
+            self.sessions.discard(session)
+            if not self.sessions:
+                self._idle.set()
             await session.close()
+
+    async def drain(self, deadline_s: float, batches: int = 10) -> None:
+        """Graceful drain (SIGTERM): refuse new clients (``/readyz`` turns 503 so the load
+        balancer stops sending them), then send every client a ``reconnect`` with its
+        positions and close it, in jittered batches spread over most of ``deadline_s`` so
+        the fleet does not reconnect all at once. Returns when every client is gone or the
+        deadline passed."""
+        self.draining = True
+        log.info("draining %d connections within %.1fs", len(self.sessions), deadline_s)
+        sessions = list(self.sessions)
+        random.shuffle(sessions)
+        spread = deadline_s * 0.5
+        size = max(1, -(-len(sessions) // batches))
+        for start in range(0, len(sessions), size):
+            for session in sessions[start : start + size]:
+                if not session.closed:
+                    session.drain("draining", after_ms=random.randint(0, int(spread * 1000)))
+            if start + size < len(sessions):
+                await asyncio.sleep(spread / batches)  # Pacing the batches, by design.
+        try:
+            async with asyncio.timeout(max(0.1, deadline_s - spread)):
+                await self._idle.wait()
+        except TimeoutError:
+            log.warning("drain deadline passed with %d connections left", len(self.sessions))
 
     @staticmethod
     def heartbeat() -> Frame:

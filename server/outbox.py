@@ -15,7 +15,7 @@ from channels.frame import Frame
 
 
 class Outbox:
-    __slots__ = ("_frames", "_limit", "_ready", "closed", "overflow", "overflowed")
+    __slots__ = ("_frames", "_limit", "_ready", "closed", "closing", "overflow", "overflowed")
 
     def __init__(self, limit: int):
         self._frames: deque[Frame] = deque()
@@ -23,12 +23,13 @@ class Outbox:
         self._ready = asyncio.Event()
         self.overflowed = False
         self.closed = False
+        self.closing = False
         # Set on overflow, so the transport can act even while its writer is stuck in a
         # send to a client that stopped reading.
         self.overflow = asyncio.Event()
 
     def offer(self, frame: Frame) -> None:
-        if self.overflowed or self.closed:
+        if self.overflowed or self.closed or self.closing:
             return
         if len(self._frames) >= self._limit:
             self.overflowed = True
@@ -39,7 +40,15 @@ class Outbox:
         self._ready.set()
 
     def close(self) -> None:
+        """Stop at once; buffered frames are dropped."""
         self.closed = True
+        self._ready.set()
+
+    def finish(self) -> None:
+        """Stop after the frames already buffered have been taken (used by drain)."""
+        self.closing = True
+        if not self._frames:
+            self.closed = True
         self._ready.set()
 
     async def take(self, wait_s: float) -> list[Frame]:
@@ -56,6 +65,8 @@ class Outbox:
             return []
         frames = list(self._frames)
         self._frames.clear()
+        if self.closing:
+            self.closed = True  # The next take reports the close.
         return frames
 
     def __len__(self) -> int:

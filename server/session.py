@@ -294,6 +294,22 @@ class Session:
         if snap is not None:
             self.offer(Frame(protocol.as_reset(snap)))
 
+    # -- drain -------------------------------------------------------------------------------------
+
+    def drain(self, reason: str, after_ms: int) -> None:
+        """Tell the client to reconnect elsewhere, with where each of its markets stands,
+        then close once everything buffered is sent. Detaching first makes the positions
+        exact: every frame up to them is already in the outbox, and nothing follows."""
+        hub = self._relay.hub
+        positions = tuple(
+            protocol.Position(market_id=m, epoch=snap.epoch, seq=snap.seq)
+            for m in hub.markets_of(self)
+            if (snap := self._relay.current(m)) is not None
+        )
+        self._relay.forget_unwatched(hub.drop(self))
+        self.send(protocol.Reconnect(reason=reason, after_ms=after_ms, positions=positions))
+        self.outbox.finish()
+
     # -- teardown --------------------------------------------------------------------------------
 
     async def close(self) -> None:

@@ -28,6 +28,7 @@ class Settings:
     queue_frames: int = 4_096
     heartbeat_s: float = 15.0
     close_timeout_s: float = 2.0
+    drain_s: float = 10.0
     # Storage.
     history_size: int = 256
     # Embedded (dev) feed.
@@ -48,6 +49,7 @@ class Settings:
         _check(self.queue_frames, "queue_frames", self.queue_frames >= 16, ">= 16")
         _check(self.heartbeat_s, "heartbeat_s", self.heartbeat_s > 0, "> 0")
         _check(self.close_timeout_s, "close_timeout_s", self.close_timeout_s > 0, "> 0")
+        _check(self.drain_s, "drain_s", self.drain_s > 0, "> 0")
         _check(self.history_size, "history_size", self.history_size >= 1, ">= 1")
         _check(self.events, "events", self.events >= 1, ">= 1")
         _check(self.rate, "rate", self.rate > 0, "> 0")

@@ -71,12 +71,12 @@ async def _stream(session: Session, gateway: Gateway) -> AsyncIterator[bytes]:
     try:
         while True:
             frames = await outbox.take(gateway.settings.heartbeat_s)
-            if outbox.overflowed:
-                gateway.stats.slow_consumer_closes += 1
-                return
-            if outbox.closed:
-                return
             if not frames:
+                if outbox.overflowed:
+                    gateway.stats.slow_consumer_closes += 1
+                    return
+                if outbox.closed:
+                    return
                 frames = [gateway.heartbeat()]
             for frame in frames:
                 token = position_token(frame)

@@ -77,9 +77,9 @@ async def _write(websocket: WebSocket, session: Session, gateway: Gateway, binar
     try:
         while True:
             frames = await outbox.take(heartbeat)
-            if outbox.overflowed or outbox.closed:
-                return
             if not frames:
+                if outbox.overflowed or outbox.closed:
+                    return
                 frames = [gateway.heartbeat()]
             for frame in frames:
                 if binary:
