@@ -1,0 +1,1 @@
+"""Benchmarks and load tools. They print figures; nothing here asserts a timing."""
