@@ -74,6 +74,9 @@ class FeedMarketStatus(
 
 
 class FeedPrice(msgspec.Struct, frozen=True, omit_defaults=True):
+    """A selection's full new price (``None``: it has no price now) and, optionally, its
+    new status. A status-only change repeats the current price."""
+
     selection_id: str
     price: Decimal | None = None
     status: SelectionStatus | None = None

@@ -92,10 +92,30 @@ pid_alive() {
 
 wait_gone() {  # wait_gone PID SECONDS
     local pid=$1 deadline=$((SECONDS + $2))
+    local state
     while kill -0 "$pid" 2>/dev/null; do
+        # a zombie (parent not reaping) is as good as gone
+        state="$(sed -e 's/^.*) //' "/proc/$pid/stat" 2>/dev/null | cut -c1 || true)"
+        [ "$state" != Z ] || return 0
         [ "$SECONDS" -lt "$deadline" ] || return 1
         sleep 0.2
     done
+}
+
+# spawn LOGFILE CMD... : start CMD detached (own session, stdin /dev/null,
+# stdout+stderr to LOGFILE) with every other inherited descriptor closed, so
+# that a caller doing "$(services.sh up)" (or holding any pipe) never waits on
+# the daemon. Sets SPAWNED_PID (setsid does not fork here, so it is CMD's pid).
+spawn() {
+    local logfile=$1; shift
+    (
+        for fd in "/proc/$BASHPID/fd"/*; do
+            fd=${fd##*/}
+            case $fd in 0|1|2) ;; *) eval "exec $fd>&-" 2>/dev/null || true ;; esac
+        done
+        exec setsid "$@" </dev/null >"$logfile" 2>&1
+    ) &
+    SPAWNED_PID=$!
 }
 
 lock() {
@@ -131,8 +151,11 @@ kafka_fetch_jars() {
     log "fetching Kafka $KAFKA_VERSION jars with Maven into ${LIBS#"$ROOT"/} ..."
     local tmp="$CACHE/kafka/libs.tmp.$$"
     rm -rf "$tmp"; mkdir -p "$tmp"
-    if ! mvn -q -B -f "$KAFKA_SUPPORT/pom.xml" dependency:copy-dependencies \
-            -DincludeScope=runtime -DoutputDirectory="$tmp" >&2; then
+    # (Maven 3.8 prints stray ANSI resets even with -q -B: strip them.)
+    if ! mvn -q -B -Dstyle.color=never -f "$KAFKA_SUPPORT/pom.xml" \
+            org.apache.maven.plugins:maven-dependency-plugin:3.8.1:copy-dependencies \
+            -DincludeScope=runtime -DoutputDirectory="$tmp" 2>&1 \
+            | sed -e 's/\x1b\[[0-9;]*m//g' -e '/^$/d' >&2; then
         rm -rf "$tmp"
         die "mvn dependency:copy-dependencies failed (is Maven Central reachable?)"
     fi
@@ -140,7 +163,7 @@ kafka_fetch_jars() {
     printf '%s\n' "$want" >"$tmp/.complete"
     rm -rf "$LIBS"
     mv "$tmp" "$LIBS"
-    log "fetched $(ls "$LIBS"/*.jar | wc -l) jars"
+    log "fetched $(find "$LIBS" -name "*.jar" | wc -l) jars"
 }
 
 kafka_java() {  # kafka_java MAIN ARGS... (foreground)
@@ -208,16 +231,15 @@ kafka_start() {
     if [ -f "$KAFKA_LOG" ]; then mv -f "$KAFKA_LOG" "$KAFKA_LOG.prev"; fi
     log "starting Kafka $KAFKA_VERSION on 127.0.0.1:$port (controller $cport)"
     # shellcheck disable=SC2086
-    setsid java -cp "$LIBS/*" \
+    spawn "$KAFKA_LOG" java -cp "$LIBS/*" \
         ${ODDSTREAM_KAFKA_HEAP_OPTS:--Xmx512M -Xms256M} \
         -server -XX:+UseG1GC -XX:MaxGCPauseMillis=20 \
         -XX:InitiatingHeapOccupancyPercent=35 -XX:+ExplicitGCInvokesConcurrent \
         -XX:+ExitOnOutOfMemoryError -Djava.awt.headless=true \
         -Dlog4j.configuration="file:$KAFKA_SUPPORT/log4j.properties" \
         -Dkafka.logs.dir="$SVC" \
-        kafka.Kafka "$KAFKA_DIR/server.properties" \
-        </dev/null >"$KAFKA_LOG" 2>&1 9>&- &
-    pid=$!
+        kafka.Kafka "$KAFKA_DIR/server.properties"
+    pid=$SPAWNED_PID
     printf '%s\n' "$pid" >"$SVC/kafka.pid"
 
     local timeout="${ODDSTREAM_KAFKA_TIMEOUT:-90}" deadline
@@ -261,11 +283,10 @@ redis_start() {
 
     if [ -f "$REDIS_LOG" ]; then mv -f "$REDIS_LOG" "$REDIS_LOG.prev"; fi
     log "starting redis-server on 127.0.0.1:$port"
-    setsid redis-server --bind 127.0.0.1 --port "$port" \
+    spawn "$REDIS_LOG" redis-server --bind 127.0.0.1 --port "$port" \
         --save '' --appendonly no --daemonize no \
-        --dir "$SVC" --protected-mode yes --loglevel notice \
-        </dev/null >"$REDIS_LOG" 2>&1 9>&- &
-    pid=$!
+        --dir "$SVC" --protected-mode yes --loglevel notice
+    pid=$SPAWNED_PID
     printf '%s\n' "$pid" >"$SVC/redis.pid"
 
     local timeout="${ODDSTREAM_REDIS_TIMEOUT:-20}" deadline
