@@ -1,13 +1,12 @@
-"""The embedded pipeline of ``oddstream dev``: a feed source paced in real time, the
-in-memory bus, and the book processor writing to a store and publishing on a broker —
-the same processor and seams the distributed mode runs over Kafka and Redis."""
+"""The embedded pipeline of ``oddstream dev``: a paced feed, the in-memory bus, and the
+book processor writing to a store and publishing on a broker."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterable
 from itertools import count
 
 import msgspec
@@ -41,55 +40,57 @@ def _b36(n: int) -> str:
             return out
 
 
-class EmbeddedPipeline:
-    """Feed source -> bus -> processor -> store + broker, in one process.
+async def rated(
+    messages: Iterable[FeedMessage],
+    rate: float,
+    *,
+    restamp: bool = True,
+    clock: Callable[[], int] = now_ms,
+) -> AsyncIterator[FeedMessage]:
+    """Yield ``rate`` messages per second; with ``restamp`` each gets the wall-clock time it
+    is emitted as its ``ts`` (the synthetic feed's own timestamp, for end-to-end lag)."""
+    started = time.monotonic()
+    for sent, message in enumerate(messages):
+        due = (time.monotonic() - started) * rate
+        if sent >= due:
+            await asyncio.sleep(min(0.05, (sent - due + 1) / rate))  # Pacing by design.
+        yield msgspec.structs.replace(message, ts=clock()) if restamp else message
 
-    ``rate`` is the number of feed messages per second taken from ``source``; each is
-    stamped with the wall-clock time it is produced (the feed's own timestamp, from which
-    end-to-end lag is measured). ``limit`` stops the feed after that many messages.
+
+class EmbeddedPipeline:
+    """Feed -> in-memory bus -> processor -> store + broker, in one process: the same
+    processor and seams the distributed mode runs over Kafka and Redis.
+
+    ``feed`` is already paced (see :func:`rated` and :func:`feeds.replay.paced`). When it
+    ends, :attr:`idle` is set once everything it produced has been processed.
     """
 
     def __init__(
         self,
-        source: Iterator[FeedMessage],
+        feed: AsyncIterator[FeedMessage],
         store: Store,
         broker: Publisher,
         *,
-        rate: float,
-        limit: int | None = None,
-        restamp: bool = True,
         clock: Callable[[], int] = now_ms,
     ):
         self.bus = MemoryBus()
         self.processor = Processor(epoch_minter(clock))
-        self._source = source
+        self._feed = feed
         self._store = store
         self._broker = broker
-        self._rate = rate
-        self._limit = limit
-        self._restamp = restamp
-        self._clock = clock
         self.processed = 0
         self.dead_letters = 0
         self.feed_done = asyncio.Event()
         self.idle = asyncio.Event()
 
     async def run(self) -> None:
-        """Run until cancelled (or, with ``limit``, until everything is processed)."""
+        """Run until cancelled; returns once a finite feed is fully processed."""
         async with asyncio.TaskGroup() as tasks:
             tasks.create_task(self._produce())
             tasks.create_task(self._process())
 
     async def _produce(self) -> None:
-        started = time.monotonic()
-        for sent, message in enumerate(self._source):
-            if self._limit is not None and sent >= self._limit:
-                break
-            due = (time.monotonic() - started) * self._rate
-            if sent >= due:
-                await asyncio.sleep(min(0.05, (sent - due + 1) / self._rate))
-            if self._restamp:
-                message = msgspec.structs.replace(message, ts=self._clock())
+        async for message in self._feed:
             await self.bus.send(message)
         self.feed_done.set()
 
@@ -99,10 +100,8 @@ class EmbeddedPipeline:
             if not records:
                 if self.feed_done.is_set():
                     self.idle.set()
-                    if self._limit is not None:
-                        return
+                    return
                 continue
-            self.idle.clear()
             step = self.processor.process(records)
             for dead in step.dead_letters:
                 self.dead_letters += 1

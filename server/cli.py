@@ -20,7 +20,8 @@ import uvicorn
 
 from channels.broker import MemoryBroker
 from channels.store import MemoryStore
-from feeds.embedded import EmbeddedPipeline, now_ms
+from feeds.embedded import EmbeddedPipeline
+from feeds.sources import SourceError, open_source
 from server.app import build_app
 from server.gateway import Gateway
 from server.settings import Settings, SettingsError
@@ -38,6 +39,8 @@ def _parser() -> argparse.ArgumentParser:
     dev.add_argument("--seed", type=int, help="synthetic feed seed (default 1)")
     dev.add_argument("--events", type=int, help="concurrent events (default 12)")
     dev.add_argument("--rate", type=float, help="feed messages per second (default 200)")
+    dev.add_argument("--feed", help="synth (default) or FORMAT:PATH, a recording to replay")
+    dev.add_argument("--speed", type=float, help="replay speed (x real time; 0 = max)")
     return parser
 
 
@@ -65,7 +68,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
     if args.command == "dev":
-        return _run(dev(settings))
+        try:
+            return _run(dev(settings))
+        except SourceError as exc:
+            print(f"oddstream: --feed: {exc}", file=sys.stderr)
+            return 2
     return 2
 
 
@@ -81,13 +88,17 @@ def _run(coro: Any) -> int:
 
 async def dev(settings: Settings) -> None:
     """The embedded default: synthetic match day -> in-memory bus -> books -> gateway."""
-    from feeds.synthetic import MatchDay
-
     store = MemoryStore(history_size=settings.history_size)
     broker = MemoryBroker()
     gateway = Gateway(settings, broker, store)
-    source = iter(MatchDay(seed=settings.seed, events=settings.events, start_ms=now_ms()))
-    pipeline = EmbeddedPipeline(source, store, broker, rate=settings.rate)
+    feed = open_source(
+        settings.feed,
+        seed=settings.seed,
+        events=settings.events,
+        rate=settings.rate,
+        speed=settings.speed,
+    )
+    pipeline = EmbeddedPipeline(feed, store, broker)
     app = build_app(gateway, background=[pipeline.run])
     await serve(app, settings, gateway)
 

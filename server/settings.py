@@ -35,6 +35,8 @@ class Settings:
     seed: int = 1
     events: int = 12
     rate: float = 200.0
+    feed: str = "synth"
+    speed: float = 1.0
     # Distributed mode.
     kafka: str = ""
     redis: str = ""
@@ -53,6 +55,8 @@ class Settings:
         _check(self.history_size, "history_size", self.history_size >= 1, ">= 1")
         _check(self.events, "events", self.events >= 1, ">= 1")
         _check(self.rate, "rate", self.rate > 0, "> 0")
+        _check(self.speed, "speed", self.speed >= 0, ">= 0 (0: as fast as possible)")
+        _check(self.feed, "feed", _feed_ok(self.feed), "synth or FORMAT:PATH (jsonl, ...)")
         _check(self.partitions, "partitions", self.partitions >= 1, ">= 1")
         _check(
             self.log_level,
@@ -98,6 +102,16 @@ class Settings:
             except (TypeError, ValueError):
                 raise SettingsError(f"invalid {source}={raw!r}: expected {kind.__name__}") from None
         return cls(**values)
+
+
+def _feed_ok(spec: str) -> bool:
+    from feeds.sources import SourceError, check_spec
+
+    try:
+        check_spec(spec)
+    except SourceError:
+        return False
+    return True
 
 
 def env_name(name: str) -> str:

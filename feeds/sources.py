@@ -1,0 +1,56 @@
+"""Feed sources by name, for ``oddstream dev --feed`` and ``oddstream feed``.
+
+``synth`` is the synthetic match day, paced at ``rate`` messages per second and stamped
+with the wall clock. ``FORMAT:PATH`` replays a recording in its own time order at ``speed``
+times its pace (0: as fast as possible), keeping its own timestamps.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable, Iterator
+from pathlib import Path
+
+from feeds.embedded import now_ms, rated
+from feeds.model import FeedMessage
+from feeds.replay import ReadReport, paced, read_jsonl
+
+Reader = Callable[[Path, ReadReport], Iterator[FeedMessage]]
+
+#: Recording formats by name; adapters for other sources register here.
+READERS: dict[str, Reader] = {"jsonl": read_jsonl}
+
+
+class SourceError(ValueError):
+    """The feed spec names no known source, or its file is missing."""
+
+
+def check_spec(spec: str) -> None:
+    """Validate a ``--feed`` value without opening anything."""
+    if spec == "synth":
+        return
+    kind, sep, path = spec.partition(":")
+    if not sep or kind not in READERS or not path:
+        known = ", ".join(["synth", *(f"{k}:PATH" for k in READERS)])
+        raise SourceError(f"unknown feed {spec!r}; expected one of {known}")
+
+
+def open_source(
+    spec: str,
+    *,
+    seed: int,
+    events: int,
+    rate: float,
+    speed: float,
+    report: ReadReport | None = None,
+) -> AsyncIterator[FeedMessage]:
+    """The paced feed a spec names. Raises :class:`SourceError`."""
+    check_spec(spec)
+    if spec == "synth":
+        from feeds.synthetic import MatchDay
+
+        return rated(MatchDay(seed=seed, events=events, start_ms=now_ms()), rate)
+    kind, _, raw_path = spec.partition(":")
+    path = Path(raw_path)
+    if not path.is_file():
+        raise SourceError(f"feed recording not found: {path}")
+    return paced(READERS[kind](path, report if report is not None else ReadReport()), speed)
