@@ -201,8 +201,6 @@ def asyncapi() -> JsonObject:
     client = client_types()
     server_tags = [tag_of(cls) for cls in server]
     client_tags = [tag_of(cls) for cls in client]
-    # SSE has no commands, so nothing is ever acknowledged on it.
-    sse_tags = [tag for tag in server_tags if tag != tag_of(Ack)]
     kafka_tags = [tag_of(Snapshot), tag_of(Delta)]
     feed_names = sorted({name for names in FEED_TOPICS.values() for name in names})
 
@@ -225,11 +223,12 @@ def asyncapi() -> JsonObject:
             "address": "/ws",
             "title": "WebSocket",
             "description": (
-                "One WebSocket per client. Subprotocol `oddstream.v1.json` (default): one "
-                "JSON message per text frame; `oddstream.v1.msgpack` (planned): MessagePack "
-                "in binary frames. The client sends commands; the server answers each with "
-                "`ack` or `error` (echoing its `id`), then streams `snapshot`, `delta` and "
-                f"`event` messages, and a `heartbeat` after {HEARTBEAT_SECONDS} s of silence."
+                "One WebSocket per client. Subprotocol `oddstream.v1.json` (the default): one "
+                "JSON message per text frame; `oddstream.v1.msgpack`: server messages as "
+                "MessagePack in binary frames (commands stay JSON). The client sends commands; "
+                "the server answers each with `ack` or `error` (echoing its `id`), then streams "
+                "`snapshot`, `delta` and `event` messages, and a `heartbeat` after "
+                f"{HEARTBEAT_SECONDS} s of silence."
             ),
             "servers": [_ref("servers", "gateway")],
             "messages": message_refs([*server_tags, *client_tags]),
@@ -239,12 +238,13 @@ def asyncapi() -> JsonObject:
             "title": "Server-Sent Events",
             "description": (
                 "The same JSON messages as the WebSocket, one per SSE event: `event:` is the "
-                "message `type`, `data:` the JSON, `id:` the resume token. Subscriptions are "
-                "in the query string (`markets`, `events`, `lobbies`, comma-separated); "
-                "`Last-Event-ID` on reconnect resumes the stream."
+                "message `type`, `data:` the JSON, and `id:` (on market messages) the resume "
+                "token. Subscriptions are in the query string (`markets`, `events`, `lobbies`, "
+                "comma-separated), run as a `subscribe` (and a `resume` for `Last-Event-ID`) "
+                "whose `ack` opens the stream."
             ),
             "servers": [_ref("servers", "gateway-http")],
-            "messages": message_refs(sse_tags),
+            "messages": message_refs(server_tags),
         },
         DELTAS_TOPIC: {
             "address": DELTAS_TOPIC,
@@ -304,7 +304,7 @@ def asyncapi() -> JsonObject:
             "action": "send",
             "title": "Server message as an SSE event",
             "channel": _ref("channels", "sse"),
-            "messages": _channel_messages("sse", sse_tags),
+            "messages": _channel_messages("sse", server_tags),
             "bindings": {"http": {"bindingVersion": "0.3.0", "method": "GET", "query": sse_query}},
         },
         "sendDelta": {
