@@ -18,8 +18,8 @@ from typing import Any
 
 import uvicorn
 
-from channels.broker import MemoryBroker
-from channels.store import MemoryStore
+from channels.broker import BrokerError, MemoryBroker
+from channels.store import MemoryStore, StoreError
 from feeds.embedded import EmbeddedPipeline
 from feeds.sources import SourceError, open_source
 from server.app import build_app
@@ -41,7 +41,18 @@ def _parser() -> argparse.ArgumentParser:
     dev.add_argument("--rate", type=float, help="feed messages per second (default 200)")
     dev.add_argument("--feed", help="synth (default) or FORMAT:PATH, a recording to replay")
     dev.add_argument("--speed", type=float, help="replay speed (x real time; 0 = max)")
+    gateway = sub.add_parser("gateway", help="a gateway: Redis in; WebSocket, SSE and REST out")
+    _server_flags(gateway)
+    _redis_flag(gateway)
     return parser
+
+
+def _redis_flag(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--redis", help="Redis URL, e.g. redis://127.0.0.1:6379/0")
+
+
+def _kafka_flag(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--kafka", help="Kafka bootstrap servers host:port[,host:port]")
 
 
 def _server_flags(p: argparse.ArgumentParser) -> None:
@@ -61,19 +72,33 @@ def main(argv: Sequence[str] | None = None) -> int:
     flags: dict[str, Any] = {k: v for k, v in vars(args).items() if k != "command"}
     try:
         settings = Settings.load(flags)
+        if args.command == "gateway":
+            _require(settings, "redis")
     except SettingsError as exc:
         print(f"oddstream: {exc}", file=sys.stderr)
         return 2
     logging.basicConfig(
         level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
-    if args.command == "dev":
-        try:
+    try:
+        if args.command == "dev":
             return _run(dev(settings))
-        except SourceError as exc:
-            print(f"oddstream: --feed: {exc}", file=sys.stderr)
-            return 2
+        if args.command == "gateway":
+            return _run(gateway(settings))
+    except SourceError as exc:
+        print(f"oddstream: --feed: {exc}", file=sys.stderr)
+        return 2
+    except (StoreError, BrokerError) as exc:
+        print(f"oddstream: {exc}", file=sys.stderr)
+        return 1
     return 2
+
+
+def _require(settings: Settings, *names: str) -> None:
+    for name in names:
+        if not getattr(settings, name):
+            flag = "--" + name.replace("_", "-")
+            raise SettingsError(f"{flag} / ODDSTREAM_{name.upper()} is required for this command")
 
 
 def _run(coro: Any) -> int:
@@ -101,6 +126,21 @@ async def dev(settings: Settings) -> None:
     pipeline = EmbeddedPipeline(feed, store, broker)
     app = build_app(gateway, background=[pipeline.run])
     await serve(app, settings, gateway)
+
+
+async def gateway(settings: Settings) -> None:
+    """A gateway of the distributed mode: Redis snapshots, history and pub/sub in."""
+    from channels.redis_broker import RedisBroker
+    from channels.redis_store import RedisStore
+
+    store = await RedisStore.connect(settings.redis, history_size=settings.history_size)
+    broker = await RedisBroker.connect(settings.redis)
+    node = Gateway(settings, broker, store)
+    try:
+        await serve(build_app(node), settings, node)
+    finally:
+        await broker.close()
+        await store.close()
 
 
 async def serve(app: Any, settings: Settings, gateway: Gateway | None = None) -> None:
