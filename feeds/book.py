@@ -13,10 +13,12 @@ nothing and consumes no ``seq``.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
+from decimal import Decimal
 from typing import Literal
 
 import msgspec
 
+import protocol
 from feeds.model import (
     FeedEvent,
     FeedMarket,
@@ -34,15 +36,25 @@ from protocol import (
     SelectionChange,
     SelectionStatus,
     Snapshot,
-    apply_selection_changes,
+    UnsetType,
 )
 from protocol.types import Selection
 
 Output = Snapshot | Delta | EventState
 
 RejectReason = Literal[
-    "unknown_market", "unknown_selection", "market_final", "market_closed", "event_mismatch"
+    "unknown_market",
+    "unknown_selection",
+    "market_final",
+    "market_closed",
+    "event_mismatch",
+    "invalid_price",
+    "invalid_definition",
+    "invalid_transition",
 ]
+
+#: Lowest decimal price that means anything (a 1.00 price pays nothing back).
+MIN_PRICE = Decimal("1.01")
 
 
 class FeedRejected(Exception):
@@ -74,7 +86,10 @@ class MarketBook:
 
     @classmethod
     def create(cls, definition: FeedMarket, epoch: str) -> MarketBook:
-        """A new market at ``seq`` 1 from its first definition."""
+        """A new market at ``seq`` 1 from its first definition. Raises
+        :class:`FeedRejected` for an invalid definition."""
+        _check_definition(definition)
+        _refuse_final_by_status(definition.status, definition.market_id)
         return cls(
             Snapshot(
                 market_id=definition.market_id,
@@ -98,7 +113,12 @@ class MarketBook:
     def apply(self, message: FeedMarket | FeedMarketStatus | FeedOdds | FeedResult) -> Delta | None:
         """Apply one feed message for this market; return its delta, or None if nothing
         changed. Raises :class:`FeedRejected` (book unchanged) when the message is invalid
-        for the market's state."""
+        for the market's state.
+
+        Transitions: ``open`` and ``suspended`` move freely; ``closed`` freezes prices and
+        only a result may follow; a market becomes ``settled`` or ``voided`` only by a
+        result (which gives every selection its outcome), and then never changes again.
+        """
         current = self._snapshot
         if message.event_id != current.event_id:
             raise FeedRejected(
@@ -112,11 +132,25 @@ class MarketBook:
         status: MarketStatus | None
         reason: str | None
         changes: list[SelectionChange]
+        name: str | UnsetType = UNSET
+        main: bool | UnsetType = UNSET
         match message:
             case FeedMarket():
+                _refuse_final_by_status(message.status, current.market_id)
+                if message.market_kind != current.kind:
+                    raise FeedRejected(
+                        "invalid_definition",
+                        f"{current.market_id} is a {current.kind} market, "
+                        f"not {message.market_kind}",
+                    )
                 status, reason = message.status, message.reason
                 changes = self._definition_changes(message)
+                if message.name != current.name:
+                    name = message.name
+                if message.main != current.main:
+                    main = message.main
             case FeedMarketStatus():
+                _refuse_final_by_status(message.status, current.market_id)
                 status, reason = message.status, message.reason
                 changes = []
             case FeedOdds():
@@ -132,18 +166,18 @@ class MarketBook:
                     changes = self._result_changes(dict(message.results), void_all=False)
         if status == "open":
             reason = None  # A reopened market carries no suspension reason.
-        if (
-            current.status == "closed"
-            and status is not None
-            and status != "closed"
-            and status not in FINAL_MARKET_STATES
+        reopens = status is not None and status not in FINAL_MARKET_STATES | {"closed"}
+        if current.status == "closed" and (
+            reopens or (changes and status not in FINAL_MARKET_STATES)
         ):
             raise FeedRejected(
-                "market_closed", f"{current.market_id} is closed; it can only be settled"
+                "market_closed",
+                f"{current.market_id} is closed: prices are frozen, only a result may follow",
             )
         new_status = UNSET if status is None or status == current.status else status
         new_reason = UNSET if reason == current.reason else reason
-        if new_status is UNSET and new_reason is UNSET and not changes:
+        unchanged = (new_status, new_reason, name, main) == (UNSET, UNSET, UNSET, UNSET)
+        if unchanged and not changes:
             return None
         delta = Delta(
             market_id=current.market_id,
@@ -154,21 +188,10 @@ class MarketBook:
             status=new_status,
             reason=new_reason,
             selections=tuple(changes),
+            name=name,
+            main=main,
         )
-        self._snapshot = Snapshot(
-            market_id=current.market_id,
-            event_id=current.event_id,
-            seq=delta.seq,
-            epoch=current.epoch,
-            ts=message.ts,
-            sport=current.sport,
-            kind=current.kind,
-            name=current.name,
-            status=current.status if new_status is UNSET else new_status,
-            selections=apply_selection_changes(current.selections, delta.selections),
-            main=current.main,
-            reason=current.reason if new_reason is UNSET else new_reason,
-        )
+        self._snapshot = protocol.apply(current, delta)
         return delta
 
     def _refuse_if_closed(self) -> None:
@@ -178,6 +201,7 @@ class MarketBook:
             )
 
     def _definition_changes(self, definition: FeedMarket) -> list[SelectionChange]:
+        _check_definition(definition)
         known = {s.selection_id: s for s in self._snapshot.selections}
         changes = []
         for fs in definition.selections:
@@ -194,8 +218,10 @@ class MarketBook:
 
     def _odds_changes(self, odds: FeedOdds) -> list[SelectionChange]:
         known = {s.selection_id: s for s in self._snapshot.selections}
+        _refuse_duplicates([p.selection_id for p in odds.prices], odds.market_id)
         changes = []
         for fp in odds.prices:
+            _check_price(fp.price, odds.market_id, fp.selection_id)
             old = known.get(fp.selection_id)
             if old is None:
                 raise FeedRejected(
@@ -212,6 +238,12 @@ class MarketBook:
     ) -> list[SelectionChange]:
         known = {s.selection_id for s in self._snapshot.selections}
         unknown = sorted(set(results) - known)
+        not_results = sorted(s for s, r in results.items() if r == "active")
+        if not_results:
+            raise FeedRejected(
+                "invalid_transition",
+                f"{self._snapshot.market_id}: a result cannot leave {not_results} active",
+            )
         if unknown:
             raise FeedRejected(
                 "unknown_selection", f"{self._snapshot.market_id} has no selection(s) {unknown}"
@@ -229,6 +261,34 @@ class MarketBook:
             if result != sel.status:
                 changes.append(SelectionChange(sel.selection_id, status=result))
         return changes
+
+
+def _check_price(price: Decimal | None, market_id: str, selection_id: str) -> None:
+    if price is not None and not (price.is_finite() and price >= MIN_PRICE):
+        raise FeedRejected(
+            "invalid_price",
+            f"{market_id}/{selection_id}: price {price} is not a decimal price >= {MIN_PRICE}",
+        )
+
+
+def _refuse_duplicates(ids: list[str], market_id: str) -> None:
+    if len(set(ids)) != len(ids):
+        dupes = sorted({i for i in ids if ids.count(i) > 1})
+        raise FeedRejected("invalid_definition", f"{market_id}: selection(s) {dupes} repeated")
+
+
+def _check_definition(definition: FeedMarket) -> None:
+    _refuse_duplicates([s.selection_id for s in definition.selections], definition.market_id)
+    for sel in definition.selections:
+        _check_price(sel.price, definition.market_id, sel.selection_id)
+
+
+def _refuse_final_by_status(status: MarketStatus, market_id: str) -> None:
+    if status in FINAL_MARKET_STATES:
+        raise FeedRejected(
+            "invalid_transition",
+            f"{market_id}: a market becomes {status} by a result, not a status change",
+        )
 
 
 def _selection_change(

@@ -42,10 +42,10 @@ def apply(snapshot: Snapshot, delta: Delta) -> Snapshot:
         ts=delta.ts,
         sport=snapshot.sport,
         kind=snapshot.kind,
-        name=snapshot.name,
+        name=snapshot.name if delta.name is UNSET else delta.name,
         status=snapshot.status if delta.status is UNSET else delta.status,
         selections=selections,
-        main=snapshot.main,
+        main=snapshot.main if delta.main is UNSET else delta.main,
         reason=snapshot.reason if delta.reason is UNSET else delta.reason,
     )
 

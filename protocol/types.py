@@ -86,7 +86,8 @@ class Delta(msgspec.Struct, frozen=True, tag="delta", tag_field="type", omit_def
     """The minimal change taking a market from ``seq - 1`` to ``seq`` within ``epoch``.
 
     ``status`` and ``reason`` are present only when they changed; ``selections`` lists
-    only the selections that changed, with only their changed fields.
+    only the selections that changed, with only their changed fields; ``name`` and
+    ``main`` (in the sport's lobby or not) appear only when the feed redefined them.
     """
 
     market_id: str
@@ -97,6 +98,8 @@ class Delta(msgspec.Struct, frozen=True, tag="delta", tag_field="type", omit_def
     status: MarketStatus | UnsetType = UNSET
     reason: str | UnsetType | None = UNSET
     selections: tuple[SelectionChange, ...] = ()
+    name: str | UnsetType = UNSET
+    main: bool | UnsetType = UNSET
 
 
 class EventState(msgspec.Struct, frozen=True, tag="event", tag_field="type", omit_defaults=True):

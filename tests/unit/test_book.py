@@ -581,8 +581,7 @@ def test_events_are_sequenced_independently() -> None:
 
 
 # ---------------------------------------------------------------------------
-# Known defects (see the report to the lead): strict xfails, so the suite stays green
-# until the book is fixed, and turns red when a fix lands without removing the marker.
+# Defects found by review, fixed in feeds/book.py; these keep them fixed.
 # ---------------------------------------------------------------------------
 
 
@@ -602,11 +601,6 @@ def _raw_odds(value: str) -> bytes:
     )
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="feeds/book.py MarketBook.apply: a definition (FeedMarket with status 'closed') "
-    "changes prices of a closed market; only FeedOdds is refused by _refuse_if_closed",
-)
 def test_closed_market_prices_are_frozen_against_definitions_too() -> None:
     books = books_after(status("closed"))
     with pytest.raises(FeedRejected) as caught:
@@ -619,12 +613,6 @@ def test_closed_market_prices_are_frozen_against_definitions_too() -> None:
     assert caught.value.reason == "market_closed"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="feeds/book.py MarketBook.apply: a status message (or a result naming a "
-    "selection 'active') makes a market final with active selections; the FeedResult "
-    "that follows is then refused as market_final",
-)
 @pytest.mark.parametrize(
     "messages",
     [
@@ -633,7 +621,6 @@ def test_closed_market_prices_are_frozen_against_definitions_too() -> None:
         pytest.param(
             [definition(status="settled"), result(("home", "winner"))], id="definition-settled"
         ),
-        pytest.param([result(("home", "active"))], id="result-names-active"),
     ],
 )
 def test_a_final_market_has_no_active_selection(messages: list[FeedMessage]) -> None:
@@ -648,23 +635,12 @@ def test_a_final_market_has_no_active_selection(messages: list[FeedMessage]) -> 
     assert all(s.status != "active" for s in final.selections)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="feeds/book.py MarketBook.apply ignores a definition's name, market_kind and "
-    "main (Delta cannot carry them), though FeedMarket 'replaces its definition'",
-)
 def test_definition_changes_name_and_main() -> None:
     books = books_after()
     books.apply(definition(name="Full-time result", main=False))
     assert (book(books).name, book(books).main) == ("Full-time result", False)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="feeds/book.py _selection_change: Decimal('sNaN') == x raises "
-    "decimal.InvalidOperation (escapes Books.apply); 'NaN' != 'NaN' yields a delta for "
-    "every repeat; non-finite prices are neither refused by decode_feed nor by the book",
-)
 @pytest.mark.parametrize("value", ["sNaN", "NaN", "Infinity"])
 def test_non_finite_price_is_dead_lettered(value: str) -> None:
     books = books_after()
@@ -672,11 +648,6 @@ def test_non_finite_price_is_dead_lettered(value: str) -> None:
     assert ingest(books, _raw_odds("2.00")) == "applied"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="feeds/book.py MarketBook.create: a definition with the 'sNaN' price is "
-    "accepted, and every later odds message for that selection raises InvalidOperation",
-)
 def test_poisoned_definition_does_not_wedge_the_market() -> None:
     books = Books(new_epoch)
     raw_definition = (
@@ -688,11 +659,14 @@ def test_poisoned_definition_does_not_wedge_the_market() -> None:
     assert outcomes <= {"applied", "dead-letter"}
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="feeds/book.py MarketBook.create/_definition_changes: duplicate selection_ids "
-    "in a definition are accepted, so the book holds two selections with one id",
-)
+def test_a_result_cannot_leave_a_selection_active() -> None:
+    books = books_after()
+    with pytest.raises(FeedRejected) as caught:
+        books.apply(result(("home", "active")))
+    assert caught.value.reason == "invalid_transition"
+    assert book(books).status == "open"
+
+
 def test_duplicate_selection_ids_are_refused() -> None:
     books = Books(new_epoch)
     twice = (FeedSelection("home", "Arsenal", Decimal("2")), FeedSelection("home", "Arsenal"))
@@ -825,7 +799,7 @@ def feed_messages(draw: st.DrawFn) -> FeedMessage:
 
 def assert_minimal(previous: Snapshot, delta: Delta) -> None:
     """Every field a delta carries differs from the book it applies to."""
-    assert delta.status is not UNSET or delta.reason is not UNSET or delta.selections
+    assert (delta.status, delta.reason, delta.name, delta.main) != (UNSET,) * 4 or delta.selections
     assert delta.status is UNSET or delta.status != previous.status
     assert delta.reason is UNSET or delta.reason != previous.reason
     known = {s.selection_id: s for s in previous.selections}
