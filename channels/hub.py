@@ -91,6 +91,10 @@ class Hub:
         if not mine:
             del self._by_sub[sub]
 
+    def reasons(self, market_id: str, sub: Subscriber) -> frozenset[str]:
+        """Why ``sub`` is attached to the market (empty when it is not)."""
+        return frozenset(self._markets.get(market_id, {}).get(sub, ()))
+
     def is_attached(self, market_id: str, sub: Subscriber) -> bool:
         return sub in self._markets.get(market_id, ())
 

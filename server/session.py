@@ -94,9 +94,25 @@ class Session:
     # -- subscribe -------------------------------------------------------------------------------
 
     async def _subscribe(self, cmd: Subscribe) -> None:
-        markets = [m for m in dict.fromkeys(cmd.markets) if m not in self.markets]
-        events = [e for e in dict.fromkeys(cmd.events) if e not in self.events]
-        lobbies = [s for s in dict.fromkeys(cmd.lobbies) if s not in self.lobbies]
+        await self._open("subscribe", cmd.id, cmd.markets, cmd.events, cmd.lobbies, {})
+
+    async def _open(
+        self,
+        command: str,
+        command_id: str | int | None,
+        wanted_markets: Iterable[str],
+        wanted_events: Iterable[str],
+        wanted_lobbies: Iterable[str],
+        positions: dict[str, Position],
+    ) -> None:
+        """Subscribe to markets, events and lobbies; markets with a ``position`` (resume)
+        continue from it instead of starting from a snapshot.
+
+        A refused command changes nothing. For ``resume``, positions of markets that no
+        longer exist are left out of the ``ack`` instead of refusing the command."""
+        markets = [m for m in dict.fromkeys(wanted_markets) if m not in self.markets]
+        events = [e for e in dict.fromkeys(wanted_events) if e not in self.events]
+        lobbies = [s for s in dict.fromkeys(wanted_lobbies) if s not in self.lobbies]
         total = len(self.markets) + len(self.events) + len(self.lobbies)
         if total + len(markets) + len(events) + len(lobbies) > self._max:
             raise ProtocolError(
@@ -127,7 +143,14 @@ class Session:
             ):
                 await self._relay.acquire(channel)
                 held.append(channel)
-            await self._relay.ensure(markets)
+            if positions:
+                gone = await self._ensure_known(markets)
+                for m in gone:
+                    await self._relay.release(market_channel(m))
+                    held.remove(market_channel(m))
+                markets = [m for m in markets if m not in gone]
+            else:
+                await self._relay.ensure(markets)
             event_markets = {e: await self._store.market_ids(e) for e in events}
             for ids in event_markets.values():
                 await self._ensure_known(ids)
@@ -140,43 +163,69 @@ class Session:
         except BaseException:
             await self._release(held)
             raise
+        # A resumed market that an event or lobby of the same command covers belongs to
+        # that subscription, not to the market list.
+        covered = [m for m in markets if m in positions and self._covered(m, events, lobbies)]
+        direct = [m for m in markets if m not in covered]
         # From here on nothing awaits: acknowledgement, snapshots and attachments are one
-        # atomic step with respect to the fan-out.
+        # atomic step with respect to the fan-out. Positioned markets are resumed after.
         self.send(
             Ack(
-                command="subscribe",
-                id=cmd.id,
+                command=command,
+                id=command_id,
                 markets=tuple(markets),
                 events=tuple(events),
                 lobbies=tuple(lobbies),
             )
         )
+        deferred: list[tuple[Position, str]] = []
+
+        def attach(m: str, reason: str) -> None:
+            if m in positions and not self._relay.hub.is_attached(m, self):
+                deferred.append((positions[m], reason))
+            else:
+                self._attach(m, reason)
+
         hub = self._relay.hub
-        for m in markets:
+        for m in direct:
             self.markets.add(m)
-            self._attach(m, "m")
+            attach(m, "m")
         for e, frame in zip(events, event_frames, strict=True):
             self.events.add(e)
             hub.watch_event(e, self)
             self.offer(frame)
             for m in self._known(event_markets[e], self._relay.markets_of_event(e)):
-                self._attach(m, f"e:{e}")
+                attach(m, f"e:{e}")
         for sport in lobbies:
             self.lobbies.add(sport)
             hub.watch_lobby(sport, self)
             for frame in lobby_events[sport]:
                 self.offer(frame)
             for m in self._known(lobby_markets[sport], self._relay.markets_of_lobby(sport)):
-                self._attach(m, f"l:{sport}")
+                attach(m, f"l:{sport}")
+        resumed: set[str] = set()
+        for position, reason in deferred:
+            if position.market_id not in resumed:
+                resumed.add(position.market_id)
+                await self._resume_one(position, reason)
+        await self._release([market_channel(m) for m in covered])
 
-    async def _ensure_known(self, ids: list[str]) -> None:
-        """Load the books of markets that storage listed; one that vanished is skipped."""
+    def _covered(self, market_id: str, events: list[str], lobbies: list[str]) -> bool:
+        snap = self._relay.current(market_id)
+        if snap is None:
+            return False
+        return snap.event_id in events or (snap.main and snap.sport in lobbies)
+
+    async def _ensure_known(self, ids: list[str]) -> list[str]:
+        """Load the books of markets that storage listed; returns those that vanished."""
         try:
             await self._relay.ensure(ids)
         except UnknownMarket as exc:
             rest = [m for m in ids if m not in exc.market_ids]
             if rest:
                 await self._relay.ensure(rest)
+            return exc.market_ids
+        return []
 
     def _known(self, *groups: Iterable[str]) -> list[str]:
         ids = dict.fromkeys(m for group in groups for m in group)
@@ -227,38 +276,20 @@ class Session:
 
     async def _resume(self, cmd: Resume) -> None:
         """Re-attach each market from the client's position: the missed deltas from
-        history when they are all there, else a snapshot flagged ``reset``."""
-        if cmd.events or cmd.lobbies:
-            await self._subscribe(Subscribe(events=cmd.events, lobbies=cmd.lobbies))
-        positions = [p for p in cmd.positions if p.market_id not in self.markets]
-        await self._resume_markets(positions, cmd.id)
+        history when they are all there, else a snapshot flagged ``reset``; events and
+        lobbies of the command are subscribed as by ``subscribe``."""
+        positions = {p.market_id: p for p in cmd.positions}
+        hub = self._relay.hub
+        # Markets this connection already streams (a client that saw a gap) restart from
+        # the client's position, keeping why they are subscribed.
+        again = {m: hub.reasons(m, self) for m in positions if hub.is_attached(m, self)}
+        for m, reasons in again.items():
+            for reason in reasons:
+                hub.detach(m, self, reason)
+            await self._resume_one(positions.pop(m), *reasons)
+        await self._open("resume", cmd.id, positions, cmd.events, cmd.lobbies, positions)
 
-    async def _resume_markets(
-        self, positions: list[Position], command_id: str | int | None
-    ) -> None:
-        total = len(self.markets) + len(self.events) + len(self.lobbies)
-        if total + len(positions) > self._max:
-            raise ProtocolError(
-                ErrorCode.TOO_MANY_SUBSCRIPTIONS,
-                f"at most {self._max} subscriptions per connection",
-            )
-        held: list[str] = []
-        known: list[Position] = []
-        for p in positions:
-            channel = market_channel(p.market_id)
-            await self._relay.acquire(channel)
-            try:
-                await self._relay.ensure([p.market_id])
-            except UnknownMarket:
-                await self._relay.release(channel)
-                continue
-            held.append(channel)
-            known.append(p)
-        self.send(Ack(command="resume", id=command_id, markets=tuple(p.market_id for p in known)))
-        for p in known:
-            await self._resume_one(p)
-
-    async def _resume_one(self, p: Position) -> None:
+    async def _resume_one(self, p: Position, *reasons: str) -> None:
         m = p.market_id
         for _ in range(_RESUME_ATTEMPTS):
             current = self._relay.current(m)
@@ -284,12 +315,12 @@ class Session:
                 continue  # More arrived while history was fetched; fetch again.
             for delta, payload in deltas:
                 self.offer(Frame(delta, payload))
-            self.markets.add(m)
-            self._relay.hub.attach(m, self, "m")
+            for reason in reasons:
+                self._relay.hub.attach(m, self, reason)
             return
         # Not resumable exactly: a fresh snapshot, flagged so the client drops its copy.
-        self.markets.add(m)
-        self._relay.hub.attach(m, self, "m")
+        for reason in reasons:
+            self._relay.hub.attach(m, self, reason)
         snap = self._relay.current(m)
         if snap is not None:
             self.offer(Frame(protocol.as_reset(snap)))

@@ -348,3 +348,54 @@ async def test_resume_that_cannot_be_exact_gets_a_reset_snapshot(case: str) -> N
             assert isinstance(reset, protocol.Snapshot)
             assert reset.reset
             assert msgspec.structs.replace(reset, reset=False) == stack.feed.book(M1)
+
+
+async def test_resume_with_lobby_continues_positioned_markets_without_stale_deltas() -> None:
+    """The drain flow: a client comes back with its positions and its lobby."""
+    async with running_stack() as stack:
+        await stack.feed.send(event(), match_result(), event("fb-2"), match_result("fb-2"))
+        await stack.feed.send(*price_walk(M1, 3, T0))
+        async with ws_client(stack) as first:
+            await first.send({"type": "subscribe", "lobbies": ["football"]})
+            await first.until_seq({M1: 4, "fb-2:1x2": 1})
+            kept = dict(first.books.markets)
+        await stack.feed.send(*price_walk(M1, 5, T0 + 100))
+        async with ws_client(stack) as again:
+            again.books.markets.update(kept)
+            again.books.seqs.update({m: [s.seq] for m, s in kept.items()})
+            positions = [{"market_id": m, "epoch": s.epoch, "seq": s.seq} for m, s in kept.items()]
+            await again.send(
+                {"type": "resume", "id": "r", "positions": positions, "lobbies": ["football"]}
+            )
+            ack = await again.recv()
+            assert isinstance(ack, protocol.Ack)
+            assert (ack.command, ack.id, ack.lobbies) == ("resume", "r", ("football",))
+            await again.until_seq({M1: 9})
+            assert again.books.seqs[M1] == [4, 5, 6, 7, 8, 9], "exactly the missed deltas"
+            assert again.books.markets[M1] == stack.feed.book(M1)
+            # Resumed through the lobby: leaving the lobby leaves the market too.
+            await again.send({"type": "unsubscribe", "lobbies": ["football"], "id": "u"})
+            await again.until(lambda m: isinstance(m, protocol.Ack) and m.id == "u")
+            assert not stack.gateway.hub.markets_of(next(iter(stack.gateway.sessions)))
+
+
+async def test_resume_on_a_live_connection_replays_from_the_client_position() -> None:
+    async with running_stack() as stack:
+        await stack.feed.send(event(), match_result(), *price_walk(M1, 2, T0))
+        async with ws_client(stack) as client:
+            await client.send({"type": "subscribe", "markets": [M1]})
+            await client.until_seq({M1: 3})
+            old = stack.feed.book(M1)
+            await stack.feed.send(*price_walk(M1, 4, T0 + 100))
+            await client.until_seq({M1: 7})
+            # The client pretends it lost seq 4-7 and asks to continue from seq 3.
+            client.books.markets[M1] = old
+            client.books.seqs[M1] = [3]
+            await client.send(
+                {"type": "resume", "positions": [{"market_id": M1, "epoch": old.epoch, "seq": 3}]}
+            )
+            await client.until_seq({M1: 7})
+            assert client.books.seqs[M1] == [3, 4, 5, 6, 7]
+            await stack.feed.send(*price_walk(M1, 1, T0 + 200))
+            await client.until_seq({M1: 8})
+            assert client.books.markets[M1] == stack.feed.book(M1)

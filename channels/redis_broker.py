@@ -1,0 +1,420 @@
+"""The :class:`~channels.broker.Broker` over Redis pub/sub.
+
+Publishing: :meth:`RedisBroker.publish` sends one PUBLISH per channel in one pipeline
+(not a transaction: order on the connection is enough), through the client's pool.
+Successive calls are ordered because each awaits the previous one's replies.
+
+Subscribing: each gateway node opens *one* :class:`Subscription` (``Relay.start``), and
+it holds one dedicated Redis connection in subscribed mode however many clients the node
+serves; channels are added and removed on it as the node's clients come and go. One
+owned reader task reads that connection and calls ``on_message(channel, payload)``
+synchronously, in arrival order, never awaiting in between.
+
+Why not redis-py's ``PubSub`` object: it reconnects and re-subscribes silently inside
+its read call, so we could not tell the relay that messages may have been lost, and it
+does per-read bookkeeping we do not need on the hot path. Here the subscription owns
+its connection and its state machine:
+
+* ``subscribe(channel)`` sends SUBSCRIBE and returns only when Redis has confirmed it (the
+  confirmations come back in command order; each SUBSCRIBE queues a future per channel
+  that the reader resolves), so anything published after it returns is delivered.
+  Bounded by ``subscribe_timeout``; raises :class:`~channels.broker.BrokerError`.
+* ``unsubscribe(channel)`` stops delivery at once (the reader drops messages of channels
+  no longer wanted) and sends UNSUBSCRIBE without waiting for the reply.
+* When the connection drops (Redis restarted, connection killed) or stays silent past
+  two ``health_interval`` (the reader PINGs when idle, so a half-open TCP connection is
+  noticed too), the reader reconnects with capped exponential backoff and jitter,
+  re-subscribes every channel still wanted, waits for every confirmation, and only then
+  calls ``on_resync()``: messages published meanwhile were lost (pub/sub is
+  at-most-once) and the relay re-checks its books against storage.
+
+Sharded pub/sub (Redis Cluster, ``SPUBLISH``/``SSUBSCRIBE``) is a later step. It plugs in
+at two places: ``publish`` sends SPUBLISH through a cluster client (which routes each
+channel to its shard), and ``_RedisSubscription`` becomes one reader like this one per
+shard node, each subscription routed by the channel's key slot, with ``on_resync`` when
+any shard's reader reconnects (or its slots move: ``sunsubscribe`` pushes from Redis).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import random
+from collections import deque
+from collections.abc import Sequence
+from typing import Any
+
+import msgspec
+import redis.asyncio as aioredis
+from redis.asyncio.connection import AbstractConnection
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import RedisError
+
+from channels.broker import BrokerError, MessageHandler, ResyncHandler, Subscription
+from channels.redis_store import ping, redact_url, redis_client
+
+__all__ = ["RedisBroker", "SubscriptionStats"]
+
+log = logging.getLogger(__name__)
+
+
+class SubscriptionStats(msgspec.Struct):
+    delivered: int = 0
+    reconnects: int = 0
+    handler_errors: int = 0
+
+
+class RedisBroker:
+    """Redis pub/sub broker; build it with :meth:`connect`.
+
+    ``subscribe_timeout`` bounds the wait for a SUBSCRIBE confirmation (and for the
+    re-subscription after a reconnect); ``health_interval`` is how long the subscription
+    connection may stay silent before it is PINGed (and, silent for as long again,
+    declared dead); reconnect delays grow from ``backoff_base`` to ``backoff_max``.
+    """
+
+    def __init__(
+        self,
+        client: aioredis.Redis,
+        *,
+        url: str,
+        connect_timeout: float = 2.0,
+        subscribe_timeout: float = 2.0,
+        health_interval: float = 5.0,
+        backoff_base: float = 0.05,
+        backoff_max: float = 5.0,
+    ):
+        self._client = client
+        self.where = redact_url(url)
+        self.connect_timeout = connect_timeout
+        self.subscribe_timeout = subscribe_timeout
+        self.health_interval = health_interval
+        self.backoff_base = backoff_base
+        self.backoff_max = backoff_max
+        self._subscriptions: set[_RedisSubscription] = set()
+
+    @classmethod
+    async def connect(
+        cls,
+        url: str,
+        *,
+        socket_timeout: float = 2.0,
+        connect_timeout: float = 2.0,
+        subscribe_timeout: float = 2.0,
+        health_interval: float = 5.0,
+        backoff_base: float = 0.05,
+        backoff_max: float = 5.0,
+    ) -> RedisBroker:
+        """Connect and verify with a PING. Raises :class:`BrokerError` naming the URL
+        (password redacted) when Redis does not answer within ``connect_timeout``."""
+        client = redis_client(
+            url,
+            socket_timeout=socket_timeout,
+            connect_timeout=connect_timeout,
+            client_name="oddstream-broker",
+        )
+        try:
+            await ping(client, connect_timeout)
+        except (RedisError, OSError, TimeoutError) as exc:
+            await client.aclose()
+            raise BrokerError(f"Redis at {redact_url(url)} is unreachable: {exc!r}") from exc
+        return cls(
+            client,
+            url=url,
+            connect_timeout=connect_timeout,
+            subscribe_timeout=subscribe_timeout,
+            health_interval=health_interval,
+            backoff_base=backoff_base,
+            backoff_max=backoff_max,
+        )
+
+    async def publish(self, channels: Sequence[str], payload: bytes) -> None:
+        """Publish the same payload on every channel, in order. Raises
+        :class:`BrokerError` when Redis fails (some channels may have been published)."""
+        if not channels:
+            return
+        pipe = self._client.pipeline(transaction=False)
+        for channel in channels:
+            pipe.publish(channel, payload)
+        try:
+            await pipe.execute()
+        except (RedisError, OSError) as exc:
+            raise BrokerError(f"Redis at {self.where}: publish failed: {exc!r}") from exc
+
+    async def subscription(
+        self, on_message: MessageHandler, on_resync: ResyncHandler
+    ) -> Subscription:
+        """Open this node's subscription connection. Raises :class:`BrokerError` when
+        Redis cannot be reached within ``connect_timeout``."""
+        sub = _RedisSubscription(self, on_message, on_resync)
+        await sub.start()
+        self._subscriptions.add(sub)
+        return sub
+
+    async def close(self) -> None:
+        for sub in tuple(self._subscriptions):
+            await sub.close()
+        await self._client.aclose()
+
+    def _new_connection(self) -> AbstractConnection:
+        """A connection outside the pool, owned by one subscription."""
+        pool = self._client.connection_pool
+        kwargs: dict[str, Any] = {**pool.connection_kwargs, "client_name": "oddstream-sub"}
+        conn: AbstractConnection = pool.connection_class(**kwargs)
+        return conn
+
+    def _forget(self, sub: _RedisSubscription) -> None:
+        self._subscriptions.discard(sub)
+
+
+class _RedisSubscription:
+    """One node's channel set on one dedicated connection; see the module docstring.
+
+    State: ``_wanted`` is what the owner asked for (the truth re-subscribed after a
+    reconnect); ``_pending`` holds, per channel, one future per SUBSCRIBE sent on the
+    current connection, resolved True by its confirmation or False if the connection
+    is lost first; ``_ready`` is set while a connection is up with every wanted channel
+    subscribed, and only then may ``subscribe`` send on it.
+    """
+
+    def __init__(self, broker: RedisBroker, on_message: MessageHandler, on_resync: ResyncHandler):
+        self._broker = broker
+        self._on_message = on_message
+        self._on_resync = on_resync
+        self._wanted: dict[bytes, str] = {}
+        self._pending: dict[bytes, deque[asyncio.Future[bool]]] = {}
+        self._conn: AbstractConnection | None = None
+        self._ready = asyncio.Event()
+        self._closed = False
+        self._task: asyncio.Task[None] | None = None
+        self.stats = SubscriptionStats()
+
+    async def start(self) -> None:
+        try:
+            self._conn = await self._open()
+        except (RedisError, OSError, TimeoutError) as exc:
+            raise BrokerError(
+                f"Redis at {self._broker.where} is unreachable for pub/sub: {exc!r}"
+            ) from exc
+        self._ready.set()
+        self._task = asyncio.get_running_loop().create_task(
+            self._run(self._conn), name=f"redis-subscription {self._broker.where}"
+        )
+        self._task.add_done_callback(self._reader_done)
+
+    # -- the owner's side ----------------------------------------------------------------------
+
+    async def subscribe(self, channel: str) -> None:
+        """Start receiving ``channel``; returns once Redis confirmed the subscription, so
+        messages published after this returns are delivered. Waits through a reconnect
+        in progress. Raises :class:`BrokerError` after ``subscribe_timeout``."""
+        if self._closed:
+            raise BrokerError("the subscription is closed")
+        key = channel.encode()
+        added = key not in self._wanted
+        self._wanted[key] = channel
+        timeout = self._broker.subscribe_timeout
+        try:
+            async with asyncio.timeout(timeout):
+                while not await self._request(key, channel):
+                    pass  # The connection was lost first; try again on the next one.
+        except TimeoutError:
+            if added:
+                await self._abandon(key)
+            raise BrokerError(
+                f"Redis at {self._broker.where} did not confirm SUBSCRIBE {channel!r} "
+                f"within {timeout}s"
+            ) from None
+
+    async def unsubscribe(self, channel: str) -> None:
+        """Stop receiving ``channel``; takes effect at once (nothing more is delivered)."""
+        await self._abandon(channel.encode())
+
+    async def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        self._broker._forget(self)
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.wait([self._task])
+        self._fail_pending()
+        self._ready.set()  # Wake waiting subscribe() calls: they raise BrokerError.
+        if self._conn is not None:
+            await self._conn.disconnect(nowait=True)
+            self._conn = None
+
+    async def _request(self, key: bytes, channel: str) -> bool:
+        """Send one SUBSCRIBE on the current connection; True once confirmed, False if
+        that connection was lost first."""
+        await self._ready.wait()
+        if self._closed:
+            raise BrokerError("the subscription is closed")
+        conn = self._conn
+        future: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+        self._pending.setdefault(key, deque()).append(future)
+        # Check is_connected right before sending: redis-py would otherwise silently
+        # reconnect this connection object, behind the reader's back.
+        if conn is not None and conn.is_connected:
+            try:
+                await conn.send_command("SUBSCRIBE", channel, check_health=False)
+            except (RedisError, OSError) as exc:
+                # The connection broke and redis-py closed it: the reader notices,
+                # reconnects, and resolves ``future`` with False.
+                log.debug("SUBSCRIBE %s not sent: %r", channel, exc)
+        return await future
+
+    async def _abandon(self, key: bytes) -> None:
+        channel = self._wanted.pop(key, None)
+        if channel is None:
+            return
+        conn = self._conn
+        if self._ready.is_set() and conn is not None and conn.is_connected:
+            try:
+                await conn.send_command("UNSUBSCRIBE", channel, check_health=False)
+            except (RedisError, OSError) as exc:
+                # The connection is gone, and the next one will not subscribe it.
+                log.debug("UNSUBSCRIBE %s not sent: %r", channel, exc)
+
+    # -- the reader ----------------------------------------------------------------------------
+
+    async def _run(self, conn: AbstractConnection) -> None:
+        while True:
+            try:
+                await self._pump(conn)
+            except (RedisError, OSError) as exc:
+                log.warning("Redis pub/sub at %s lost: %r; reconnecting", self._broker.where, exc)
+            await self._drop(conn)
+            conn = await self._reconnect()
+            self.stats.reconnects += 1
+            try:
+                self._on_resync()
+            except Exception:
+                log.exception("resync handler failed")
+
+    async def _pump(self, conn: AbstractConnection) -> None:
+        """Read and dispatch until the connection fails (raises)."""
+        interval = self._broker.health_interval
+        probing = False
+        while True:
+            reply = await conn.read_response(
+                timeout=interval, disconnect_on_error=False, push_request=True
+            )
+            if reply is None:  # Silent for a whole interval.
+                if probing:
+                    raise RedisConnectionError(f"no reply to PING within {interval}s")
+                if not conn.is_connected:
+                    raise RedisConnectionError("connection closed")
+                await conn.send_command("PING", check_health=False)
+                probing = True
+                continue
+            probing = False
+            self._handle(reply)
+
+    def _handle(self, reply: Any) -> None:
+        kind = reply[0]
+        if kind == b"message":
+            channel = self._wanted.get(reply[1])
+            if channel is None:
+                return  # Unsubscribed, or an UNSUBSCRIBE still in flight.
+            self.stats.delivered += 1
+            try:
+                self._on_message(channel, reply[2])
+            except Exception:
+                self.stats.handler_errors += 1
+                log.exception("message handler failed on %s", channel)
+        elif kind == b"subscribe":
+            key = reply[1]
+            queue = self._pending.get(key)
+            if queue:
+                future = queue.popleft()
+                if not queue:
+                    del self._pending[key]
+                if not future.done():  # Its subscribe() may have timed out.
+                    future.set_result(True)
+        # "unsubscribe" confirmations and PING replies ("pong") need nothing.
+
+    async def _drop(self, conn: AbstractConnection) -> None:
+        self._ready.clear()
+        self._conn = None
+        self._fail_pending()
+        await conn.disconnect(nowait=True)
+
+    def _fail_pending(self) -> None:
+        for queue in self._pending.values():
+            for future in queue:
+                if not future.done():
+                    future.set_result(False)
+        self._pending.clear()
+
+    async def _reconnect(self) -> AbstractConnection:
+        """Connect and re-subscribe every wanted channel, retrying with capped
+        exponential backoff until it works (or the task is cancelled by close)."""
+        b = self._broker
+        attempt = 0
+        while True:
+            if attempt:
+                delay = min(b.backoff_max, b.backoff_base * 2 ** (attempt - 1))
+                await asyncio.sleep(delay * random.uniform(0.5, 1.0))
+            attempt += 1
+            conn: AbstractConnection | None = None
+            try:
+                conn = await self._open()
+                await self._resubscribe(conn)
+            except (RedisError, OSError, TimeoutError) as exc:
+                log.warning(
+                    "Redis pub/sub at %s: reconnect attempt %d failed: %r", b.where, attempt, exc
+                )
+                if conn is not None:
+                    await self._drop(conn)
+                continue
+            log.info("Redis pub/sub at %s: reconnected", b.where)
+            return conn
+
+    async def _resubscribe(self, conn: AbstractConnection) -> None:
+        """Subscribe every wanted channel on a fresh connection and wait for all the
+        confirmations (dispatching any message that arrives in between); then let
+        ``subscribe`` use the connection."""
+        channels = list(self._wanted)
+        if channels:
+            futures = [self._expect(key) for key in channels]
+            await conn.send_command("SUBSCRIBE", *channels, check_health=False)
+            confirmed = 0
+            async with asyncio.timeout(self._broker.subscribe_timeout):
+                while confirmed < len(futures):
+                    reply = await conn.read_response(
+                        timeout=math.inf, disconnect_on_error=False, push_request=True
+                    )
+                    self._handle(reply)
+                    while confirmed < len(futures) and futures[confirmed].done():
+                        confirmed += 1
+            # Unsubscribed while we were re-subscribing: undo those.
+            stale = [key for key in channels if key not in self._wanted]
+            if stale:
+                await conn.send_command("UNSUBSCRIBE", *stale, check_health=False)
+        self._conn = conn
+        self._ready.set()
+
+    def _expect(self, key: bytes) -> asyncio.Future[bool]:
+        future: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+        self._pending.setdefault(key, deque()).append(future)
+        return future
+
+    async def _open(self) -> AbstractConnection:
+        conn = self._broker._new_connection()
+        try:
+            async with asyncio.timeout(self._broker.connect_timeout):
+                await conn.connect()  # type: ignore[no-untyped-call]  # redis-py leaves it bare
+        except BaseException:
+            await conn.disconnect(nowait=True)
+            raise
+        return conn
+
+    def _reader_done(self, task: asyncio.Task[None]) -> None:
+        if not task.cancelled() and task.exception() is not None:
+            log.error(
+                "Redis pub/sub reader for %s died; no more messages will be delivered",
+                self._broker.where,
+                exc_info=task.exception(),
+            )

@@ -1,0 +1,376 @@
+"""Snapshot and history storage in Redis: the :class:`~channels.store.Store` of a real
+deployment, written by book processors and read by every gateway.
+
+It behaves exactly like :class:`~channels.store.MemoryStore` (the reference semantics);
+the integration tests run one table of cases against both.
+
+Key layout (``P`` is the prefix, ``"os:"`` by default; the id is always the last part of
+a key, so ids may contain ``:``)::
+
+    P snap:<market_id>            STRING  the market's Snapshot, protocol JSON
+    P hist:<market_id>            ZSET    its recent deltas: member = Delta JSON, score = seq;
+                                          trimmed to the ``history_size`` highest seqs
+    P hepoch:<market_id>          STRING  the epoch the history belongs to
+    P event:<event_id>            STRING  the EventState, protocol JSON
+    P markets                     SET     every market id
+    P event-markets:<event_id>    SET     the event's market ids
+    P lobby:<sport>               SET     main market ids of the sport's events
+    P events                      SET     every event id
+    P sport-events:<sport>        SET     the sport's event ids
+    P partition-events:<n>        SET     event ids written from Kafka partition n
+    P event-partition             HASH    event id -> its Kafka partition (authoritative)
+    P offsets                     HASH    "<topic>:<partition>" -> next offset to consume
+
+Writes: :meth:`RedisStore.write` sends a whole :class:`~channels.store.Batch` as one
+MULTI/EXEC transaction, so a reader sees all of a batch or none of it. A new epoch of a
+market must drop the old epoch's history, which needs the old epoch: a tiny Lua script
+inside the same transaction compares ``hepoch`` with the new epoch and deletes the
+history when they differ. It runs *after* the batch's deltas are added, exactly like
+``MemoryStore`` (so deltas written in the very batch that changes the epoch are dropped
+too; the caller then takes a snapshot, which is safe). A write is idempotent (SET, SADD,
+ZADD of the same members, HSET), so redis-py may retry it after a dropped connection.
+
+Redis transactions are isolated, not rolled back: a command failing *inside* EXEC (only
+possible if someone stored a key of the wrong type under the prefix) leaves the others
+applied. A connection lost before EXEC applies nothing.
+
+Reads: bulk reads use MGET (chunked); :meth:`RedisStore.history` reads the snapshot and
+the history in one MULTI so it never sees a snapshot from one write and a trimmed
+history from another. Index sets are unordered in Redis, so list results are sorted by
+id (``MemoryStore`` returns insertion order; the ``Store`` protocol promises neither).
+
+Every network operation is bounded by the client's socket timeouts; Redis failures are
+raised as :class:`~channels.store.StoreError` (retriable) with the cause chained.
+
+Redis Cluster (later): every key of one transaction must live in one hash slot, so the
+keys would need a hash tag (e.g. per Kafka partition) and batches split per slot.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterable, Sequence
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+import msgspec
+import redis.asyncio as aioredis
+from redis.asyncio.retry import Retry
+from redis.backoff import ExponentialBackoff
+from redis.exceptions import RedisError
+from redis.typing import EncodableT, FieldT
+
+import protocol
+from channels.store import Batch, MarketSummary, StoreError
+from protocol import EventState, Snapshot
+
+__all__ = ["RedisStore", "redact_url", "redis_client"]
+
+#: Keys per MGET in bulk reads: large enough to amortise round trips, small enough not
+#: to block Redis (single-threaded) on one huge reply.
+MGET_CHUNK = 1000
+
+_snapshot_decoder = msgspec.json.Decoder(Snapshot)
+_event_decoder = msgspec.json.Decoder(EventState)
+
+
+class _Head(msgspec.Struct):
+    """Just the stream position of a stored snapshot; the rest of the JSON is skipped."""
+
+    epoch: str
+    seq: int
+
+
+_head_decoder = msgspec.json.Decoder(_Head)
+
+# KEYS: hepoch and hist key of each market, in pairs; ARGV: the epoch of each market's
+# snapshot in the batch. Drops the history of every market whose epoch changed.
+_EPOCH_SCRIPT = """
+for i = 1, #ARGV do
+  local old = redis.call('GET', KEYS[2 * i - 1])
+  if old ~= ARGV[i] then
+    if old then redis.call('DEL', KEYS[2 * i]) end
+    redis.call('SET', KEYS[2 * i - 1], ARGV[i])
+  end
+end
+return #ARGV
+"""
+
+
+def redact_url(url: str) -> str:
+    """``url`` with any password replaced by ``***``, fit for logs and error messages."""
+    try:
+        parts = urlsplit(url)
+        if parts.password is None:
+            return url
+        user = parts.username or ""
+        host = parts.hostname or ""
+        if parts.port is not None:
+            host = f"{host}:{parts.port}"
+        return urlunsplit(parts._replace(netloc=f"{user}:***@{host}"))
+    except ValueError:
+        return "<unparsable Redis URL>"
+
+
+def redis_client(
+    url: str, *, socket_timeout: float, connect_timeout: float, client_name: str
+) -> aioredis.Redis:
+    """A bytes-mode client whose every socket operation is bounded by a timeout.
+
+    redis-py retries a command twice, quickly, after a connection error or timeout, so
+    the first command after a Redis restart finds a fresh connection instead of failing;
+    our writes and publishes tolerate a repeat (idempotent, or deduplicated by ``seq``).
+    Raises :class:`ValueError` naming the URL when it cannot be parsed.
+    """
+    try:
+        return aioredis.Redis.from_url(
+            url,
+            decode_responses=False,
+            socket_timeout=socket_timeout,
+            socket_connect_timeout=connect_timeout,
+            retry=Retry(ExponentialBackoff(cap=0.2, base=0.02), retries=2),
+            client_name=client_name,
+        )
+    except ValueError as exc:
+        raise ValueError(f"invalid Redis URL {redact_url(url)!r}: {exc}") from exc
+
+
+async def ping(client: aioredis.Redis, deadline: float) -> None:
+    """PING within ``deadline`` seconds; raises what redis-py raises, or TimeoutError."""
+    async with asyncio.timeout(deadline):
+        await client.ping()
+
+
+class RedisStore:
+    """:class:`~channels.store.Store` over Redis; see the module docstring for the layout.
+
+    Build it with :meth:`connect`. ``socket_timeout`` bounds every socket read and write,
+    ``connect_timeout`` every connection attempt.
+    """
+
+    def __init__(
+        self,
+        client: aioredis.Redis,
+        *,
+        url: str,
+        history_size: int = 256,
+        prefix: str = "os:",
+    ):
+        if history_size < 1:
+            raise ValueError(f"history_size must be at least 1, not {history_size}")
+        self._client = client
+        self._where = redact_url(url)
+        self._history_size = history_size
+        self._p = prefix
+
+    @classmethod
+    async def connect(
+        cls,
+        url: str,
+        *,
+        history_size: int = 256,
+        prefix: str = "os:",
+        socket_timeout: float = 2.0,
+        connect_timeout: float = 2.0,
+    ) -> RedisStore:
+        """Connect and verify with a PING. Raises :class:`StoreError` naming the URL
+        (password redacted) when Redis does not answer within ``connect_timeout``."""
+        client = redis_client(
+            url,
+            socket_timeout=socket_timeout,
+            connect_timeout=connect_timeout,
+            client_name="oddstream-store",
+        )
+        try:
+            await ping(client, connect_timeout)
+        except (RedisError, OSError, TimeoutError) as exc:
+            await client.aclose()
+            raise StoreError(f"Redis at {redact_url(url)} is unreachable: {exc!r}") from exc
+        return cls(client, url=url, history_size=history_size, prefix=prefix)
+
+    # -- keys ----------------------------------------------------------------------------------
+
+    def _snap(self, market_id: str) -> str:
+        return f"{self._p}snap:{market_id}"
+
+    def _hist(self, market_id: str) -> str:
+        return f"{self._p}hist:{market_id}"
+
+    def _hepoch(self, market_id: str) -> str:
+        return f"{self._p}hepoch:{market_id}"
+
+    def _event(self, event_id: str) -> str:
+        return f"{self._p}event:{event_id}"
+
+    # -- writes --------------------------------------------------------------------------------
+
+    async def write(self, batch: Batch) -> None:
+        """Apply a batch in one MULTI/EXEC: readers see all of it or none of it.
+        Raises :class:`StoreError` when Redis fails; the batch may then be retried."""
+        p = self._p
+        tx = self._client.pipeline(transaction=True)
+        queued = False
+        # History first, then the epoch check: the same order as MemoryStore.
+        deltas: dict[str, dict[bytes, int]] = {}
+        for market_id, seq, payload in batch.history:
+            deltas.setdefault(market_id, {})[payload] = seq
+        for market_id, members in deltas.items():
+            tx.zadd(self._hist(market_id), members)
+            queued = True
+        if batch.snapshots:
+            keys: list[str] = []
+            epochs: list[str] = []
+            for market_id, snap in batch.snapshots.items():
+                keys += (self._hepoch(market_id), self._hist(market_id))
+                epochs.append(snap.epoch)
+            tx.eval(_EPOCH_SCRIPT, len(keys), *keys, *epochs)
+            queued = True
+        for market_id in deltas:
+            tx.zremrangebyrank(self._hist(market_id), 0, -self._history_size - 1)
+        for market_id, snap in batch.snapshots.items():
+            tx.set(self._snap(market_id), protocol.encode(snap))
+            tx.sadd(f"{p}markets", market_id)
+            tx.sadd(f"{p}event-markets:{snap.event_id}", market_id)
+            if snap.main:
+                tx.sadd(f"{p}lobby:{snap.sport}", market_id)
+        for event_id, state in batch.events.items():
+            tx.set(self._event(event_id), protocol.encode(state))
+            tx.sadd(f"{p}events", event_id)
+            tx.sadd(f"{p}sport-events:{state.sport}", event_id)
+            queued = True
+        if batch.offsets:
+            offsets: dict[FieldT, EncodableT] = {
+                f"{t}:{n}": offset for (t, n), offset in batch.offsets.items()
+            }
+            tx.hset(f"{p}offsets", mapping=offsets)
+            queued = True
+        if batch.partitions:
+            partitions: dict[FieldT, EncodableT] = dict(batch.partitions.items())
+            tx.hset(f"{p}event-partition", mapping=partitions)
+            for event_id, partition in batch.partitions.items():
+                tx.sadd(f"{p}partition-events:{partition}", event_id)
+            queued = True
+        if not queued:
+            return
+        await self._run(tx.execute(), "write")
+
+    # -- reads ---------------------------------------------------------------------------------
+
+    async def snapshot(self, market_id: str) -> Snapshot | None:
+        raw: bytes | None = await self._run(self._client.get(self._snap(market_id)), "snapshot")
+        return None if raw is None else _snapshot_decoder.decode(raw)
+
+    async def snapshots(self, market_ids: Iterable[str]) -> list[Snapshot]:
+        """Snapshots of the markets that exist, in the order asked."""
+        raws = await self._mget([self._snap(m) for m in market_ids], "snapshots")
+        return [_snapshot_decoder.decode(r) for r in raws if r is not None]
+
+    async def history(self, market_id: str, epoch: str, after_seq: int) -> list[bytes] | None:
+        """Encoded deltas ``after_seq + 1 ...`` up to the latest, in order; ``[]`` when
+        ``after_seq`` is the latest; ``None`` when they cannot all be given (epoch changed,
+        history trimmed, market unknown): the caller must take a snapshot instead."""
+        hist = self._hist(market_id)
+        tx = self._client.pipeline(transaction=True)
+        tx.get(self._snap(market_id))
+        tx.zrange(hist, 0, 0, withscores=True)
+        tx.zrangebyscore(hist, f"({after_seq}", "+inf")
+        raw, first, deltas = await self._run(tx.execute(), "history")
+        if raw is None:
+            return None
+        head = _head_decoder.decode(raw)
+        if head.epoch != epoch or after_seq > head.seq:
+            return None
+        if after_seq == head.seq:
+            return []
+        if not first or first[0][1] > after_seq + 1:
+            return None
+        result: list[bytes] = deltas
+        return result
+
+    async def event(self, event_id: str) -> EventState | None:
+        raw: bytes | None = await self._run(self._client.get(self._event(event_id)), "event")
+        return None if raw is None else _event_decoder.decode(raw)
+
+    async def events(self, sport: str | None = None) -> list[EventState]:
+        """Events (of one sport, or all), sorted by id."""
+        key = f"{self._p}events" if sport is None else f"{self._p}sport-events:{sport}"
+        ids = await self._members(key, "events")
+        raws = await self._mget([self._event(e) for e in ids], "events")
+        states = [_event_decoder.decode(r) for r in raws if r is not None]
+        return [s for s in states if sport is None or s.sport == sport]
+
+    async def market_ids(self, event_id: str) -> list[str]:
+        """Markets of one event, sorted (empty when the event is unknown)."""
+        return await self._members(f"{self._p}event-markets:{event_id}", "market_ids")
+
+    async def lobby(self, sport: str) -> list[str]:
+        """Main markets of every event of a sport, sorted."""
+        return await self._members(f"{self._p}lobby:{sport}", "lobby")
+
+    async def summaries(self, event_id: str | None = None) -> list[MarketSummary]:
+        """Summaries of every market, or of one event's, sorted by market id."""
+        key = f"{self._p}markets" if event_id is None else f"{self._p}event-markets:{event_id}"
+        ids = await self._members(key, "summaries")
+        raws = await self._mget([self._snap(m) for m in ids], "summaries")
+        return [MarketSummary.of(_snapshot_decoder.decode(r)) for r in raws if r is not None]
+
+    async def offsets(self, topic: str, partition: int) -> int | None:
+        raw: bytes | None = await self._run(
+            self._client.hget(f"{self._p}offsets", f"{topic}:{partition}"), "offsets"
+        )
+        return None if raw is None else int(raw)
+
+    async def load_partition(self, partition: int) -> tuple[list[Snapshot], list[EventState]]:
+        """Snapshots and events of every event that hashes to ``partition`` (restore).
+
+        The per-partition set may hold events since written from another partition (the
+        topic was repartitioned); the ``event-partition`` hash has the last word."""
+        p = self._p
+        candidates = await self._members(f"{p}partition-events:{partition}", "load_partition")
+        if not candidates:
+            return [], []
+        where: list[bytes | None] = await self._run(
+            self._client.hmget(f"{p}event-partition", candidates), "load_partition"
+        )
+        event_ids = [e for e, w in zip(candidates, where, strict=True) if w == b"%d" % partition]
+        pipe = self._client.pipeline(transaction=False)
+        for e in event_ids:
+            pipe.smembers(f"{p}event-markets:{e}")
+        market_sets: list[set[bytes]] = await self._run(pipe.execute(), "load_partition")
+        market_ids = sorted(m.decode() for ms in market_sets for m in ms)
+        snap_raws = await self._mget([self._snap(m) for m in market_ids], "load_partition")
+        event_raws = await self._mget([self._event(e) for e in event_ids], "load_partition")
+        snaps = [_snapshot_decoder.decode(r) for r in snap_raws if r is not None]
+        events = [_event_decoder.decode(r) for r in event_raws if r is not None]
+        return snaps, events
+
+    async def close(self) -> None:
+        try:
+            await self._client.aclose()
+        except (RedisError, OSError) as exc:
+            raise StoreError(f"closing Redis at {self._where}: {exc!r}") from exc
+
+    # -- plumbing ------------------------------------------------------------------------------
+
+    async def _members(self, key: str, op: str) -> list[str]:
+        raw: set[bytes] = await self._run(self._client.smembers(key), op)
+        return sorted(m.decode() for m in raw)
+
+    async def _mget(self, keys: Sequence[str], op: str) -> list[bytes | None]:
+        if not keys:
+            return []
+        if len(keys) <= MGET_CHUNK:
+            single: list[bytes | None] = await self._run(self._client.mget(keys), op)
+            return single
+        pipe = self._client.pipeline(transaction=False)
+        for i in range(0, len(keys), MGET_CHUNK):
+            pipe.mget(keys[i : i + MGET_CHUNK])
+        chunks: list[list[bytes | None]] = await self._run(pipe.execute(), op)
+        return [r for chunk in chunks for r in chunk]
+
+    async def _run(self, pending: Any, op: str) -> Any:
+        """Await one redis-py call, turning its failures into :class:`StoreError`."""
+        try:
+            return await pending
+        except (RedisError, OSError) as exc:
+            raise StoreError(f"Redis at {self._where}: {op} failed: {exc!r}") from exc
