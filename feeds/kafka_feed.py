@@ -34,7 +34,7 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.partitioner import murmur2
 
 from feeds.embedded import now_ms
-from feeds.model import FEED_TOPICS, FeedMessage, FeedTopic, encode_feed, topic_of
+from feeds.model import FEED_TOPICS, FeedMessage, FeedTopic, decode_feed, encode_feed, topic_of
 
 log = logging.getLogger(__name__)
 
@@ -414,3 +414,64 @@ async def produce(
     if progress is not None:
         progress(sent)
     return sent
+
+
+async def record(
+    bootstrap: str,
+    *,
+    topics: TopicNames = DEFAULT_TOPICS,
+    limit: int | None = None,
+    idle_s: float = 2.0,
+    timeout_s: float = 30.0,
+) -> list[FeedMessage]:
+    """Read the feed topics from the beginning until ``limit`` messages or ``idle_s``
+    seconds without a new record; return the messages in feed order (by ``ts``, then by
+    the producer's order header, so an event's messages keep the order they were sent).
+
+    Records that are not feed messages are skipped with a warning (they are in the
+    dead-letter topic's domain, not a recording's)."""
+    from aiokafka import AIOKafkaConsumer, TopicPartition
+
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=bootstrap,
+        enable_auto_commit=False,
+        auto_offset_reset="earliest",
+        request_timeout_ms=int(timeout_s * 1000),
+    )
+    async with asyncio.timeout(timeout_s):
+        await consumer.start()
+    rows: list[tuple[int, int, int, FeedMessage]] = []
+    try:
+        partitions = [
+            TopicPartition(topic, p)
+            for topic in topics.feed
+            for p in sorted(consumer.partitions_for_topic(topic) or ())
+        ]
+        consumer.assign(partitions)
+        await consumer.seek_to_beginning(*partitions)
+        while limit is None or len(rows) < limit:
+            batch = await consumer.getmany(timeout_ms=int(idle_s * 1000))
+            if not batch:
+                break
+            for records in batch.values():
+                for rec in records:
+                    try:
+                        message = decode_feed(rec.value)
+                    except msgspec.DecodeError as exc:
+                        log.warning("skipped %s@%d: %s", rec.topic, rec.offset, exc)
+                        continue
+                    order = _order_of(rec.headers)
+                    rows.append((message.ts, rec.partition, order, message))
+    finally:
+        await consumer.stop()
+    rows.sort(key=lambda row: (row[0], row[1], row[2]))
+    messages = [row[3] for row in rows]
+    return messages if limit is None else messages[:limit]
+
+
+def _order_of(headers: Sequence[tuple[str, bytes]] | None) -> int:
+    for key, value in headers or ():
+        if key == ORDER_HEADER:
+            _, _, seq = value.decode("ascii", "replace").rpartition(":")
+            return int(seq) if seq.isdigit() else 0
+    return 0

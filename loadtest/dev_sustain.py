@@ -57,6 +57,8 @@ async def run(rate: float, clients: int, seconds: float) -> dict[str, float]:
         "0",
         "--rate",
         str(rate),
+        "--web",
+        "off",
         "--log-level",
         "warning",
         stdout=asyncio.subprocess.PIPE,

@@ -22,5 +22,7 @@ echo "test: mypy --strict" >&2
 .venv/bin/mypy
 echo "test: schema is current" >&2
 .venv/bin/python -m protocol.schema --check
+echo "test: web (types, build, SDK unit tests, browser tests)" >&2
+web/scripts/test.sh
 echo "test: pytest" >&2
 .venv/bin/pytest "$@"

@@ -11,7 +11,8 @@ from typing import Any
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import FileResponse, Response
-from starlette.routing import Route, WebSocketRoute
+from starlette.routing import BaseRoute, Mount, Route, WebSocketRoute
+from starlette.staticfiles import StaticFiles
 
 from server import rest
 from server.gateway import Gateway
@@ -27,9 +28,13 @@ async def index(request: Request) -> Response:
     return FileResponse(STATIC / "index.html", headers={"Cache-Control": "no-store"})
 
 
-def build_app(gateway: Gateway, background: Sequence[Background] = ()) -> Starlette:
+def build_app(
+    gateway: Gateway, background: Sequence[Background] = (), web_dist: Path | None = None
+) -> Starlette:
     """The ASGI app of one gateway. ``background`` coroutines (the embedded pipeline in
-    ``oddstream dev``) run for the app's lifetime, owned by its lifespan."""
+    ``oddstream dev``) run for the app's lifetime, owned by its lifespan. ``web_dist`` is
+    the built web shell (React board + Angular bet slip) served at ``/``; without it,
+    the plain demo page."""
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -43,20 +48,22 @@ def build_app(gateway: Gateway, background: Sequence[Background] = ()) -> Starle
             await asyncio.gather(*tasks, return_exceptions=True)
             await gateway.close()
 
-    app = Starlette(
-        routes=[
-            Route("/", index),
-            WebSocketRoute("/ws", websocket_endpoint),
-            Route("/sse", sse_endpoint),
-            Route("/v1/events", rest.list_events),
-            Route("/v1/events/{event_id}", rest.get_event),
-            Route("/v1/markets", rest.list_markets),
-            Route("/v1/markets/{market_id:path}", rest.get_market),
-            Route("/healthz", rest.healthz),
-            Route("/readyz", rest.readyz),
-            Route("/metrics", rest.metrics),
-        ],
-        lifespan=lifespan,
-    )
+    routes: list[BaseRoute] = [
+        WebSocketRoute("/ws", websocket_endpoint),
+        Route("/sse", sse_endpoint),
+        Route("/v1/events", rest.list_events),
+        Route("/v1/events/{event_id}", rest.get_event),
+        Route("/v1/markets", rest.list_markets),
+        Route("/v1/markets/{market_id:path}", rest.get_market),
+        Route("/healthz", rest.healthz),
+        Route("/readyz", rest.readyz),
+        Route("/metrics", rest.metrics),
+        Route("/demo", index),
+    ]
+    if web_dist is not None:
+        routes.append(Mount("/", app=StaticFiles(directory=web_dist, html=True), name="web"))
+    else:
+        routes.append(Route("/", index))
+    app = Starlette(routes=routes, lifespan=lifespan)
     app.state.gateway = gateway
     return app

@@ -13,20 +13,37 @@ import logging
 import signal
 import socket
 import sys
-from collections.abc import Iterator, Sequence
+import time
+from collections.abc import AsyncIterator, Iterator, Sequence
+from pathlib import Path
 from typing import Any
 
 import uvicorn
+from aiokafka.errors import KafkaError
 
 from channels.broker import BrokerError, MemoryBroker
 from channels.store import MemoryStore, StoreError
+from feeds.books_runner import BooksConfig, BooksRunner
 from feeds.embedded import EmbeddedPipeline
+from feeds.kafka_feed import (
+    KafkaFeedProducer,
+    TopicLayoutError,
+    TopicNames,
+    ensure_topics,
+    partition_counts,
+    record,
+)
+from feeds.model import FeedMessage
+from feeds.replay import ReadReport, write_jsonl
 from feeds.sources import SourceError, open_source
 from server.app import build_app
 from server.gateway import Gateway
 from server.settings import Settings, SettingsError
+from server.webui import ensure_built
 
 log = logging.getLogger("oddstream")
+
+WEB_DIR = Path(__file__).resolve().parent.parent / "web"
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -41,9 +58,41 @@ def _parser() -> argparse.ArgumentParser:
     dev.add_argument("--rate", type=float, help="feed messages per second (default 200)")
     dev.add_argument("--feed", help="synth (default) or FORMAT:PATH, a recording to replay")
     dev.add_argument("--speed", type=float, help="replay speed (x real time; 0 = max)")
+    dev.add_argument(
+        "--web", help="auto (default): build and serve the web shell at /; off: plain demo page"
+    )
     gateway = sub.add_parser("gateway", help="a gateway: Redis in; WebSocket, SSE and REST out")
     _server_flags(gateway)
     _redis_flag(gateway)
+
+    books = sub.add_parser("books", help="a book processor: Kafka in; Redis and Kafka out")
+    _kafka_flag(books)
+    _redis_flag(books)
+    books.add_argument("--group", help="consumer group (default oddstream-books)")
+    books.add_argument("--history-size", type=int, dest="history_size")
+    books.add_argument("--log-level", dest="log_level")
+
+    feed = sub.add_parser("feed", help="produce a feed to Kafka, or record one from it")
+    feed_sub = feed.add_subparsers(dest="feed_command", required=True)
+    synth = feed_sub.add_parser("synth", help="the synthetic match day, paced at --rate")
+    replay = feed_sub.add_parser("replay", help="replay a recording at --speed x its pace")
+    replay.add_argument("path", help="the recording")
+    replay.add_argument(
+        "--format", default="jsonl", help="jsonl (default), or another reader (betfair, uof)"
+    )
+    replay.add_argument("--speed", type=float, help="x real time; 0 = as fast as possible")
+    record = feed_sub.add_parser("record", help="write the feed topics to a JSON-lines file")
+    record.add_argument("path", help="the file to write")
+    record.add_argument("--idle-s", type=float, default=2.0, help="stop after this long idle")
+    for p in (synth, replay, record):
+        _kafka_flag(p)
+        p.add_argument("--limit", type=int, help="stop after this many messages")
+        p.add_argument("--log-level", dest="log_level")
+    for p in (synth, replay):
+        p.add_argument("--partitions", type=int, help="feed topic partitions if created")
+    synth.add_argument("--seed", type=int)
+    synth.add_argument("--events", type=int)
+    synth.add_argument("--rate", type=float, help="messages per second (default 200)")
     return parser
 
 
@@ -53,6 +102,7 @@ def _redis_flag(p: argparse.ArgumentParser) -> None:
 
 def _kafka_flag(p: argparse.ArgumentParser) -> None:
     p.add_argument("--kafka", help="Kafka bootstrap servers host:port[,host:port]")
+    p.add_argument("--topic-prefix", dest="topic_prefix", help="prefix of every topic name")
 
 
 def _server_flags(p: argparse.ArgumentParser) -> None:
@@ -69,11 +119,16 @@ def _server_flags(p: argparse.ArgumentParser) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    flags: dict[str, Any] = {k: v for k, v in vars(args).items() if k != "command"}
+    local = {"command", "feed_command", "path", "format", "limit", "idle_s"}
+    flags: dict[str, Any] = {k: v for k, v in vars(args).items() if k not in local}
     try:
         settings = Settings.load(flags)
         if args.command == "gateway":
             _require(settings, "redis")
+        if args.command == "books":
+            _require(settings, "kafka", "redis")
+        if args.command == "feed":
+            _require(settings, "kafka")
     except SettingsError as exc:
         print(f"oddstream: {exc}", file=sys.stderr)
         return 2
@@ -85,10 +140,17 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _run(dev(settings))
         if args.command == "gateway":
             return _run(gateway(settings))
+        if args.command == "books":
+            return _run(books(settings))
+        if args.command == "feed":
+            return _run(feed(settings, args))
     except SourceError as exc:
         print(f"oddstream: --feed: {exc}", file=sys.stderr)
         return 2
     except (StoreError, BrokerError) as exc:
+        print(f"oddstream: {exc}", file=sys.stderr)
+        return 1
+    except (KafkaUnavailable, TopicLayoutError) as exc:
         print(f"oddstream: {exc}", file=sys.stderr)
         return 1
     return 2
@@ -124,7 +186,8 @@ async def dev(settings: Settings) -> None:
         speed=settings.speed,
     )
     pipeline = EmbeddedPipeline(feed, store, broker)
-    app = build_app(gateway, background=[pipeline.run])
+    web_dist = await asyncio.to_thread(ensure_built, WEB_DIR) if settings.web == "auto" else None
+    app = build_app(gateway, background=[pipeline.run], web_dist=web_dist)
     await serve(app, settings, gateway)
 
 
@@ -141,6 +204,109 @@ async def gateway(settings: Settings) -> None:
     finally:
         await broker.close()
         await store.close()
+
+
+def _topic_names(settings: Settings) -> TopicNames:
+    return TopicNames(prefix=settings.topic_prefix)
+
+
+class KafkaUnavailable(Exception):
+    """Kafka did not answer at start-up."""
+
+
+async def _topics(settings: Settings, *, adopt: bool = False) -> None:
+    """Create missing topics with ``--partitions``. With ``adopt`` (processors), feed topics
+    that already exist keep their partition count: the deployment chose it."""
+    topics = _topic_names(settings)
+    try:
+        partitions = settings.partitions
+        if adopt:
+            counts = await partition_counts(settings.kafka, timeout_s=15)
+            partitions = next((counts[t] for t in topics.feed if t in counts), settings.partitions)
+        await ensure_topics(settings.kafka, partitions, topics=topics, timeout_s=15)
+    except (TimeoutError, KafkaError, OSError) as exc:
+        raise KafkaUnavailable(
+            f"Kafka at {settings.kafka} (--kafka / ODDSTREAM_KAFKA) is unreachable: {exc!r}"
+        ) from None
+
+
+async def books(settings: Settings) -> None:
+    """A book processor of the distributed mode. SIGTERM/SIGINT: finish the step, commit,
+    leave the group."""
+    from channels.redis_broker import RedisBroker
+    from channels.redis_store import RedisStore
+
+    store = await RedisStore.connect(settings.redis, history_size=settings.history_size)
+    broker = await RedisBroker.connect(settings.redis)
+    try:
+        await _topics(settings, adopt=True)
+        runner = BooksRunner(
+            settings.kafka,
+            store,
+            broker,
+            config=BooksConfig(group_id=settings.group, topics=_topic_names(settings)),
+        )
+        loop = asyncio.get_running_loop()
+        stopping: list[asyncio.Task[None]] = []
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, lambda: stopping.append(loop.create_task(runner.stop())))
+
+        async def report() -> None:
+            while True:
+                await asyncio.sleep(5)  # Progress cadence, not synchronisation.
+                log.info("books: %s", runner.stats.line())
+
+        reporter = loop.create_task(report())
+        print(f"oddstream: books in group {settings.group} on {settings.kafka}", flush=True)
+        try:
+            await runner.run()
+        finally:
+            reporter.cancel()
+            await asyncio.gather(reporter, *stopping, return_exceptions=True)
+            log.info("books: stopped: %s", runner.stats.line())
+    finally:
+        await broker.close()
+        await store.close()
+
+
+async def feed(settings: Settings, args: argparse.Namespace) -> None:
+    """``oddstream feed synth|replay|record``."""
+    if args.feed_command == "record":
+        messages = await record(
+            settings.kafka, topics=_topic_names(settings), limit=args.limit, idle_s=args.idle_s
+        )
+        count = write_jsonl(Path(args.path), messages)
+        print(f"oddstream: recorded {count} feed messages to {args.path}", flush=True)
+        return
+    await _topics(settings)
+    if args.feed_command == "synth":
+        source: AsyncIterator[FeedMessage] = open_source(
+            "synth", seed=settings.seed, events=settings.events, rate=settings.rate, speed=0
+        )
+    else:
+        report = ReadReport()
+        source = open_source(
+            f"{args.format}:{args.path}",
+            seed=settings.seed,
+            events=settings.events,
+            rate=settings.rate,
+            speed=settings.speed,
+            report=report,
+        )
+    sent = 0
+    started = time.monotonic()
+    async with KafkaFeedProducer(settings.kafka, topics=_topic_names(settings)) as producer:
+        async for message in source:
+            await producer.send(message)
+            sent += 1
+            if sent % 1000 == 0:
+                rate = sent / (time.monotonic() - started)
+                end = "\r" if sys.stderr.isatty() else "\n"  # A live line on a terminal.
+                print(f"oddstream: {sent} messages ({rate:,.0f}/s)", end=end, file=sys.stderr)
+            if args.limit is not None and sent >= args.limit:
+                break
+        await producer.flush()
+    print(f"\noddstream: produced {sent} feed messages", file=sys.stderr, flush=True)
 
 
 async def serve(app: Any, settings: Settings, gateway: Gateway | None = None) -> None:

@@ -36,12 +36,14 @@ class Settings:
     events: int = 12
     rate: float = 200.0
     feed: str = "synth"
+    web: str = "auto"
     speed: float = 1.0
     # Distributed mode.
     kafka: str = ""
     redis: str = ""
     partitions: int = 6
     group: str = "oddstream-books"
+    topic_prefix: str = ""
     log_level: str = "info"
 
     def __post_init__(self) -> None:
@@ -57,6 +59,7 @@ class Settings:
         _check(self.rate, "rate", self.rate > 0, "> 0")
         _check(self.speed, "speed", self.speed >= 0, ">= 0 (0: as fast as possible)")
         _check(self.feed, "feed", _feed_ok(self.feed), "synth or FORMAT:PATH (jsonl, ...)")
+        _check(self.web, "web", self.web in {"auto", "off"}, "auto or off")
         _check(self.partitions, "partitions", self.partitions >= 1, ">= 1")
         _check(
             self.log_level,

@@ -26,6 +26,8 @@ async def test_sigterm_drains_clients_with_positions_and_exits_zero() -> None:
         "0",
         "--rate",
         "400",
+        "--web",
+        "off",
         "--drain-s",
         "3",
         stdout=asyncio.subprocess.PIPE,

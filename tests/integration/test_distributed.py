@@ -1,0 +1,242 @@
+"""The distributed mode end to end, as operators run it: `oddstream feed`, two
+`oddstream books` processes, two `oddstream gateway` processes, on real Kafka and Redis,
+with WebSocket clients rebuilding books from exactly what they receive."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import uuid
+from dataclasses import dataclass
+
+import httpx
+import msgspec
+import pytest
+import redis.asyncio as aioredis
+import websockets
+
+import protocol
+from feeds.embedded import epoch_minter
+from feeds.model import encode_feed
+from feeds.processor import FeedRecord, Processor
+from feeds.synthetic import MatchDay
+from tests.component.stack import Books
+from tests.integration.procs import processes, start
+
+pytestmark = pytest.mark.integration
+
+SEED, EVENTS, LIMIT, RATE = 5, 4, 3000, 300
+
+
+@dataclass
+class Space:
+    """An isolated deployment: its own topics, consumer group and Redis database."""
+
+    kafka: str
+    redis: str
+    prefix: str
+    group: str
+
+    def feed_args(self) -> list[str]:
+        return [
+            "feed",
+            "synth",
+            "--kafka",
+            self.kafka,
+            "--topic-prefix",
+            self.prefix,
+            "--seed",
+            str(SEED),
+            "--events",
+            str(EVENTS),
+            "--rate",
+            str(RATE),
+            "--limit",
+            str(LIMIT),
+            "--partitions",
+            "4",
+        ]
+
+    def books_args(self) -> list[str]:
+        return [
+            "books",
+            "--kafka",
+            self.kafka,
+            "--redis",
+            self.redis,
+            "--group",
+            self.group,
+            "--topic-prefix",
+            self.prefix,
+            "--log-level",
+            "warning",
+        ]
+
+    def gateway_args(self) -> list[str]:
+        return ["gateway", "--redis", self.redis, "--port", "0", "--log-level", "warning"]
+
+
+_DB = itertools.count(3)
+
+
+@pytest.fixture
+async def space(kafka_bootstrap: str, redis_url: str) -> Space:
+    base = redis_url.rsplit("/", 1)[0]
+    url = f"{base}/{next(_DB)}"
+    client = aioredis.from_url(url)
+    await client.flushdb()
+    await client.aclose()
+    uid = uuid.uuid4().hex[:8]
+    return Space(kafka_bootstrap, url, f"t{uid}.", f"g{uid}")
+
+
+class Client:
+    """A WebSocket client on one gateway, subscribed to one event, reading in the
+    background and rebuilding books with ``protocol.apply``."""
+
+    def __init__(self, url: str, event_id: str):
+        self.url = url.replace("http", "ws") + "/ws"
+        self.event_id = event_id
+        self.books = Books()
+        self.resets = 0
+        self.changed = asyncio.Event()
+        self.task = asyncio.create_task(self._run())
+
+    async def _run(self) -> None:
+        async with websockets.connect(self.url) as conn:
+            await conn.send(
+                msgspec.json.encode({"type": "subscribe", "events": [self.event_id]}).decode()
+            )
+            async for raw in conn:
+                message = protocol.decode_server(raw)
+                if isinstance(message, protocol.Snapshot) and message.reset:
+                    self.resets += 1
+                self.books.take(message)
+                self.changed.set()
+
+    async def until(self, targets: dict[str, int], timeout: float = 60) -> None:
+        async with asyncio.timeout(timeout):
+            while any(self.books.at(m) < s for m, s in targets.items()):
+                if self.task.done():
+                    self.task.result()
+                self.changed.clear()
+                await self.changed.wait()
+
+    async def close(self) -> None:
+        self.task.cancel()
+        await asyncio.gather(self.task, return_exceptions=True)
+
+
+async def rest_books(url: str, event_id: str) -> dict[str, protocol.Snapshot]:
+    async with httpx.AsyncClient(base_url=url) as http:
+        rows = (await http.get("/v1/markets", params={"event_id": event_id})).json()
+        books = {}
+        for row in rows:
+            snap = protocol.decode_server(
+                (await http.get(f"/v1/markets/{row['market_id']}")).content
+            )
+            assert isinstance(snap, protocol.Snapshot)
+            books[snap.market_id] = snap
+        return books
+
+
+async def first_event(url: str, timeout: float = 90) -> str:
+    """An event that has markets, once the pipeline has produced one. Another process's
+    state, with no event to await: polled."""
+    async with httpx.AsyncClient(base_url=url) as http, asyncio.timeout(timeout):
+        while True:
+            events = (await http.get("/v1/events")).json()
+            for event in events:
+                if (await http.get("/v1/markets", params={"event_id": event["event_id"]})).json():
+                    return str(event["event_id"])
+            await asyncio.sleep(0.2)
+
+
+async def converged(
+    url: str, event_id: str, expected: dict[str, protocol.Snapshot], timeout: float = 90
+) -> dict[str, protocol.Snapshot]:
+    """REST books of the event once every market has reached the seq a single pure
+    processor reaches on the same feed (another process's progress has no event to
+    await: polled). Fails on timeout with what was missing."""
+    targets = {m: s.seq for m, s in expected.items() if s.event_id == event_id}
+    current: dict[str, protocol.Snapshot] = {}
+    try:
+        async with asyncio.timeout(timeout):
+            while True:
+                current = await rest_books(url, event_id)
+                if {m: s.seq for m, s in current.items()} == targets:
+                    return current
+                await asyncio.sleep(0.3)
+    except TimeoutError:
+        got = {m: s.seq for m, s in current.items()}
+        raise AssertionError(f"books never converged: {got} != {targets}") from None
+
+
+def expected_books() -> dict[str, protocol.Snapshot]:
+    """The books a single pure processor makes of the same synthetic feed."""
+    processor = Processor(epoch_minter(lambda: 0))
+    messages = itertools.islice(MatchDay(seed=SEED, events=EVENTS, start_ms=0), LIMIT)
+    processor.process([FeedRecord("f", 0, i, encode_feed(m)) for i, m in enumerate(messages)])
+    return {m: b.snapshot for m, b in processor.books.markets.items()}
+
+
+def same_content(a: protocol.Snapshot, b: protocol.Snapshot) -> bool:
+    """Equal apart from what differs between runs: epoch, feed timestamps."""
+    return msgspec.structs.replace(a, epoch="", ts=0) == msgspec.structs.replace(b, epoch="", ts=0)
+
+
+def assert_contiguous(client: Client) -> None:
+    for market_id, seqs in client.books.seqs.items():
+        assert seqs == list(range(seqs[0], seqs[0] + len(seqs))), (
+            f"{market_id}: gap or duplicate in {seqs}"
+        )
+
+
+async def run_pipeline(space: Space, *, kill_books_at: int | None = None) -> None:
+    async with processes() as procs:
+        feed = await start(procs, "feed", space.feed_args())
+        books = [await start(procs, f"books-{i}", space.books_args()) for i in (1, 2)]
+        for b in books:
+            await b.wait_line("books in group")
+        gateways = [await start(procs, f"gateway-{i}", space.gateway_args()) for i in (1, 2)]
+        urls = [await g.url() for g in gateways]
+        event_id = await first_event(urls[0])
+        clients = [Client(url, event_id) for url in urls]
+        try:
+            if kill_books_at is not None:
+                await feed.wait_line(f"{kill_books_at} messages")
+                books[0].kill()  # SIGKILL mid-stream: its partitions go to the survivor.
+            assert await asyncio.wait_for(feed.proc.wait(), 120) == 0, feed.output()
+            expected = expected_books()
+            final = await converged(urls[0], event_id, expected)
+            assert final == await rest_books(urls[1], event_id), "gateways disagree"
+            targets = {m: s.seq for m, s in final.items()}
+            for client in clients:
+                await client.until(targets)
+                assert_contiguous(client)
+                for market_id, snap in final.items():
+                    assert client.books.markets[market_id] == snap
+            # Both clients saw the same sequence numbers from where both were watching.
+            for market_id in final:
+                a, b = (c.books.seqs[market_id] for c in clients)
+                common = min(len(a), len(b))
+                assert a[-common:] == b[-common:]
+            # And the books are what one processor makes of the whole feed: nothing lost,
+            # nothing applied twice, seq numbering whole.
+            for market_id, snap in final.items():
+                assert same_content(snap, expected[market_id]), market_id
+        finally:
+            for client in clients:
+                await client.close()
+        for g in gateways:
+            assert await g.stop() == 0, g.output()
+        for b in books[(1 if kill_books_at else 0) :]:
+            assert await b.stop() == 0, b.output()
+
+
+async def test_feed_two_processors_two_gateways(space: Space) -> None:
+    await run_pipeline(space)
+
+
+async def test_processor_killed_mid_stream_survivor_continues(space: Space) -> None:
+    await run_pipeline(space, kill_books_at=1000)

@@ -1,0 +1,191 @@
+/**
+ * Client-side market books: the same rules as the server's `protocol.apply` (Python): a
+ * delta applies only to the same market and epoch at exactly `seq + 1`; anything else is a
+ * refusal that the caller heals with a fresh snapshot or a resume, never a guess.
+ */
+import type {
+  DecimalString,
+  Delta,
+  EventState,
+  Selection,
+  SelectionChange,
+  Snapshot,
+} from "./generated/protocol.js";
+
+export type MarketStatus = Snapshot["status"];
+export type SelectionStatus = NonNullable<Selection["status"]>;
+export type EventPhase = EventState["phase"];
+
+export interface SelectionView {
+  readonly selectionId: string;
+  readonly name: string;
+  /** Decimal odds exactly as sent, or null when the selection has no price. */
+  readonly price: DecimalString | null;
+  readonly status: SelectionStatus;
+}
+
+/** An immutable book of one market; a new object after every change. */
+export interface MarketBook {
+  readonly marketId: string;
+  readonly eventId: string;
+  readonly seq: number;
+  readonly epoch: string;
+  /** Feed timestamp (ms) of the last update the book reflects. */
+  readonly ts: number;
+  readonly sport: string;
+  readonly kind: string;
+  readonly name: string;
+  readonly status: MarketStatus;
+  readonly reason: string | null;
+  readonly main: boolean;
+  readonly selections: readonly SelectionView[];
+  /**
+   * True while the client is healing a gap: the book is the last one known to be exact,
+   * but newer changes are missing. Show it as unavailable, never as current.
+   */
+  readonly syncing: boolean;
+}
+
+export type RefusalReason = "market" | "epoch" | "stale" | "gap";
+
+export type ApplyResult =
+  | { readonly ok: true; readonly book: MarketBook }
+  | { readonly ok: false; readonly reason: RefusalReason };
+
+export function fromSnapshot(s: Snapshot): MarketBook {
+  return {
+    marketId: s.market_id,
+    eventId: s.event_id,
+    seq: s.seq,
+    epoch: s.epoch,
+    ts: s.ts,
+    sport: s.sport,
+    kind: s.kind,
+    name: s.name,
+    status: s.status,
+    reason: s.reason ?? null,
+    main: s.main ?? false,
+    selections: s.selections.map(selectionView),
+    syncing: false,
+  };
+}
+
+function selectionView(s: Selection): SelectionView {
+  return {
+    selectionId: s.selection_id,
+    name: s.name,
+    price: s.price ?? null,
+    status: s.status ?? "active",
+  };
+}
+
+/** Check `delta` against `book` and return the next book, or why it does not apply. */
+export function applyDelta(book: MarketBook, delta: Delta): ApplyResult {
+  if (delta.market_id !== book.marketId) return { ok: false, reason: "market" };
+  if (delta.epoch !== book.epoch) return { ok: false, reason: "epoch" };
+  if (delta.seq <= book.seq) return { ok: false, reason: "stale" };
+  if (delta.seq !== book.seq + 1) return { ok: false, reason: "gap" };
+  return {
+    ok: true,
+    book: {
+      ...book,
+      seq: delta.seq,
+      ts: delta.ts,
+      name: delta.name ?? book.name,
+      main: delta.main ?? book.main,
+      status: delta.status ?? book.status,
+      reason: delta.reason === undefined ? book.reason : delta.reason,
+      selections: applySelectionChanges(book.selections, delta.selections ?? []),
+    },
+  };
+}
+
+/** Merge selection changes, keeping order; a selection never seen before is appended. */
+export function applySelectionChanges(
+  selections: readonly SelectionView[],
+  changes: readonly SelectionChange[],
+): readonly SelectionView[] {
+  if (changes.length === 0) return selections;
+  const byId = new Map(changes.map((c) => [c.selection_id, c]));
+  const out: SelectionView[] = selections.map((sel) => {
+    const change = byId.get(sel.selectionId);
+    if (change === undefined) return sel;
+    byId.delete(sel.selectionId);
+    return merge(sel, change);
+  });
+  for (const change of byId.values()) {
+    const base: SelectionView = {
+      selectionId: change.selection_id,
+      name: change.selection_id,
+      price: null,
+      status: "active",
+    };
+    out.push(merge(base, change));
+  }
+  return out;
+}
+
+function merge(sel: SelectionView, change: SelectionChange): SelectionView {
+  return {
+    selectionId: sel.selectionId,
+    name: change.name ?? sel.name,
+    price: change.price === undefined ? sel.price : change.price,
+    status: change.status ?? sel.status,
+  };
+}
+
+/** The wire position of a book, for `resume`. */
+export function positionOf(book: MarketBook): { market_id: string; epoch: string; seq: number } {
+  return { market_id: book.marketId, epoch: book.epoch, seq: book.seq };
+}
+
+export interface ClockView {
+  readonly period: string;
+  readonly seconds: number;
+  readonly running: boolean;
+}
+
+/** The state of a match; a new object after every change. */
+export interface EventView {
+  readonly eventId: string;
+  readonly seq: number;
+  readonly ts: number;
+  readonly sport: string;
+  readonly competition: string;
+  readonly name: string;
+  readonly home: string;
+  readonly away: string;
+  readonly startTime: number;
+  readonly phase: EventPhase;
+  readonly score: readonly [number, number];
+  readonly clock: ClockView | null;
+  /** Local time (ms) the message arrived: a running clock advances from here. */
+  readonly receivedAt: number;
+}
+
+export function eventView(e: EventState, receivedAt: number): EventView {
+  return {
+    eventId: e.event_id,
+    seq: e.seq,
+    ts: e.ts,
+    sport: e.sport,
+    competition: e.competition,
+    name: e.name,
+    home: e.home,
+    away: e.away,
+    startTime: e.start_time,
+    phase: e.phase,
+    score: e.score ?? [0, 0],
+    clock: e.clock
+      ? { period: e.clock.period, seconds: e.clock.seconds ?? 0, running: e.clock.running ?? false }
+      : null,
+    receivedAt,
+  };
+}
+
+/** The clock's seconds at local time `now`, advancing a running clock since it arrived. */
+export function clockSecondsAt(event: EventView, now: number): number | null {
+  const c = event.clock;
+  if (!c) return null;
+  return c.running ? c.seconds + Math.max(0, Math.floor((now - event.receivedAt) / 1000)) : c.seconds;
+}
