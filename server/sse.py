@@ -1,8 +1,9 @@
 """The SSE transport: subscriptions from the query string, resume from ``Last-Event-ID``.
 
 Each market message carries ``id: <seq>~<epoch>~<market_id>``, its market's position; on
-reconnect the browser sends the last one back as ``Last-Event-ID`` and that market is
-resumed exactly, the others receive fresh snapshots.
+reconnect the browser sends the last one back as ``Last-Event-ID`` (or a client passes it
+as ``?last_event_id=``) and that market is resumed exactly, the others receive fresh
+snapshots.
 """
 
 from __future__ import annotations
@@ -50,7 +51,10 @@ async def sse_endpoint(request: Request) -> Response:
             status_code=400,
         )
     session = gateway.open_session()
-    position = parse_token(request.headers.get("last-event-id", ""))
+    # A browser's EventSource sends Last-Event-ID itself on its own reconnects; a client
+    # opening a fresh stream cannot set headers, so the query string may carry it too.
+    token = request.headers.get("last-event-id") or request.query_params.get("last_event_id")
+    position = parse_token(token or "")
     try:
         if position is not None and position.market_id in markets:
             await session.execute(Resume(positions=(position,)))

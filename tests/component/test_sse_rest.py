@@ -116,3 +116,22 @@ async def test_rest_listing_and_errors() -> None:
         assert (await http.get("/readyz")).status_code == 200
         metrics = (await http.get("/metrics")).text
         assert "oddstream_connections 0" in metrics
+
+
+async def test_sse_resume_token_in_the_query_string() -> None:
+    async with running_stack() as stack, httpx.AsyncClient(base_url=stack.url) as http:
+        await stack.feed.send(event(), match_result(), *price_walk(M1, 3, T0))
+        snap = stack.feed.book(M1)
+        await stack.feed.send(*price_walk(M1, 2, T0 + 100))
+        books = Books()
+        books.take(snap)
+        token = f"{snap.seq}~{snap.epoch}~{M1}"
+        stream = sse_messages(http, f"/sse?markets={M1}&last_event_id={token}")
+        async with asyncio.timeout(10):
+            async for _, kind, message in stream:
+                assert kind != "snapshot"
+                books.take(message)
+                if books.at(M1) == snap.seq + 2:
+                    break
+            await stream.aclose()
+        assert books.markets[M1] == stack.feed.book(M1)
