@@ -26,7 +26,13 @@ its connection and its state machine:
   noticed too), the reader reconnects with capped exponential backoff and jitter,
   re-subscribes every channel still wanted, waits for every confirmation, and only then
   calls ``on_resync()``: messages published meanwhile were lost (pub/sub is
-  at-most-once) and the relay re-checks its books against storage.
+  at-most-once) and the relay re-checks its books against storage. Messages arriving
+  between two confirmations of the re-subscription are delivered as usual.
+
+Back-pressure: the handler must be quick (the relay only updates books and appends to
+bounded client buffers). If the reader still falls behind, Redis buffers for it and,
+past ``client-output-buffer-limit pubsub``, closes the connection: that is handled like
+any drop (reconnect, resync), so a stalled node never slows the publishers.
 
 Sharded pub/sub (Redis Cluster, ``SPUBLISH``/``SSUBSCRIBE``) is a later step. It plugs in
 at two places: ``publish`` sends SPUBLISH through a cluster client (which routes each
@@ -47,12 +53,12 @@ from typing import Any
 
 import msgspec
 import redis.asyncio as aioredis
-from redis.asyncio.connection import AbstractConnection
+from redis.asyncio.connection import AbstractConnection, ConnectionPool
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 
 from channels.broker import BrokerError, MessageHandler, ResyncHandler, Subscription
-from channels.redis_store import ping, redact_url, redis_client
+from channels.redis_store import describe, ping, redact_url, redis_client
 
 __all__ = ["RedisBroker", "SubscriptionStats"]
 
@@ -92,6 +98,18 @@ class RedisBroker:
         self.health_interval = health_interval
         self.backoff_base = backoff_base
         self.backoff_max = backoff_max
+        # Only a factory of subscription connections (it pools nothing). RESP2: replies
+        # in subscribed mode are plain arrays, with no push-message machinery per read.
+        # No socket timeout: the reader bounds each read itself (and an idle subscribed
+        # connection is normal); with one, redis-py would also run every send in a
+        # separate task (wait_for), racing with the reader's disconnect.
+        self._factory = ConnectionPool.from_url(
+            url,
+            protocol=2,
+            socket_timeout=None,
+            socket_connect_timeout=connect_timeout,
+            client_name="oddstream-sub",
+        )
         self._subscriptions: set[_RedisSubscription] = set()
 
     @classmethod
@@ -107,7 +125,8 @@ class RedisBroker:
         backoff_max: float = 5.0,
     ) -> RedisBroker:
         """Connect and verify with a PING. Raises :class:`BrokerError` naming the URL
-        (password redacted) when Redis does not answer within ``connect_timeout``."""
+        (password redacted) when Redis does not answer within ``connect_timeout``;
+        :class:`ValueError` when the URL cannot be parsed."""
         client = redis_client(
             url,
             socket_timeout=socket_timeout,
@@ -118,7 +137,9 @@ class RedisBroker:
             await ping(client, connect_timeout)
         except (RedisError, OSError, TimeoutError) as exc:
             await client.aclose()
-            raise BrokerError(f"Redis at {redact_url(url)} is unreachable: {exc!r}") from exc
+            raise BrokerError(
+                f"Redis at {redact_url(url)} is unreachable: {describe(exc)}"
+            ) from exc
         return cls(
             client,
             url=url,
@@ -131,7 +152,8 @@ class RedisBroker:
 
     async def publish(self, channels: Sequence[str], payload: bytes) -> None:
         """Publish the same payload on every channel, in order. Raises
-        :class:`BrokerError` when Redis fails (some channels may have been published)."""
+        :class:`BrokerError` when Redis fails (some channels may have been published;
+        a retried publish may repeat some: subscribers drop repeats by ``seq``)."""
         if not channels:
             return
         pipe = self._client.pipeline(transaction=False)
@@ -140,12 +162,12 @@ class RedisBroker:
         try:
             await pipe.execute()
         except (RedisError, OSError) as exc:
-            raise BrokerError(f"Redis at {self.where}: publish failed: {exc!r}") from exc
+            raise BrokerError(f"Redis at {self.where}: publish failed: {describe(exc)}") from exc
 
     async def subscription(
         self, on_message: MessageHandler, on_resync: ResyncHandler
     ) -> Subscription:
-        """Open this node's subscription connection. Raises :class:`BrokerError` when
+        """Open a node's subscription connection. Raises :class:`BrokerError` when
         Redis cannot be reached within ``connect_timeout``."""
         sub = _RedisSubscription(self, on_message, on_resync)
         await sub.start()
@@ -156,13 +178,12 @@ class RedisBroker:
         for sub in tuple(self._subscriptions):
             await sub.close()
         await self._client.aclose()
+        await self._factory.disconnect()
 
     def _new_connection(self) -> AbstractConnection:
-        """A connection outside the pool, owned by one subscription."""
-        pool = self._client.connection_pool
-        kwargs: dict[str, Any] = {**pool.connection_kwargs, "client_name": "oddstream-sub"}
-        conn: AbstractConnection = pool.connection_class(**kwargs)
-        return conn
+        """A connection outside any pool, owned by one subscription."""
+        factory = self._factory
+        return factory.connection_class(**factory.connection_kwargs)
 
     def _forget(self, sub: _RedisSubscription) -> None:
         self._subscriptions.discard(sub)
@@ -176,6 +197,10 @@ class _RedisSubscription:
     current connection, resolved True by its confirmation or False if the connection
     is lost first; ``_ready`` is set while a connection is up with every wanted channel
     subscribed, and only then may ``subscribe`` send on it.
+
+    Only the reader task reads the connection. Other tasks write to it (SUBSCRIBE,
+    UNSUBSCRIBE) through :meth:`_send`, which never lets redis-py reconnect it behind
+    the reader's back; only the reader disconnects it (and redis-py, on a failed send).
     """
 
     def __init__(self, broker: RedisBroker, on_message: MessageHandler, on_resync: ResyncHandler):
@@ -192,14 +217,15 @@ class _RedisSubscription:
 
     async def start(self) -> None:
         try:
-            self._conn = await self._open()
+            conn = await self._open()
         except (RedisError, OSError, TimeoutError) as exc:
             raise BrokerError(
-                f"Redis at {self._broker.where} is unreachable for pub/sub: {exc!r}"
+                f"Redis at {self._broker.where} is unreachable for pub/sub: {describe(exc)}"
             ) from exc
+        self._conn = conn
         self._ready.set()
         self._task = asyncio.get_running_loop().create_task(
-            self._run(self._conn), name=f"redis-subscription {self._broker.where}"
+            self._run(conn), name=f"redis-subscription {self._broker.where}"
         )
         self._task.add_done_callback(self._reader_done)
 
@@ -218,7 +244,7 @@ class _RedisSubscription:
         try:
             async with asyncio.timeout(timeout):
                 while not await self._request(key, channel):
-                    pass  # The connection was lost first; try again on the next one.
+                    pass  # That connection was lost first; try again on the next one.
         except TimeoutError:
             if added:
                 await self._abandon(key)
@@ -232,13 +258,18 @@ class _RedisSubscription:
         await self._abandon(channel.encode())
 
     async def close(self) -> None:
+        """Stop the reader and close the connection; idempotent."""
         if self._closed:
             return
         self._closed = True
         self._broker._forget(self)
-        if self._task is not None:
-            self._task.cancel()
-            await asyncio.wait([self._task])
+        task = self._task
+        if task is not None:
+            # Library code can swallow a cancellation (Python 3.11's wait_for, for one);
+            # the reader also checks ``_closed``, so asking again soon enough ends it.
+            while not task.done():
+                task.cancel()
+                await asyncio.wait([task], timeout=1.0)
         self._fail_pending()
         self._ready.set()  # Wake waiting subscribe() calls: they raise BrokerError.
         if self._conn is not None:
@@ -251,42 +282,51 @@ class _RedisSubscription:
         await self._ready.wait()
         if self._closed:
             raise BrokerError("the subscription is closed")
+        future = self._expect(key)
         conn = self._conn
-        future: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
-        self._pending.setdefault(key, deque()).append(future)
-        # Check is_connected right before sending: redis-py would otherwise silently
-        # reconnect this connection object, behind the reader's back.
-        if conn is not None and conn.is_connected:
+        if conn is not None:
             try:
-                await conn.send_command("SUBSCRIBE", channel, check_health=False)
+                await self._send(conn, "SUBSCRIBE", channel)
             except (RedisError, OSError) as exc:
-                # The connection broke and redis-py closed it: the reader notices,
-                # reconnects, and resolves ``future`` with False.
-                log.debug("SUBSCRIBE %s not sent: %r", channel, exc)
+                # The connection is broken: the reader notices, reconnects (subscribing
+                # every wanted channel) and resolves ``future`` with False.
+                log.debug("SUBSCRIBE %s not sent: %s", channel, describe(exc))
         return await future
 
     async def _abandon(self, key: bytes) -> None:
         channel = self._wanted.pop(key, None)
-        if channel is None:
-            return
-        conn = self._conn
-        if self._ready.is_set() and conn is not None and conn.is_connected:
-            try:
-                await conn.send_command("UNSUBSCRIBE", channel, check_health=False)
-            except (RedisError, OSError) as exc:
-                # The connection is gone, and the next one will not subscribe it.
-                log.debug("UNSUBSCRIBE %s not sent: %r", channel, exc)
+        if channel is None or not self._ready.is_set() or self._conn is None:
+            return  # A reconnect in progress unsubscribes it once done.
+        try:
+            async with asyncio.timeout(self._broker.subscribe_timeout):
+                await self._send(self._conn, "UNSUBSCRIBE", channel)
+        except (RedisError, OSError) as exc:  # OSError includes TimeoutError.
+            # The connection is broken, and the next one will not subscribe it.
+            log.debug("UNSUBSCRIBE %s not sent: %s", channel, describe(exc))
+
+    @staticmethod
+    async def _send(conn: AbstractConnection, *args: str | bytes) -> None:
+        # Checked in the same step as redis-py's own check (no await in between), which
+        # would otherwise silently reconnect a closed connection, unsubscribed.
+        if not conn.is_connected:
+            raise RedisConnectionError("connection closed")
+        await conn.send_command(*args, check_health=False)
 
     # -- the reader ----------------------------------------------------------------------------
 
     async def _run(self, conn: AbstractConnection) -> None:
-        while True:
+        while not self._closed:
             try:
                 await self._pump(conn)
-            except (RedisError, OSError) as exc:
-                log.warning("Redis pub/sub at %s lost: %r; reconnecting", self._broker.where, exc)
+            except (RedisError, OSError) as exc:  # OSError includes TimeoutError.
+                log.warning(
+                    "Redis pub/sub at %s lost (%s); reconnecting", self._broker.where, describe(exc)
+                )
             await self._drop(conn)
-            conn = await self._reconnect()
+            reconnected = await self._reconnect()
+            if reconnected is None:
+                return
+            conn = reconnected
             self.stats.reconnects += 1
             try:
                 self._on_resync()
@@ -294,19 +334,19 @@ class _RedisSubscription:
                 log.exception("resync handler failed")
 
     async def _pump(self, conn: AbstractConnection) -> None:
-        """Read and dispatch until the connection fails (raises)."""
+        """Read and dispatch until the connection fails (raises) or the subscription
+        is closed (returns)."""
         interval = self._broker.health_interval
         probing = False
-        while True:
+        while not self._closed:
             reply = await conn.read_response(
                 timeout=interval, disconnect_on_error=False, push_request=True
             )
             if reply is None:  # Silent for a whole interval.
                 if probing:
                     raise RedisConnectionError(f"no reply to PING within {interval}s")
-                if not conn.is_connected:
-                    raise RedisConnectionError("connection closed")
-                await conn.send_command("PING", check_health=False)
+                async with asyncio.timeout(interval):
+                    await self._send(conn, "PING")
                 probing = True
                 continue
             probing = False
@@ -348,12 +388,12 @@ class _RedisSubscription:
                     future.set_result(False)
         self._pending.clear()
 
-    async def _reconnect(self) -> AbstractConnection:
+    async def _reconnect(self) -> AbstractConnection | None:
         """Connect and re-subscribe every wanted channel, retrying with capped
-        exponential backoff until it works (or the task is cancelled by close)."""
+        exponential backoff until it works; None once the subscription is closed."""
         b = self._broker
         attempt = 0
-        while True:
+        while not self._closed:
             if attempt:
                 delay = min(b.backoff_max, b.backoff_base * 2 ** (attempt - 1))
                 await asyncio.sleep(delay * random.uniform(0.5, 1.0))
@@ -362,15 +402,23 @@ class _RedisSubscription:
             try:
                 conn = await self._open()
                 await self._resubscribe(conn)
-            except (RedisError, OSError, TimeoutError) as exc:
+            except (RedisError, OSError) as exc:  # OSError includes TimeoutError.
                 log.warning(
-                    "Redis pub/sub at %s: reconnect attempt %d failed: %r", b.where, attempt, exc
+                    "Redis pub/sub at %s: reconnect attempt %d failed (%s)",
+                    b.where,
+                    attempt,
+                    describe(exc),
                 )
                 if conn is not None:
                     await self._drop(conn)
                 continue
+            except BaseException:  # Cancelled by close(): do not leave it connected.
+                if conn is not None:
+                    await conn.disconnect(nowait=True)
+                raise
             log.info("Redis pub/sub at %s: reconnected", b.where)
             return conn
+        return None
 
     async def _resubscribe(self, conn: AbstractConnection) -> None:
         """Subscribe every wanted channel on a fresh connection and wait for all the
@@ -379,9 +427,9 @@ class _RedisSubscription:
         channels = list(self._wanted)
         if channels:
             futures = [self._expect(key) for key in channels]
-            await conn.send_command("SUBSCRIBE", *channels, check_health=False)
             confirmed = 0
             async with asyncio.timeout(self._broker.subscribe_timeout):
+                await self._send(conn, "SUBSCRIBE", *channels)
                 while confirmed < len(futures):
                     reply = await conn.read_response(
                         timeout=math.inf, disconnect_on_error=False, push_request=True
@@ -389,10 +437,10 @@ class _RedisSubscription:
                     self._handle(reply)
                     while confirmed < len(futures) and futures[confirmed].done():
                         confirmed += 1
-            # Unsubscribed while we were re-subscribing: undo those.
-            stale = [key for key in channels if key not in self._wanted]
-            if stale:
-                await conn.send_command("UNSUBSCRIBE", *stale, check_health=False)
+                # Unsubscribed while we were re-subscribing: undo those.
+                stale = [key for key in channels if key not in self._wanted]
+                if stale:
+                    await self._send(conn, "UNSUBSCRIBE", *stale)
         self._conn = conn
         self._ready.set()
 
@@ -404,6 +452,7 @@ class _RedisSubscription:
     async def _open(self) -> AbstractConnection:
         conn = self._broker._new_connection()
         try:
+            # Bounds the TCP connect and the handshake (AUTH, SELECT, CLIENT SETNAME).
             async with asyncio.timeout(self._broker.connect_timeout):
                 await conn.connect()  # type: ignore[no-untyped-call]  # redis-py leaves it bare
         except BaseException:

@@ -25,10 +25,12 @@ Writes: :meth:`RedisStore.write` sends a whole :class:`~channels.store.Batch` as
 MULTI/EXEC transaction, so a reader sees all of a batch or none of it. A new epoch of a
 market must drop the old epoch's history, which needs the old epoch: a tiny Lua script
 inside the same transaction compares ``hepoch`` with the new epoch and deletes the
-history when they differ. It runs *after* the batch's deltas are added, exactly like
-``MemoryStore`` (so deltas written in the very batch that changes the epoch are dropped
-too; the caller then takes a snapshot, which is safe). A write is idempotent (SET, SADD,
-ZADD of the same members, HSET), so redis-py may retry it after a dropped connection.
+history when they differ, then trims each history to ``history_size``. It runs *after*
+the batch's deltas are added, exactly like ``MemoryStore``: deltas written in the very
+batch that changes the epoch are dropped too, and the caller takes a snapshot instead
+(safe). A write is idempotent (SET, SADD, ZADD of the same members, HSET), so redis-py
+may retry it after a dropped connection. Commands are grouped (one MSET of snapshots,
+one SADD per index key) to keep the transaction short.
 
 Redis transactions are isolated, not rolled back: a command failing *inside* EXEC (only
 possible if someone stored a key of the wrong type under the prefix) leaves the others
@@ -64,7 +66,7 @@ import protocol
 from channels.store import Batch, MarketSummary, StoreError
 from protocol import EventState, Snapshot
 
-__all__ = ["RedisStore", "redact_url", "redis_client"]
+__all__ = ["RedisStore", "describe", "ping", "redact_url", "redis_client"]
 
 #: Keys per MGET in bulk reads: large enough to amortise round trips, small enough not
 #: to block Redis (single-threaded) on one huge reply.
@@ -83,17 +85,25 @@ class _Head(msgspec.Struct):
 
 _head_decoder = msgspec.json.Decoder(_Head)
 
-# KEYS: hepoch and hist key of each market, in pairs; ARGV: the epoch of each market's
-# snapshot in the batch. Drops the history of every market whose epoch changed.
-_EPOCH_SCRIPT = """
-for i = 1, #ARGV do
-  local old = redis.call('GET', KEYS[2 * i - 1])
-  if old ~= ARGV[i] then
-    if old then redis.call('DEL', KEYS[2 * i]) end
-    redis.call('SET', KEYS[2 * i - 1], ARGV[i])
+# Runs inside write()'s transaction, after the batch's deltas were added. KEYS: the
+# hepoch and hist keys of each market touched, in pairs; ARGV[1]: the history size;
+# ARGV[i + 1]: "+" and the epoch of market i's snapshot in the batch, or "" if it has
+# none. Drops the history of every market whose epoch changed, then trims each history.
+_HISTORY_SCRIPT = """
+local size = tonumber(ARGV[1])
+for i = 1, #ARGV - 1 do
+  local hepoch, hist, arg = KEYS[2 * i - 1], KEYS[2 * i], ARGV[i + 1]
+  if arg ~= '' then
+    local epoch = string.sub(arg, 2)
+    local old = redis.call('GET', hepoch)
+    if old ~= epoch then
+      if old then redis.call('DEL', hist) end
+      redis.call('SET', hepoch, epoch)
+    end
   end
+  redis.call('ZREMRANGEBYRANK', hist, 0, -size - 1)
 end
-return #ARGV
+return #ARGV - 1
 """
 
 
@@ -135,6 +145,12 @@ def redis_client(
         raise ValueError(f"invalid Redis URL {redact_url(url)!r}: {exc}") from exc
 
 
+def describe(exc: BaseException) -> str:
+    """``Type: message`` (redis-py's own repr of its errors hides the message)."""
+    text = str(exc)
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
 async def ping(client: aioredis.Redis, deadline: float) -> None:
     """PING within ``deadline`` seconds; raises what redis-py raises, or TimeoutError."""
     async with asyncio.timeout(deadline):
@@ -174,7 +190,8 @@ class RedisStore:
         connect_timeout: float = 2.0,
     ) -> RedisStore:
         """Connect and verify with a PING. Raises :class:`StoreError` naming the URL
-        (password redacted) when Redis does not answer within ``connect_timeout``."""
+        (password redacted) when Redis does not answer within ``connect_timeout``;
+        :class:`ValueError` when the URL cannot be parsed."""
         client = redis_client(
             url,
             socket_timeout=socket_timeout,
@@ -185,7 +202,7 @@ class RedisStore:
             await ping(client, connect_timeout)
         except (RedisError, OSError, TimeoutError) as exc:
             await client.aclose()
-            raise StoreError(f"Redis at {redact_url(url)} is unreachable: {exc!r}") from exc
+            raise StoreError(f"Redis at {redact_url(url)} is unreachable: {describe(exc)}") from exc
         return cls(client, url=url, history_size=history_size, prefix=prefix)
 
     # -- keys ----------------------------------------------------------------------------------
@@ -207,51 +224,59 @@ class RedisStore:
     async def write(self, batch: Batch) -> None:
         """Apply a batch in one MULTI/EXEC: readers see all of it or none of it.
         Raises :class:`StoreError` when Redis fails; the batch may then be retried."""
+        if not batch and not batch.partitions:
+            return
         p = self._p
         tx = self._client.pipeline(transaction=True)
-        queued = False
-        # History first, then the epoch check: the same order as MemoryStore.
+        # Deltas first, then the epoch check: the same order as MemoryStore.
         deltas: dict[str, dict[bytes, int]] = {}
         for market_id, seq, payload in batch.history:
             deltas.setdefault(market_id, {})[payload] = seq
         for market_id, members in deltas.items():
             tx.zadd(self._hist(market_id), members)
-            queued = True
-        if batch.snapshots:
+        touched = dict.fromkeys([*deltas, *batch.snapshots])
+        if touched:
             keys: list[str] = []
-            epochs: list[str] = []
-            for market_id, snap in batch.snapshots.items():
+            args: list[str | int] = [self._history_size]
+            for market_id in touched:
                 keys += (self._hepoch(market_id), self._hist(market_id))
-                epochs.append(snap.epoch)
-            tx.eval(_EPOCH_SCRIPT, len(keys), *keys, *epochs)
-            queued = True
-        for market_id in deltas:
-            tx.zremrangebyrank(self._hist(market_id), 0, -self._history_size - 1)
-        for market_id, snap in batch.snapshots.items():
-            tx.set(self._snap(market_id), protocol.encode(snap))
-            tx.sadd(f"{p}markets", market_id)
-            tx.sadd(f"{p}event-markets:{snap.event_id}", market_id)
-            if snap.main:
-                tx.sadd(f"{p}lobby:{snap.sport}", market_id)
-        for event_id, state in batch.events.items():
-            tx.set(self._event(event_id), protocol.encode(state))
-            tx.sadd(f"{p}events", event_id)
-            tx.sadd(f"{p}sport-events:{state.sport}", event_id)
-            queued = True
+                snap = batch.snapshots.get(market_id)
+                args.append("" if snap is None else "+" + snap.epoch)
+            tx.eval(_HISTORY_SCRIPT, len(keys), *keys, *args)
+        if batch.snapshots:
+            tx.mset({self._snap(m): protocol.encode(s) for m, s in batch.snapshots.items()})
+            tx.sadd(f"{p}markets", *batch.snapshots)
+            by_event: dict[str, list[str]] = {}
+            lobbies: dict[str, list[str]] = {}
+            for market_id, snap in batch.snapshots.items():
+                by_event.setdefault(snap.event_id, []).append(market_id)
+                if snap.main:
+                    lobbies.setdefault(snap.sport, []).append(market_id)
+            for event_id, ids in by_event.items():
+                tx.sadd(f"{p}event-markets:{event_id}", *ids)
+            for sport, ids in lobbies.items():
+                tx.sadd(f"{p}lobby:{sport}", *ids)
+        if batch.events:
+            tx.mset({self._event(e): protocol.encode(s) for e, s in batch.events.items()})
+            tx.sadd(f"{p}events", *batch.events)
+            by_sport: dict[str, list[str]] = {}
+            for event_id, state in batch.events.items():
+                by_sport.setdefault(state.sport, []).append(event_id)
+            for sport, ids in by_sport.items():
+                tx.sadd(f"{p}sport-events:{sport}", *ids)
         if batch.offsets:
             offsets: dict[FieldT, EncodableT] = {
                 f"{t}:{n}": offset for (t, n), offset in batch.offsets.items()
             }
             tx.hset(f"{p}offsets", mapping=offsets)
-            queued = True
         if batch.partitions:
             partitions: dict[FieldT, EncodableT] = dict(batch.partitions.items())
             tx.hset(f"{p}event-partition", mapping=partitions)
+            by_partition: dict[int, list[str]] = {}
             for event_id, partition in batch.partitions.items():
-                tx.sadd(f"{p}partition-events:{partition}", event_id)
-            queued = True
-        if not queued:
-            return
+                by_partition.setdefault(partition, []).append(event_id)
+            for partition, ids in by_partition.items():
+                tx.sadd(f"{p}partition-events:{partition}", *ids)
         await self._run(tx.execute(), "write")
 
     # -- reads ---------------------------------------------------------------------------------
@@ -348,7 +373,7 @@ class RedisStore:
         try:
             await self._client.aclose()
         except (RedisError, OSError) as exc:
-            raise StoreError(f"closing Redis at {self._where}: {exc!r}") from exc
+            raise StoreError(f"closing Redis at {self._where}: {describe(exc)}") from exc
 
     # -- plumbing ------------------------------------------------------------------------------
 
@@ -373,4 +398,4 @@ class RedisStore:
         try:
             return await pending
         except (RedisError, OSError) as exc:
-            raise StoreError(f"Redis at {self._where}: {op} failed: {exc!r}") from exc
+            raise StoreError(f"Redis at {self._where}: {op} failed: {describe(exc)}") from exc
