@@ -53,7 +53,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Iterable, Sequence
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import urlparse, urlsplit, urlunsplit
 
 import msgspec
 import redis.asyncio as aioredis
@@ -224,10 +224,36 @@ class RedisStore:
     async def write(self, batch: Batch) -> None:
         """Apply a batch in one MULTI/EXEC: readers see all of it or none of it.
         Raises :class:`StoreError` when Redis fails; the batch may then be retried."""
+        await self.write_and_publish(batch, ())
+
+    def shares_server_with(self, broker: object) -> bool:
+        """True when ``broker`` publishes on this store's Redis server, so a batch and its
+        publications can be one transaction (pub/sub ignores the database number)."""
+        from channels.redis_broker import RedisBroker
+
+        if not isinstance(broker, RedisBroker):
+            return False
+        return _server_of(broker.where) == _server_of(self._where)
+
+    async def write_and_publish(
+        self, batch: Batch, publications: Sequence[tuple[Sequence[str], bytes]]
+    ) -> None:
+        """Write a batch and PUBLISH its messages in one MULTI/EXEC. Redis runs it as a
+        unit, so a processor that dies mid-step leaves either none of it or all of it
+        stored *and* published: no stored delta that no gateway was told about."""
+        if not batch and not batch.partitions and not publications:
+            return
+        tx = self._client.pipeline(transaction=True)
+        self._add_batch(tx, batch)
+        for channels, payload in publications:
+            for channel in channels:
+                tx.publish(channel, payload)
+        await self._run(tx.execute(), "write")
+
+    def _add_batch(self, tx: Any, batch: Batch) -> None:
         if not batch and not batch.partitions:
             return
         p = self._p
-        tx = self._client.pipeline(transaction=True)
         # Deltas first, then the epoch check: the same order as MemoryStore.
         deltas: dict[str, dict[bytes, int]] = {}
         for market_id, seq, payload in batch.history:
@@ -277,7 +303,6 @@ class RedisStore:
                 by_partition.setdefault(partition, []).append(event_id)
             for partition, ids in by_partition.items():
                 tx.sadd(f"{p}partition-events:{partition}", *ids)
-        await self._run(tx.execute(), "write")
 
     # -- reads ---------------------------------------------------------------------------------
 
@@ -399,3 +424,9 @@ class RedisStore:
             return await pending
         except (RedisError, OSError) as exc:
             raise StoreError(f"Redis at {self._where}: {op} failed: {describe(exc)}") from exc
+
+
+def _server_of(where: str) -> str:
+    """``host:port`` of a (redacted) Redis URL, without the database number."""
+    url = urlparse(where)
+    return f"{url.hostname}:{url.port or 6379}"

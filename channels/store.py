@@ -8,9 +8,9 @@ healing a gap always finds what it missed (unless it fell out of the history win
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 import msgspec
 
@@ -94,6 +94,18 @@ class Store(Protocol):
         """Snapshots and events of every event that hashes to ``partition`` (restore)."""
 
     async def close(self) -> None: ...
+
+
+@runtime_checkable
+class PublishingStore(Protocol):
+    """A store that can publish a batch's messages in the same atomic step as it writes
+    the batch (Redis: PUBLISH inside MULTI/EXEC)."""
+
+    def shares_server_with(self, broker: object) -> bool: ...
+
+    async def write_and_publish(
+        self, batch: Batch, publications: Sequence[tuple[Sequence[str], bytes]]
+    ) -> None: ...
 
 
 class MemoryStore:

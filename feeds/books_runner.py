@@ -40,7 +40,8 @@ from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.coordinator.assignors.range import RangePartitionAssignor
 from aiokafka.errors import CommitFailedError, IllegalStateError
 
-from channels.store import Store
+from channels.broker import BrokerError
+from channels.store import Store, StoreError
 from feeds.embedded import epoch_minter, now_ms
 from feeds.kafka_feed import (
     DEFAULT_TOPICS,
@@ -52,7 +53,7 @@ from feeds.kafka_feed import (
     kafka_partition,
     new_producer,
 )
-from feeds.processor import DeadLetter, FeedRecord, Processor, Publisher, commit_step
+from feeds.processor import DeadLetter, FeedRecord, Processor, Publisher, Step, commit_step
 
 log = logging.getLogger(__name__)
 
@@ -283,6 +284,8 @@ class BooksConfig:
     heartbeat_interval_ms: int = 1_000
     """How soon a member notices a rebalance (and hands partitions over)."""
     linger_ms: int = 5
+    store_check_s: float = 2.0
+    """How often an idle processor checks that storage still holds its books."""
 
 
 @dataclass(slots=True)
@@ -305,6 +308,10 @@ class BooksStats:
     """Records released out of order by the merge's deadline (should stay 0)."""
     held: int = 0
     """Records fetched but held back by the merge after the last step."""
+    store_retries: int = 0
+    """Store/publish attempts that failed and were retried."""
+    rebases: int = 0
+    """Times storage was found to have lost its data and every book was re-stored."""
     partitions: frozenset[int] = frozenset()
     """Partition numbers owned now."""
 
@@ -313,7 +320,8 @@ class BooksStats:
             f"records={self.records} deltas={self.deltas} dead_letters={self.dead_letters} "
             f"steps={self.steps} held={self.held} partitions={sorted(self.partitions)} "
             f"rebalances={self.rebalances} skipped={self.skipped} "
-            f"forced={self.forced_releases} commit_failures={self.commit_failures}"
+            f"forced={self.forced_releases} commit_failures={self.commit_failures} "
+            f"store_retries={self.store_retries} rebases={self.rebases}"
         )
 
 
@@ -338,10 +346,12 @@ class BooksRunner:
     else advanced them. On revocation the step in progress finishes and commits first;
     the books of partitions that went elsewhere are dropped at the next assignment.
 
-    Errors: a store, broker or Kafka failure inside a step, or a partition layout that
-    breaks co-partitioning, ends :meth:`run` with that error (the books in memory may be
-    ahead of the store; the next owner restores from the store). A failed Kafka commit
-    (membership lost) is counted and logged; storage already holds the step.
+    Errors: a store or broker failure is retried until storage answers (a processor
+    rides out a Redis restart; if Redis lost its data, every book is re-stored under a
+    new epoch). A Kafka failure inside a step, or a partition layout that breaks
+    co-partitioning, ends :meth:`run` with that error (the next owner restores from the
+    store). A failed Kafka commit (membership lost) is counted and logged; storage
+    already holds the step.
     """
 
     def __init__(
@@ -398,9 +408,13 @@ class BooksRunner:
         try:
             async with contextlib.AsyncExitStack() as stack:
                 await self._open(stack)
+                checked = time.monotonic()
                 while not self._stopping.is_set():
                     if self._failure is not None:
                         raise self._failure
+                    if time.monotonic() - checked > self._config.store_check_s:
+                        checked = time.monotonic()
+                        await self.check_store()
                     fetched = await self._fetch()
                     async with self._lock:
                         self._buffer(fetched)
@@ -552,7 +566,8 @@ class BooksRunner:
         async with asyncio.timeout(self._io_timeout):
             if step.dead_letters:
                 await self._produce_dead_letters(step.dead_letters)
-            await commit_step(step, self._store, self._broker)
+        await self._store_step(step)
+        async with asyncio.timeout(self._io_timeout):
             if step.deltas:
                 await self._produce_deltas(step.deltas)
             if step.batch.offsets:
@@ -566,6 +581,64 @@ class BooksRunner:
         stats.publications += len(step.publications)
         stats.deltas += len(step.deltas)
         stats.steps += 1
+
+    async def _store_step(self, step: Step) -> None:
+        """Store and publish a step, retrying while storage is down (with capped backoff;
+        the step is idempotent: snapshots overwrite, history is keyed by seq, gateways
+        drop repeated messages). Once storage answers again, if it lost what this
+        processor wrote (Redis restarted without its data), every book is re-stored
+        under a new epoch instead (:meth:`Processor.rebase`)."""
+        delay = 0.1
+        failed = False
+        while True:
+            try:
+                async with asyncio.timeout(self._io_timeout):
+                    if failed and await self._store_lost():
+                        step = self._rebase_step()
+                    await commit_step(step, self._store, self._broker)
+                return
+            except (StoreError, BrokerError, TimeoutError) as exc:
+                if self._stopping.is_set():
+                    raise
+                failed = True
+                self.stats.store_retries += 1
+                log.warning("storage failed (%s); retrying in %.1fs", exc, delay)
+                await asyncio.sleep(delay)  # Backoff while storage is down.
+                delay = min(delay * 2, 5.0)
+
+    async def _store_lost(self) -> bool:
+        """True when the store no longer holds the offsets this processor wrote for a
+        partition it owns: its data is gone, and so is the history behind the books."""
+        for (topic, partition), offset in list(self._processed.items()):
+            owned_and_written = partition in self._owned and offset > 0
+            if owned_and_written and await self._store.offsets(topic, partition) is None:
+                return True
+        return False
+
+    def _rebase_step(self) -> Step:
+        step = self.processor.rebase()
+        owned = self._owned
+        step.batch.offsets.update(
+            {tp: off for tp, off in self._processed.items() if tp[1] in owned}
+        )
+        step.batch.partitions.update({e: p for e, p in self._event_partition.items() if p in owned})
+        self.stats.rebases += 1
+        log.warning(
+            "storage lost its data: %d books re-stored under new epochs", len(step.batch.snapshots)
+        )
+        return step
+
+    async def check_store(self) -> None:
+        """Re-store every book under a new epoch if storage lost its data; called
+        periodically, so an idle processor notices too."""
+        async with self._lock:
+            try:
+                async with asyncio.timeout(self._io_timeout):
+                    lost = await self._store_lost()
+            except (StoreError, TimeoutError):
+                return  # Still down; the next check or step retries.
+            if lost:
+                await self._store_step(self._rebase_step())
 
     async def _produce_dead_letters(self, dead_letters: Sequence[DeadLetter]) -> None:
         topic = self._topics.deadletter

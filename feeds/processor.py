@@ -17,7 +17,7 @@ import msgspec
 
 import protocol
 from channels.names import channels_for_event, channels_for_market
-from channels.store import Batch, Store
+from channels.store import Batch, PublishingStore, Store
 from feeds.book import Books, FeedRejected
 from feeds.model import decode_feed
 from protocol import Delta, EventState, Snapshot
@@ -61,6 +61,7 @@ class Processor:
     """
 
     def __init__(self, new_epoch: Callable[[str], str]):
+        self._new_epoch = new_epoch
         self.books = Books(new_epoch)
         self.skip_until: dict[tuple[str, int], int] = {}
         self.skipped = 0
@@ -90,6 +91,28 @@ class Processor:
                 self._emit(step, output)
         return step
 
+    def rebase(self) -> Step:
+        """A step that restarts every book under a new epoch, at the same ``seq``: for
+        when storage lost the snapshots and history behind the streams (Redis restarted
+        without its data). Gateways and clients holding the old epoch take the new
+        snapshots instead of trusting seq continuity (guarantee 5). The caller adds the
+        offsets and partitions the books reflect."""
+        step = Step()
+        for market_id, book in self.books.markets.items():
+            fresh = msgspec.structs.replace(
+                book.snapshot, epoch=self._new_epoch(market_id), reset=False
+            )
+            self.books.markets[market_id] = type(book)(fresh)
+            step.batch.snapshots[market_id] = fresh
+            channels = channels_for_market(market_id, fresh.event_id, fresh.sport, fresh.main)
+            step.publications.append((channels, protocol.encode(fresh)))
+        for event_id, state in self.books.events.items():
+            step.batch.events[event_id] = state
+            step.publications.append(
+                (channels_for_event(event_id, state.sport), protocol.encode(state))
+            )
+        return step
+
     def _emit(self, step: Step, output: Snapshot | Delta | EventState) -> None:
         payload = protocol.encode(output)
         if isinstance(output, EventState):
@@ -110,9 +133,14 @@ class Publisher(Protocol):
 
 
 async def commit_step(step: Step, store: Store, broker: Publisher) -> None:
-    """Store, then publish. A crash between the two loses only publications, which
-    gateways heal from storage by ``seq``; a crash before the store is written replays
-    the records from the last committed offsets."""
+    """Store, then publish; in one atomic step when the store can publish on the broker's
+    server (Redis), so a crash never leaves stored deltas unannounced. Otherwise a crash
+    between the two loses only publications, which gateways heal from storage by
+    ``seq``. A crash before the store is written replays the records from the offsets
+    the store last recorded."""
+    if isinstance(store, PublishingStore) and store.shares_server_with(broker):
+        await store.write_and_publish(step.batch, step.publications)
+        return
     if step.batch:
         await store.write(step.batch)
     for channels, payload in step.publications:

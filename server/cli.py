@@ -69,6 +69,7 @@ def _parser() -> argparse.ArgumentParser:
     _kafka_flag(books)
     _redis_flag(books)
     books.add_argument("--group", help="consumer group (default oddstream-books)")
+    books.add_argument("--partitions", type=int, help="feed topic partitions if created")
     books.add_argument("--history-size", type=int, dest="history_size")
     books.add_argument("--log-level", dest="log_level")
 

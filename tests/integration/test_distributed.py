@@ -21,7 +21,7 @@ from feeds.model import encode_feed
 from feeds.processor import FeedRecord, Processor
 from feeds.synthetic import MatchDay
 from tests.component.stack import Books
-from tests.integration.procs import processes, start
+from tests.integration.procs import processes, services, start
 
 pytestmark = pytest.mark.integration
 
@@ -68,6 +68,8 @@ class Space:
             self.group,
             "--topic-prefix",
             self.prefix,
+            "--partitions",
+            "4",
             "--log-level",
             "warning",
         ]
@@ -99,6 +101,7 @@ class Client:
         self.event_id = event_id
         self.books = Books()
         self.resets = 0
+        self.reset_at: dict[str, set[int]] = {}
         self.changed = asyncio.Event()
         self.task = asyncio.create_task(self._run())
 
@@ -111,6 +114,8 @@ class Client:
                 message = protocol.decode_server(raw)
                 if isinstance(message, protocol.Snapshot) and message.reset:
                     self.resets += 1
+                    index = len(self.books.seqs.get(message.market_id, []))
+                    self.reset_at.setdefault(message.market_id, set()).add(index)
                 self.books.take(message)
                 self.changed.set()
 
@@ -186,13 +191,19 @@ def same_content(a: protocol.Snapshot, b: protocol.Snapshot) -> bool:
 
 
 def assert_contiguous(client: Client) -> None:
+    """Every market's seqs run on by one; a jump is allowed only at a snapshot flagged
+    ``reset`` (the client was told to drop its copy), and those are counted."""
     for market_id, seqs in client.books.seqs.items():
-        assert seqs == list(range(seqs[0], seqs[0] + len(seqs))), (
-            f"{market_id}: gap or duplicate in {seqs}"
-        )
+        resets = client.reset_at.get(market_id, set())
+        for i in range(1, len(seqs)):
+            assert seqs[i] == seqs[i - 1] + 1 or i in resets, (
+                f"{market_id}: unflagged gap or duplicate at {seqs[i - 1]} -> {seqs[i]}"
+            )
 
 
-async def run_pipeline(space: Space, *, kill_books_at: int | None = None) -> None:
+async def run_pipeline(
+    space: Space, *, kill_books_at: int | None = None, restart_redis_at: int | None = None
+) -> None:
     async with processes() as procs:
         feed = await start(procs, "feed", space.feed_args())
         books = [await start(procs, f"books-{i}", space.books_args()) for i in (1, 2)]
@@ -206,6 +217,9 @@ async def run_pipeline(space: Space, *, kill_books_at: int | None = None) -> Non
             if kill_books_at is not None:
                 await feed.wait_line(f"{kill_books_at} messages")
                 books[0].kill()  # SIGKILL mid-stream: its partitions go to the survivor.
+            if restart_redis_at is not None:
+                await feed.wait_line(f"{restart_redis_at} messages")
+                await asyncio.to_thread(services, "restart", "redis")
             assert await asyncio.wait_for(feed.proc.wait(), 120) == 0, feed.output()
             expected = expected_books()
             final = await converged(urls[0], event_id, expected)
@@ -214,6 +228,11 @@ async def run_pipeline(space: Space, *, kill_books_at: int | None = None) -> Non
             for client in clients:
                 await client.until(targets)
                 assert_contiguous(client)
+                if restart_redis_at is None:
+                    # Stored and published atomically: no crash leaves a gap to heal.
+                    assert client.resets == 0
+                else:
+                    assert client.resets > 0, "the new epochs must reach the client"
                 for market_id, snap in final.items():
                     assert client.books.markets[market_id] == snap
             # Both clients saw the same sequence numbers from where both were watching.
@@ -240,3 +259,10 @@ async def test_feed_two_processors_two_gateways(space: Space) -> None:
 
 async def test_processor_killed_mid_stream_survivor_continues(space: Space) -> None:
     await run_pipeline(space, kill_books_at=1000)
+
+
+async def test_redis_restarted_without_its_data_mid_stream(space: Space) -> None:
+    """Redis (no persistence here) restarts empty: processors ride it out and re-store
+    every book under a new epoch; gateways reconnect and clients end with the right
+    books, told by `reset` snapshots to drop what they had."""
+    await run_pipeline(space, restart_redis_at=1000)
