@@ -33,7 +33,3 @@ class Frame:
         """``event:`` and ``data:`` lines of an SSE event (the ``id:`` line is per client)."""
         kind = self.json[9 : self.json.index(b'"', 9)]  # Every message starts {"type":"...
         return b"event: " + kind + b"\ndata: " + self.json + b"\n\n"
-
-    @property
-    def type(self) -> str:
-        return type(self.message).__name__

@@ -188,9 +188,6 @@ class Relay:
         entry = self._entries.get(market_id)
         return None if entry is None else entry.snapshot
 
-    def snapshot_frame(self, market_id: str) -> Frame:
-        return self._snapshot_frame(self._entries[market_id])
-
     def forget_unwatched(self, market_ids: Iterable[str]) -> None:
         """Drop the local books of markets no subscriber is attached to any more."""
         for m in market_ids:
