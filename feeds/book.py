@@ -26,6 +26,7 @@ from feeds.model import (
     FeedMessage,
     FeedOdds,
     FeedResult,
+    FeedSelection,
 )
 from protocol import (
     FINAL_MARKET_STATES,
@@ -38,7 +39,7 @@ from protocol import (
     Snapshot,
     UnsetType,
 )
-from protocol.types import Selection
+from protocol.types import LADDER_DEPTH, SELECTION_FIELDS, Selection
 
 Output = Snapshot | Delta | EventState
 
@@ -49,12 +50,19 @@ RejectReason = Literal[
     "market_closed",
     "event_mismatch",
     "invalid_price",
+    "invalid_value",
     "invalid_definition",
     "invalid_transition",
 ]
 
 #: Lowest decimal price that means anything (a 1.00 price pays nothing back).
 MIN_PRICE = Decimal("1.01")
+
+#: Statuses a settlement or void gives a selection; a rollback makes them active again.
+_RESULT_STATUSES: frozenset[str] = frozenset({"winner", "loser", "void"})
+_ONE = Decimal(1)
+_ZERO = Decimal(0)
+_HUNDRED = Decimal(100)
 
 
 class FeedRejected(Exception):
@@ -101,12 +109,10 @@ class MarketBook:
                 kind=definition.market_kind,
                 name=definition.name,
                 status=definition.status,
-                selections=tuple(
-                    Selection(s.selection_id, s.name, s.price, s.status)
-                    for s in definition.selections
-                ),
+                selections=tuple(_selection_of(s) for s in definition.selections),
                 main=definition.main,
                 reason=definition.reason,
+                volume=definition.volume,
             )
         )
 
@@ -117,7 +123,9 @@ class MarketBook:
 
         Transitions: ``open`` and ``suspended`` move freely; ``closed`` freezes prices and
         only a result may follow; a market becomes ``settled`` or ``voided`` only by a
-        result (which gives every selection its outcome), and then never changes again.
+        result (which gives every selection its outcome), and then changes only by a
+        rollback (a :class:`FeedResult` with ``rollback``), which takes it back to
+        ``suspended`` with its selections active again.
         """
         current = self._snapshot
         if message.event_id != current.event_id:
@@ -125,7 +133,8 @@ class MarketBook:
                 "event_mismatch",
                 f"{current.market_id} belongs to {current.event_id}, not {message.event_id}",
             )
-        if current.status in FINAL_MARKET_STATES:
+        rollback = isinstance(message, FeedResult) and message.rollback
+        if current.status in FINAL_MARKET_STATES and not rollback:
             raise FeedRejected(
                 "market_final", f"{current.market_id} is {current.status}; no change allowed"
             )
@@ -134,6 +143,7 @@ class MarketBook:
         changes: list[SelectionChange]
         name: str | UnsetType = UNSET
         main: bool | UnsetType = UNSET
+        volume: Decimal | UnsetType | None = UNSET
         match message:
             case FeedMarket():
                 _refuse_final_by_status(message.status, current.market_id)
@@ -149,6 +159,7 @@ class MarketBook:
                     name = message.name
                 if message.main != current.main:
                     main = message.main
+                volume = message.volume
             case FeedMarketStatus():
                 _refuse_final_by_status(message.status, current.market_id)
                 status, reason = message.status, message.reason
@@ -157,13 +168,19 @@ class MarketBook:
                 self._refuse_if_closed()
                 status, reason = None, current.reason
                 changes = self._odds_changes(message)
+                volume = message.volume
+                _check_volume(volume, current.market_id, "market")
+            case FeedResult() if message.rollback:
+                status, reason = "suspended", message.reason or "rollback"
+                changes = self._rollback_changes(message)
             case FeedResult():
+                factors = _result_factors(message, current.market_id)
                 if message.void:
                     status, reason = "voided", message.reason
-                    changes = self._result_changes({}, void_all=True)
+                    changes = self._result_changes({}, factors, void_all=True)
                 else:
                     status, reason = "settled", message.reason
-                    changes = self._result_changes(dict(message.results), void_all=False)
+                    changes = self._result_changes(dict(message.results), factors, void_all=False)
         if status == "open":
             reason = None  # A reopened market carries no suspension reason.
         reopens = status is not None and status not in FINAL_MARKET_STATES | {"closed"}
@@ -176,7 +193,8 @@ class MarketBook:
             )
         new_status = UNSET if status is None or status == current.status else status
         new_reason = UNSET if reason == current.reason else reason
-        unchanged = (new_status, new_reason, name, main) == (UNSET, UNSET, UNSET, UNSET)
+        new_volume = UNSET if volume is UNSET or volume == current.volume else volume
+        unchanged = (new_status, new_reason, name, main, new_volume) == (UNSET,) * 5
         if unchanged and not changes:
             return None
         delta = Delta(
@@ -190,6 +208,7 @@ class MarketBook:
             selections=tuple(changes),
             name=name,
             main=main,
+            volume=new_volume,
         )
         self._snapshot = protocol.apply(current, delta)
         return delta
@@ -205,13 +224,12 @@ class MarketBook:
         known = {s.selection_id: s for s in self._snapshot.selections}
         changes = []
         for fs in definition.selections:
+            new = _selection_of(fs)
             old = known.get(fs.selection_id)
             if old is None:
-                changes.append(
-                    SelectionChange(fs.selection_id, name=fs.name, price=fs.price, status=fs.status)
-                )
+                changes.append(_added(new))
                 continue
-            change = _selection_change(old, fs.name, fs.price, fs.status)
+            change = _diff(old, new)
             if change is not None:
                 changes.append(change)
         return changes
@@ -228,13 +246,26 @@ class MarketBook:
                     "unknown_selection",
                     f"{odds.market_id} has no selection {fp.selection_id!r}",
                 )
-            change = _selection_change(old, old.name, fp.price, fp.status or old.status)
+            updates: dict[str, object] = {"price": fp.price}
+            if fp.status is not None:
+                updates["status"] = fp.status
+            for field in _FEED_PRICE_DATA:
+                value = getattr(fp, field)
+                if value is not UNSET:
+                    updates[field] = value
+            change = _diff(old, msgspec.structs.replace(old, **updates))
             if change is not None:
+                # What the book holds was checked when it came in: check what changes.
+                _check_market_data(change, odds.market_id, fp.selection_id)
                 changes.append(change)
         return changes
 
     def _result_changes(
-        self, results: dict[str, SelectionStatus], *, void_all: bool
+        self,
+        results: dict[str, SelectionStatus],
+        factors: dict[str, dict[str, Decimal]],
+        *,
+        void_all: bool,
     ) -> list[SelectionChange]:
         known = {s.selection_id for s in self._snapshot.selections}
         unknown = sorted(set(results) - known)
@@ -258,9 +289,103 @@ class MarketBook:
                 result = "loser"  # A settlement names the winners; the unnamed lose.
             else:
                 result = sel.status
-            if result != sel.status:
-                changes.append(SelectionChange(sel.selection_id, status=result))
+            settled = msgspec.structs.replace(
+                sel, status=result, **factors.get(sel.selection_id, {})
+            )
+            change = _diff(sel, settled)
+            if change is not None:
+                changes.append(change)
         return changes
+
+    def _rollback_changes(self, message: FeedResult) -> list[SelectionChange]:
+        if message.results or message.void or message.dead_heat or message.void_factors:
+            raise FeedRejected(
+                "invalid_transition",
+                f"{message.market_id}: a rollback names no results, void or factors",
+            )
+        if self._snapshot.status not in FINAL_MARKET_STATES:
+            raise FeedRejected(
+                "invalid_transition",
+                f"{message.market_id} is {self._snapshot.status}: nothing to roll back",
+            )
+        changes = []
+        for sel in self._snapshot.selections:
+            # Prices were left as they were by the result, so "active" is enough to
+            # bring each selection back with its last prices.
+            status: SelectionStatus = "active" if sel.status in _RESULT_STATUSES else sel.status
+            undone = msgspec.structs.replace(sel, status=status, dead_heat=None, void_factor=None)
+            change = _diff(sel, undone)
+            if change is not None:
+                changes.append(change)
+        return changes
+
+
+#: FeedPrice fields that update the book's optional market data when present.
+_FEED_PRICE_DATA = ("back", "lay", "ltp", "volume", "bsp", "adjustment", "removed_at")
+
+
+def _selection_of(fs: FeedSelection) -> Selection:
+    return Selection(
+        fs.selection_id,
+        fs.name,
+        fs.price,
+        fs.status,
+        back=fs.back,
+        lay=fs.lay,
+        ltp=fs.ltp,
+        volume=fs.volume,
+        bsp=fs.bsp,
+        adjustment=fs.adjustment,
+        removed_at=fs.removed_at,
+    )
+
+
+def _added(sel: Selection) -> SelectionChange:
+    """The change that adds ``sel``: its name, price and status always, the optional
+    market data when it has any."""
+    fields: dict[str, object] = {"name": sel.name, "price": sel.price, "status": sel.status}
+    for name in SELECTION_FIELDS[3:]:
+        value = getattr(sel, name)
+        if value is not None and value != ():
+            fields[name] = value
+    return SelectionChange(sel.selection_id, **fields)  # type: ignore[arg-type]
+
+
+def _diff(old: Selection, new: Selection) -> SelectionChange | None:
+    """The minimal change from ``old`` to ``new`` (same selection), None when equal."""
+    if old == new:
+        return None
+    fields: dict[str, object] = {}
+    for name in SELECTION_FIELDS:
+        value = getattr(new, name)
+        if value != getattr(old, name):
+            fields[name] = value
+    if not fields:
+        return None  # Equal values in different forms (2.1 and 2.10) are no change.
+    return SelectionChange(old.selection_id, **fields)  # type: ignore[arg-type]
+
+
+def _result_factors(message: FeedResult, market_id: str) -> dict[str, dict[str, Decimal]]:
+    """Selection -> {"dead_heat": f, "void_factor": f} of a settlement, validated."""
+    named = dict(message.results)
+    factors: dict[str, dict[str, Decimal]] = {}
+    for field, pairs, allowed in (
+        ("dead_heat", message.dead_heat, {"winner"}),
+        ("void_factor", message.void_factors, {"winner", "loser"}),
+    ):
+        for selection_id, factor in pairs:
+            if named.get(selection_id) not in allowed or message.void:
+                raise FeedRejected(
+                    "invalid_transition",
+                    f"{market_id}/{selection_id}: a {field} needs a result "
+                    f"{'/'.join(sorted(allowed))} in the same settlement",
+                )
+            if not (factor.is_finite() and _ZERO < factor <= _ONE):
+                raise FeedRejected(
+                    "invalid_value", f"{market_id}/{selection_id}: {field} {factor} not in (0, 1]"
+                )
+            factors.setdefault(selection_id, {})[field] = factor
+    return factors
 
 
 def _check_price(price: Decimal | None, market_id: str, selection_id: str) -> None:
@@ -268,6 +393,44 @@ def _check_price(price: Decimal | None, market_id: str, selection_id: str) -> No
         raise FeedRejected(
             "invalid_price",
             f"{market_id}/{selection_id}: price {price} is not a decimal price >= {MIN_PRICE}",
+        )
+
+
+def _check_volume(volume: object, market_id: str, selection_id: str) -> None:
+    if isinstance(volume, Decimal) and not (volume.is_finite() and volume >= _ZERO):
+        raise FeedRejected(
+            "invalid_value", f"{market_id}/{selection_id}: volume {volume} is not >= 0"
+        )
+
+
+def _check_market_data(
+    data: FeedSelection | SelectionChange, market_id: str, selection_id: str
+) -> None:
+    """Refuse optional market data no screen should show: bad prices in the ladders,
+    ``ltp`` or ``bsp``; sizes and volumes that are not positive; too many levels."""
+    for side in (data.back, data.lay):
+        if isinstance(side, tuple):
+            if len(side) > LADDER_DEPTH:
+                raise FeedRejected(
+                    "invalid_value",
+                    f"{market_id}/{selection_id}: {len(side)} levels, at most {LADDER_DEPTH}",
+                )
+            for price, size in side:
+                _check_price(price, market_id, selection_id)
+                if not (size.is_finite() and size > _ZERO):
+                    raise FeedRejected(
+                        "invalid_value", f"{market_id}/{selection_id}: level size {size} <= 0"
+                    )
+    for traded in (data.ltp, data.bsp):
+        if isinstance(traded, Decimal):
+            _check_price(traded, market_id, selection_id)
+    _check_volume(data.volume, market_id, selection_id)
+    adjustment = data.adjustment
+    if isinstance(adjustment, Decimal) and not (
+        adjustment.is_finite() and _ZERO <= adjustment <= _HUNDRED
+    ):
+        raise FeedRejected(
+            "invalid_value", f"{market_id}/{selection_id}: adjustment {adjustment} not in 0-100"
         )
 
 
@@ -279,8 +442,10 @@ def _refuse_duplicates(ids: list[str], market_id: str) -> None:
 
 def _check_definition(definition: FeedMarket) -> None:
     _refuse_duplicates([s.selection_id for s in definition.selections], definition.market_id)
+    _check_volume(definition.volume, definition.market_id, "market")
     for sel in definition.selections:
         _check_price(sel.price, definition.market_id, sel.selection_id)
+        _check_market_data(sel, definition.market_id, sel.selection_id)
 
 
 def _refuse_final_by_status(status: MarketStatus, market_id: str) -> None:
@@ -289,22 +454,6 @@ def _refuse_final_by_status(status: MarketStatus, market_id: str) -> None:
             "invalid_transition",
             f"{market_id}: a market becomes {status} by a result, not a status change",
         )
-
-
-def _selection_change(
-    old: Selection, name: str, price: object, status: SelectionStatus
-) -> SelectionChange | None:
-    new_name = UNSET if name == old.name else name
-    new_price = UNSET if price == old.price else price
-    new_status = UNSET if status == old.status else status
-    if new_name is UNSET and new_price is UNSET and new_status is UNSET:
-        return None
-    return SelectionChange(
-        old.selection_id,
-        name=new_name,
-        price=new_price,  # type: ignore[arg-type]
-        status=new_status,
-    )
 
 
 class Books:
@@ -354,7 +503,7 @@ class Books:
             ts=message.ts,
             sport=message.sport,
             competition=message.competition,
-            name=f"{message.home} v {message.away}",
+            name=f"{message.home} v {message.away}" if message.away else message.home,
             home=message.home,
             away=message.away,
             start_time=message.start_time,

@@ -6,8 +6,8 @@ partition across the co-partitioned topics) and carries ``ts``, the feed's own t
 in epoch milliseconds, which flows through to every delta for end-to-end lag.
 
 Topics (see :data:`TOPIC_OF`): ``markets`` carries event state, market definitions and
-market status changes; ``odds`` carries selection prices; ``results`` carries settlement
-and voids.
+market status changes; ``odds`` carries selection prices (and exchange market data);
+``results`` carries settlements, voids and their rollbacks.
 """
 
 from __future__ import annotations
@@ -16,15 +16,29 @@ from decimal import Decimal
 from typing import Literal
 
 import msgspec
+from msgspec import UNSET, UnsetType
 
 from protocol import Clock, EventPhase, MarketStatus, SelectionStatus
+from protocol.types import Level
 
 
 class FeedSelection(msgspec.Struct, frozen=True, omit_defaults=True):
+    """A selection's full state in a market definition: every field replaces the one
+    the book holds (absent: none). The optional market data (``back``, ``lay``,
+    ``ltp``, ``volume``, ``bsp``, ``adjustment``, ``removed_at``) has the meaning given
+    on :class:`protocol.Selection`."""
+
     selection_id: str
     name: str
     price: Decimal | None = None
     status: SelectionStatus = "active"
+    back: tuple[Level, ...] = ()
+    lay: tuple[Level, ...] = ()
+    ltp: Decimal | None = None
+    volume: Decimal | None = None
+    bsp: Decimal | None = None
+    adjustment: Decimal | None = None
+    removed_at: int | None = None
 
 
 class FeedEvent(msgspec.Struct, frozen=True, tag="event", tag_field="kind", omit_defaults=True):
@@ -46,7 +60,8 @@ class FeedMarket(msgspec.Struct, frozen=True, tag="market", tag_field="kind", om
     """A market definition: creates the market, or replaces its definition.
 
     Selections listed replace those known by id; a known selection not listed is kept
-    as it is (a feed drops a runner by sending it with status ``removed``).
+    as it is (a feed drops a runner by sending it with status ``removed``). ``volume``
+    (the market's traded volume) replaces the book's likewise.
     """
 
     event_id: str
@@ -59,6 +74,7 @@ class FeedMarket(msgspec.Struct, frozen=True, tag="market", tag_field="kind", om
     status: MarketStatus = "open"
     main: bool = False
     reason: str | None = None
+    volume: Decimal | None = None
 
 
 class FeedMarketStatus(
@@ -75,25 +91,48 @@ class FeedMarketStatus(
 
 class FeedPrice(msgspec.Struct, frozen=True, omit_defaults=True):
     """A selection's full new price (``None``: it has no price now) and, optionally, its
-    new status. A status-only change repeats the current price."""
+    new status. A status-only change repeats the current price.
+
+    The optional market data fields are updates: absent (``UNSET``) leaves the book's
+    value as it is, ``None`` (JSON ``null``) clears it, ``back``/``lay`` replace the
+    levels whole. So a producer that knows nothing of them never disturbs them.
+    """
 
     selection_id: str
     price: Decimal | None = None
     status: SelectionStatus | None = None
+    back: tuple[Level, ...] | UnsetType = UNSET
+    lay: tuple[Level, ...] | UnsetType = UNSET
+    ltp: Decimal | UnsetType | None = UNSET
+    volume: Decimal | UnsetType | None = UNSET
+    bsp: Decimal | UnsetType | None = UNSET
+    adjustment: Decimal | UnsetType | None = UNSET
+    removed_at: int | UnsetType | None = UNSET
 
 
 class FeedOdds(msgspec.Struct, frozen=True, tag="odds", tag_field="kind", omit_defaults=True):
-    """New prices (and optionally selection statuses) for some selections of a market."""
+    """New prices (and optionally selection statuses) for some selections of a market;
+    ``volume``, when present, is the market's new traded volume."""
 
     event_id: str
     market_id: str
     ts: int
     prices: tuple[FeedPrice, ...]
+    volume: Decimal | UnsetType | None = UNSET
 
 
 class FeedResult(msgspec.Struct, frozen=True, tag="result", tag_field="kind", omit_defaults=True):
-    """Settlement (``results`` per selection: winner, loser or void), or a whole-market
-    void when ``void`` is true."""
+    """Settlement (``results`` per selection: winner, loser or void), a whole-market
+    void when ``void`` is true, or the undo of either when ``rollback`` is true.
+
+    ``dead_heat`` and ``void_factors`` give, per selection named in ``results``, the
+    dead-heat factor of a winner and the part of the stake refunded (both in (0, 1]).
+
+    A rollback names no results: it takes a settled or voided market back to
+    ``suspended`` (reason ``rollback`` unless given), every selection with a result
+    back to ``active`` with its last prices. It is an ordinary change with the next
+    ``seq``; a market that is not settled or voided refuses it.
+    """
 
     event_id: str
     market_id: str
@@ -101,6 +140,9 @@ class FeedResult(msgspec.Struct, frozen=True, tag="result", tag_field="kind", om
     results: tuple[tuple[str, SelectionStatus], ...] = ()
     void: bool = False
     reason: str | None = None
+    rollback: bool = False
+    dead_heat: tuple[tuple[str, Decimal], ...] = ()
+    void_factors: tuple[tuple[str, Decimal], ...] = ()
 
 
 FeedMessage = FeedEvent | FeedMarket | FeedMarketStatus | FeedOdds | FeedResult

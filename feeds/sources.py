@@ -2,7 +2,9 @@
 
 ``synth`` is the synthetic match day, paced at ``rate`` messages per second and stamped
 with the wall clock. ``FORMAT:PATH`` replays a recording in its own time order at ``speed``
-times its pace (0: as fast as possible), keeping its own timestamps.
+times its pace (0: as fast as possible), keeping its own timestamps. Formats: ``jsonl``
+(our own feed messages), ``betfair`` (Exchange Stream API market changes, JSON lines,
+optionally ``.bz2``) and ``uof`` (Sportradar UOF XML: one message, or a directory of them).
 """
 
 from __future__ import annotations
@@ -10,14 +12,19 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 
+from feeds.betfair import read_betfair
 from feeds.embedded import now_ms, rated
 from feeds.model import FeedMessage
 from feeds.replay import ReadReport, paced, read_jsonl
+from feeds.uof import read_uof
 
 Reader = Callable[[Path, ReadReport], Iterator[FeedMessage]]
 
 #: Recording formats by name; adapters for other sources register here.
-READERS: dict[str, Reader] = {"jsonl": read_jsonl}
+READERS: dict[str, Reader] = {"jsonl": read_jsonl, "betfair": read_betfair, "uof": read_uof}
+
+#: Formats whose PATH may be a directory (read in file-name order).
+DIRECTORY_FORMATS: frozenset[str] = frozenset({"uof"})
 
 
 class SourceError(ValueError):
@@ -51,6 +58,6 @@ def open_source(
         return rated(MatchDay(seed=seed, events=events, start_ms=now_ms()), rate)
     kind, _, raw_path = spec.partition(":")
     path = Path(raw_path)
-    if not path.is_file():
+    if not (path.is_file() or (kind in DIRECTORY_FORMATS and path.is_dir())):
         raise SourceError(f"feed recording not found: {path}")
     return paced(READERS[kind](path, report if report is not None else ReadReport()), speed)

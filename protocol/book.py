@@ -9,7 +9,7 @@ from __future__ import annotations
 import msgspec
 
 from protocol.errors import ApplyError
-from protocol.types import UNSET, Delta, Selection, SelectionChange, Snapshot
+from protocol.types import SELECTION_FIELDS, UNSET, Delta, Selection, SelectionChange, Snapshot
 
 
 def apply(snapshot: Snapshot, delta: Delta) -> Snapshot:
@@ -47,6 +47,7 @@ def apply(snapshot: Snapshot, delta: Delta) -> Snapshot:
         selections=selections,
         main=snapshot.main if delta.main is UNSET else delta.main,
         reason=snapshot.reason if delta.reason is UNSET else delta.reason,
+        volume=snapshot.volume if delta.volume is UNSET else delta.volume,
     )
 
 
@@ -68,12 +69,12 @@ def apply_selection_changes(
 
 
 def _merge(sel: Selection, change: SelectionChange) -> Selection:
-    return Selection(
-        selection_id=sel.selection_id,
-        name=sel.name if change.name is UNSET else change.name,
-        price=sel.price if change.price is UNSET else change.price,
-        status=sel.status if change.status is UNSET else change.status,
-    )
+    updates = {}
+    for name in SELECTION_FIELDS:
+        value = getattr(change, name)
+        if value is not UNSET:
+            updates[name] = value
+    return msgspec.structs.replace(sel, **updates) if updates else sel
 
 
 def as_reset(snapshot: Snapshot) -> Snapshot:

@@ -24,26 +24,86 @@ EventPhase = Literal["pre", "live", "ended"]
 FINAL_MARKET_STATES: frozenset[str] = frozenset({"settled", "voided"})
 
 
+#: One level of an exchange ladder: ``(price, size)``, both exact decimals (strings on
+#: the wire). ``size`` is the amount available at ``price``, in the market's currency.
+Level = tuple[Decimal, Decimal]
+
+
 class Selection(msgspec.Struct, frozen=True, omit_defaults=True):
-    """One outcome of a market, in full."""
+    """One outcome of a market, in full.
+
+    ``price`` is the price a board shows: the bookmaker's price, or on an exchange the
+    best price available to back. The other fields are optional market data, absent
+    when the feed does not give them (see ``docs/feeds.md``):
+
+    - ``back`` / ``lay``: the best levels available to back / to lay, best first
+      (highest back price, lowest lay price), at most :data:`LADDER_DEPTH` levels;
+    - ``ltp``: last traded price; ``volume``: traded volume on the selection;
+    - ``bsp``: Betfair starting price, once reconciled;
+    - ``adjustment``: the reduction factor (percent) applied to other selections'
+      prices when this one is removed; ``removed_at``: when it was removed (ms);
+    - ``dead_heat``: dead-heat factor of a winner (0.5: half the stake wins);
+      ``void_factor``: part of the stake refunded (0.5: half void, half settled).
+    """
 
     selection_id: str
     name: str
     price: Decimal | None = None
     status: SelectionStatus = "active"
+    back: tuple[Level, ...] = ()
+    lay: tuple[Level, ...] = ()
+    ltp: Decimal | None = None
+    volume: Decimal | None = None
+    bsp: Decimal | None = None
+    adjustment: Decimal | None = None
+    removed_at: int | None = None
+    dead_heat: Decimal | None = None
+    void_factor: Decimal | None = None
+
+
+#: Levels of each side a selection carries in ``back`` and ``lay``.
+LADDER_DEPTH = 3
 
 
 class SelectionChange(msgspec.Struct, frozen=True, omit_defaults=True):
     """The fields of one selection that changed; absent fields are unchanged.
 
     A selection the client has never seen arrives with ``name`` set: it is added.
-    ``price`` set to ``null`` means the selection has no price any more.
+    ``price`` (or any other optional field) set to ``null`` means the selection has no
+    value for it any more; ``back``/``lay`` are replaced whole (``[]``: no levels).
     """
 
     selection_id: str
     name: str | UnsetType = UNSET
     price: Decimal | UnsetType | None = UNSET
     status: SelectionStatus | UnsetType = UNSET
+    back: tuple[Level, ...] | UnsetType = UNSET
+    lay: tuple[Level, ...] | UnsetType = UNSET
+    ltp: Decimal | UnsetType | None = UNSET
+    volume: Decimal | UnsetType | None = UNSET
+    bsp: Decimal | UnsetType | None = UNSET
+    adjustment: Decimal | UnsetType | None = UNSET
+    removed_at: int | UnsetType | None = UNSET
+    dead_heat: Decimal | UnsetType | None = UNSET
+    void_factor: Decimal | UnsetType | None = UNSET
+
+
+#: The fields of :class:`Selection` that :class:`SelectionChange` may carry, in order:
+#: what a delta compares and what ``apply`` merges.
+SELECTION_FIELDS: tuple[str, ...] = (
+    "name",
+    "price",
+    "status",
+    "back",
+    "lay",
+    "ltp",
+    "volume",
+    "bsp",
+    "adjustment",
+    "removed_at",
+    "dead_heat",
+    "void_factor",
+)
 
 
 class Clock(msgspec.Struct, frozen=True, omit_defaults=True):
@@ -65,6 +125,7 @@ class Snapshot(msgspec.Struct, frozen=True, tag="snapshot", tag_field="type", om
     ``ts`` is the feed timestamp (epoch milliseconds) of the last update the book reflects.
     ``reset`` is true when the snapshot replaces a stream the client could not resume
     (history gone, epoch changed, gap): the client must drop what it had for this market.
+    ``volume`` is the market's traded volume, when the feed gives one (an exchange).
     """
 
     market_id: str
@@ -80,6 +141,7 @@ class Snapshot(msgspec.Struct, frozen=True, tag="snapshot", tag_field="type", om
     main: bool = False
     reason: str | None = None
     reset: bool = False
+    volume: Decimal | None = None
 
 
 class Delta(msgspec.Struct, frozen=True, tag="delta", tag_field="type", omit_defaults=True):
@@ -87,7 +149,8 @@ class Delta(msgspec.Struct, frozen=True, tag="delta", tag_field="type", omit_def
 
     ``status`` and ``reason`` are present only when they changed; ``selections`` lists
     only the selections that changed, with only their changed fields; ``name`` and
-    ``main`` (in the sport's lobby or not) appear only when the feed redefined them.
+    ``main`` (in the sport's lobby or not) appear only when the feed redefined them;
+    ``volume`` only when the market's traded volume changed (``null``: none any more).
     """
 
     market_id: str
@@ -100,6 +163,7 @@ class Delta(msgspec.Struct, frozen=True, tag="delta", tag_field="type", omit_def
     selections: tuple[SelectionChange, ...] = ()
     name: str | UnsetType = UNSET
     main: bool | UnsetType = UNSET
+    volume: Decimal | UnsetType | None = UNSET
 
 
 class EventState(msgspec.Struct, frozen=True, tag="event", tag_field="type", omit_defaults=True):
@@ -214,6 +278,8 @@ ClientCommand = Subscribe | Unsubscribe | Resume | Ping
 
 __all__ = [
     "FINAL_MARKET_STATES",
+    "LADDER_DEPTH",
+    "SELECTION_FIELDS",
     "UNSET",
     "Ack",
     "ClientCommand",
@@ -223,6 +289,7 @@ __all__ = [
     "EventPhase",
     "EventState",
     "Heartbeat",
+    "Level",
     "MarketMessage",
     "MarketStatus",
     "Ping",

@@ -36,6 +36,7 @@ from protocol import (
     SelectionStatus,
     Snapshot,
 )
+from protocol.types import LADDER_DEPTH, SELECTION_FIELDS
 
 EVENT = "fb-0001"
 MARKET = "fb-0001:1x2"
@@ -74,6 +75,10 @@ def status(value: MarketStatus, reason: str | None = None, ts: int = TS) -> Feed
 
 def odds(*prices: FeedPrice, ts: int = TS) -> FeedOdds:
     return FeedOdds(EVENT, MARKET, ts, prices)
+
+
+def d(value: str) -> Decimal:
+    return Decimal(value)
 
 
 def price(selection_id: str, value: str | None, **kw: Any) -> FeedPrice:
@@ -329,6 +334,158 @@ TRANSITIONS: list[Any] = [
         {"status": "open", "reason": None},
         id="definition-reopens",
     ),
+    # Exchange market data: FeedPrice fields update only when present.
+    pytest.param(
+        [],
+        odds(
+            price(
+                "home",
+                "2.10",
+                back=((d("2.10"), d("120")), (d("2.08"), d("40.5"))),
+                lay=((d("2.12"), d("80")),),
+                ltp=d("2.1"),
+                volume=d("15000.25"),
+            )
+        ),
+        {
+            "selections": (
+                sc(
+                    "home",
+                    back=((d("2.10"), d("120")), (d("2.08"), d("40.5"))),
+                    lay=((d("2.12"), d("80")),),
+                    ltp=d("2.1"),
+                    volume=d("15000.25"),
+                ),
+            )
+        },
+        id="market-data-arrives",
+    ),
+    pytest.param(
+        [odds(price("home", "2.10", back=((d("2.10"), d("5")),), ltp=d("2.1")))],
+        odds(price("home", None, back=())),
+        {"selections": (sc("home", price=None, back=()),)},
+        id="absent-market-data-unchanged-empty-ladder-replaces",
+    ),
+    pytest.param(
+        [odds(price("home", "2.10", ltp=d("2.1")))],
+        odds(price("home", "2.10", ltp=None)),
+        {"selections": (sc("home", ltp=None),)},
+        id="null-clears-market-data",
+    ),
+    pytest.param(
+        [],
+        odds(price("away", None, status="removed", adjustment=d("22.5"), removed_at=TS - 5)),
+        {
+            "selections": (
+                sc("away", price=None, status="removed", adjustment=d("22.5"), removed_at=TS - 5),
+            )
+        },
+        id="removed-with-adjustment-factor",
+    ),
+    pytest.param(
+        [],
+        FeedOdds(EVENT, MARKET, TS, (), volume=d("99.5")),
+        {"volume": d("99.5")},
+        id="market-volume",
+    ),
+    pytest.param(
+        [odds(price("home", "2.10", ltp=d("2.1")))],
+        definition(
+            volume=d("7"),
+            selections=(FeedSelection("home", "Arsenal", d("2.10"), bsp=d("2.2")),),
+        ),
+        {"volume": d("7"), "selections": (sc("home", ltp=None, bsp=d("2.2")),)},
+        id="definition-replaces-market-data",
+    ),
+    pytest.param(
+        [],
+        definition(
+            selections=(
+                *SELECTIONS,
+                FeedSelection("other", "Other", d("9"), ltp=d("8.8"), lay=((d("9.2"), d("3")),)),
+            )
+        ),
+        {
+            "selections": (
+                sc(
+                    "other",
+                    name="Other",
+                    price=d("9"),
+                    status="active",
+                    lay=((d("9.2"), d("3")),),
+                    ltp=d("8.8"),
+                ),
+            )
+        },
+        id="new-selection-with-market-data",
+    ),
+    # Results with factors, and rollbacks.
+    pytest.param(
+        [],
+        result(
+            ("home", "winner"),
+            ("draw", "winner"),
+            ("away", "loser"),
+            dead_heat=(("home", d("0.5")), ("draw", d("0.5"))),
+            void_factors=(("away", d("0.25")),),
+        ),
+        {
+            "status": "settled",
+            "selections": (
+                sc("home", status="winner", dead_heat=d("0.5")),
+                sc("draw", status="winner", dead_heat=d("0.5")),
+                sc("away", status="loser", void_factor=d("0.25")),
+            ),
+        },
+        id="settle-with-dead-heat-and-void-factors",
+    ),
+    pytest.param(
+        [
+            status("closed"),
+            result(("home", "winner"), dead_heat=(("home", d("0.5")),)),
+        ],
+        result(rollback=True),
+        {
+            "status": "suspended",
+            "reason": "rollback",
+            "selections": (
+                sc("home", status="active", dead_heat=None),
+                sc("draw", status="active"),
+                sc("away", status="active"),
+            ),
+        },
+        id="rollback-settlement-keeps-prices",
+    ),
+    pytest.param(
+        [odds(price("draw", None, status="removed")), result(void=True, reason="cancelled")],
+        result(rollback=True, reason="rollback"),
+        {
+            "status": "suspended",
+            "reason": "rollback",
+            "selections": (sc("home", status="active"), sc("away", status="active")),
+        },
+        id="rollback-void-removed-stay-removed",
+    ),
+    pytest.param(
+        [result(("home", "winner")), result(rollback=True)],
+        result(("away", "winner")),
+        {
+            "status": "settled",
+            "reason": None,
+            "selections": (
+                sc("home", status="loser"),
+                sc("draw", status="loser"),
+                sc("away", status="winner"),
+            ),
+        },
+        id="resettle-after-rollback",
+    ),
+    pytest.param(
+        [result(("home", "winner")), result(rollback=True)],
+        odds(price("home", "1.50")),
+        {"selections": (sc("home", price=d("1.50")),)},
+        id="prices-move-after-rollback",
+    ),
 ]
 
 
@@ -490,6 +647,85 @@ REJECTIONS: list[Any] = [
         "event_mismatch",
         id="event-mismatch-checked-first",
     ),
+    pytest.param([], result(rollback=True), "invalid_transition", id="rollback-open-market"),
+    pytest.param(
+        [status("closed")], result(rollback=True), "invalid_transition", id="rollback-closed"
+    ),
+    pytest.param(
+        [result(("home", "winner"))],
+        result(("home", "winner"), rollback=True),
+        "invalid_transition",
+        id="rollback-naming-results",
+    ),
+    pytest.param(
+        [result(("home", "winner")), result(rollback=True)],
+        result(rollback=True),
+        "invalid_transition",
+        id="rollback-twice",
+    ),
+    pytest.param(
+        [],
+        result(("home", "winner"), dead_heat=(("draw", d("0.5")),)),
+        "invalid_transition",
+        id="dead-heat-for-an-unnamed-selection",
+    ),
+    pytest.param(
+        [],
+        result(("home", "loser"), dead_heat=(("home", d("0.5")),)),
+        "invalid_transition",
+        id="dead-heat-for-a-loser",
+    ),
+    pytest.param(
+        [],
+        result(("home", "winner"), void=True, void_factors=(("home", d("0.5")),)),
+        "invalid_transition",
+        id="factors-on-a-void",
+    ),
+    pytest.param(
+        [],
+        result(("home", "winner"), dead_heat=(("home", d("1.5")),)),
+        "invalid_value",
+        id="dead-heat-over-one",
+    ),
+    pytest.param(
+        [],
+        result(("home", "winner"), void_factors=(("home", d("0")),)),
+        "invalid_value",
+        id="void-factor-zero",
+    ),
+    pytest.param(
+        [], odds(price("home", "2", back=((d("1.00"), d("5")),))), "invalid_price", id="back-1.00"
+    ),
+    pytest.param(
+        [], odds(price("home", "2", lay=((d("2.5"), d("0")),))), "invalid_value", id="size-0"
+    ),
+    pytest.param(
+        [],
+        odds(price("home", "2", back=((d("2"), d("1")),) * 4)),
+        "invalid_value",
+        id="too-many-levels",
+    ),
+    pytest.param([], odds(price("home", "2", ltp=d("1"))), "invalid_price", id="ltp-1"),
+    pytest.param([], odds(price("home", "2", bsp=d("NaN"))), "invalid_price", id="bsp-nan"),
+    pytest.param([], odds(price("home", "2", volume=d("-1"))), "invalid_value", id="volume-neg"),
+    pytest.param(
+        [], FeedOdds(EVENT, MARKET, TS, (), volume=d("-1")), "invalid_value", id="market-volume"
+    ),
+    pytest.param(
+        [],
+        odds(price("home", "2", adjustment=d("100.01"))),
+        "invalid_value",
+        id="adjustment-over-100",
+    ),
+    pytest.param(
+        [],
+        definition(selections=(FeedSelection("home", "A", d("2"), ltp=d("0.9")),)),
+        "invalid_price",
+        id="definition-bad-ltp",
+    ),
+    pytest.param(
+        [], definition(volume=d("-3")), "invalid_value", id="definition-bad-market-volume"
+    ),
 ]
 
 
@@ -567,6 +803,13 @@ def test_event_state_seq_increments_only_on_real_change() -> None:
             assert (out.seq, out.ts) == (expected_seq, ts)
             assert books.events[EVENT] is out
     assert books.events[EVENT].seq == 5
+
+
+def test_an_event_without_an_away_side_is_named_by_its_home() -> None:
+    """A race meeting (one name, no opponents) is named as it is, not "Warwick v "."""
+    out = Books(new_epoch).apply(fixture(home="Warwick", away="", sport="horse_racing"))
+    assert isinstance(out, EventState)
+    assert (out.name, out.home, out.away) == ("Warwick", "Warwick", "")
 
 
 def test_events_are_sequenced_independently() -> None:
@@ -699,20 +942,80 @@ _ids = st.sampled_from(
     [(m, e) for m, e in MARKETS.items() for _ in range(14)]
     + [(m, e) for m in MARKETS for e in EVENTS if e != MARKETS[m]]
 )
-_selections = st.builds(
+# Optional market data (valid; ``bad_market_data`` below makes the values the book refuses).
+_sizes = st.sampled_from([Decimal(v) for v in ("2", "10.50", "250")])
+_levels = st.lists(st.tuples(st.sampled_from(LADDER), _sizes), max_size=LADDER_DEPTH).map(tuple)
+_traded = st.none() | st.sampled_from(LADDER)
+_volumes = st.none() | st.sampled_from([Decimal(v) for v in ("0", "12.5", "9000")])
+_adjustments = st.none() | st.sampled_from([Decimal(v) for v in ("0", "22.12", "7.5")])
+_removed_at = st.none() | st.integers(0, 2**42)
+_BAD_MARKET_DATA: list[dict[str, Any]] = [
+    {"back": ((Decimal("1.00"), Decimal("5")),)},
+    {"lay": ((Decimal("2.10"), Decimal("0")),)},
+    {"back": ((Decimal("2.10"), Decimal("5")),) * (LADDER_DEPTH + 1)},
+    {"ltp": Decimal("0.5")},
+    {"bsp": Decimal("Infinity")},
+    {"volume": Decimal("-1")},
+    {"adjustment": Decimal("100.5")},
+]
+
+
+def _or_unset(values: st.SearchStrategy[Any]) -> st.SearchStrategy[Any]:
+    """Mostly absent (an update that leaves the field alone), sometimes a value."""
+    return st.one_of(st.just(UNSET), st.just(UNSET), values)
+
+
+_plain_selections = st.builds(
     FeedSelection,
     st.sampled_from(SELECTION_IDS),
     st.sampled_from(["Arsenal", "Draw", "Chelsea", "Over 2.5"]),
     _prices,
     _selection_statuses,
 )
-_feed_prices = st.builds(
+_exchange_selections = st.builds(
+    FeedSelection,
+    st.sampled_from(SELECTION_IDS),
+    st.sampled_from(["Arsenal", "Draw", "Chelsea", "Over 2.5"]),
+    _prices,
+    _selection_statuses,
+    back=_levels,
+    lay=_levels,
+    ltp=_traded,
+    volume=_volumes,
+    bsp=_traded,
+    adjustment=_adjustments,
+    removed_at=_removed_at,
+)
+# Half the selections carry exchange market data (generating it all the time is slow).
+_selections = st.one_of(_plain_selections, _exchange_selections)
+
+
+def _named(selection_id: str) -> Any:
+    return lambda s: msgspec.structs.replace(s, selection_id=selection_id)
+
+
+_plain_prices = st.builds(
     FeedPrice,
     st.sampled_from(SELECTION_IDS[:3] * 5 + SELECTION_IDS[3:]),  # "over" is mostly unknown
     _prices,
     st.none() | _selection_statuses,
 )
+_exchange_prices = st.builds(
+    FeedPrice,
+    st.sampled_from(SELECTION_IDS[:3] * 5 + SELECTION_IDS[3:]),
+    _prices,
+    st.none() | _selection_statuses,
+    back=_or_unset(_levels),
+    lay=_or_unset(_levels),
+    ltp=_or_unset(_traded),
+    volume=_or_unset(_volumes),
+    bsp=_or_unset(_traded),
+    adjustment=_or_unset(_adjustments),
+    removed_at=_or_unset(_removed_at),
+)
+_feed_prices = st.one_of(_plain_prices, _exchange_prices)
 _named_results = st.tuples(st.sampled_from(SELECTION_IDS), st.sampled_from(_RESULTS))
+_factors = st.sampled_from([Decimal(v) for v in ("0.5", "0.25", "1", "0.5", "0")])
 
 
 @st.composite
@@ -723,9 +1026,9 @@ def definitions(draw: st.DrawFn, opening: str | None = None) -> FeedMarket:
         market_id, event_id = draw(_ids)
     else:
         market_id, event_id = opening, MARKETS[opening]
-    selections = st.lists(
-        _selections, unique_by=lambda s: s.selection_id, min_size=3 if opening else 0, max_size=4
-    )
+    # Distinct ids first, then a selection for each: no draws thrown away as duplicates.
+    ids = draw(st.lists(st.sampled_from(SELECTION_IDS), unique=True, min_size=3 if opening else 0))
+    selections = st.tuples(*(_selections.map(_named(i)) for i in ids))
     return FeedMarket(
         event_id,
         market_id,
@@ -733,10 +1036,11 @@ def definitions(draw: st.DrawFn, opening: str | None = None) -> FeedMarket:
         "football",
         "1x2",
         "Match result",
-        tuple(draw(selections)),
+        draw(selections),
         draw(_market_statuses if opening is None else _opening_statuses),
         draw(st.booleans()),
         draw(_reasons),
+        draw(_volumes),
     )
 
 
@@ -751,19 +1055,43 @@ def statuses(draw: st.DrawFn) -> FeedMarketStatus:
 def odds_messages(draw: st.DrawFn) -> FeedOdds:
     market_id, event_id = draw(_ids)
     prices = tuple(draw(st.lists(_feed_prices, max_size=4)))
-    return FeedOdds(event_id, market_id, draw(_timestamps), prices)
+    return FeedOdds(event_id, market_id, draw(_timestamps), prices, draw(_or_unset(_volumes)))
+
+
+@st.composite
+def bad_market_data(draw: st.DrawFn) -> FeedOdds | FeedMarket:
+    """An update or a definition carrying one value no screen should show."""
+    bad = draw(st.sampled_from(_BAD_MARKET_DATA))
+    if draw(st.booleans()):
+        odds = draw(odds_messages())
+        price = draw(_feed_prices)
+        return msgspec.structs.replace(
+            odds, prices=(*odds.prices, msgspec.structs.replace(price, **bad))
+        )
+    market = draw(definitions())
+    selection = msgspec.structs.replace(draw(_selections), selection_id="bad", **bad)
+    return msgspec.structs.replace(market, selections=(*market.selections, selection))
 
 
 @st.composite
 def results(draw: st.DrawFn) -> FeedResult:
+    """A settlement or void (with dead-heat and void factors for some of the selections
+    it names, sometimes for ones it does not), or, half the time, a rollback."""
     market_id, event_id = draw(_ids)
+    if draw(st.booleans()):
+        return FeedResult(event_id, market_id, draw(_timestamps), rollback=True)
+    named = tuple(draw(st.lists(_named_results, unique_by=lambda r: r[0], max_size=3)))
+    ids = st.sampled_from([r[0] for r in named] or list(SELECTION_IDS))
+    factor_lists = st.lists(st.tuples(ids, _factors), unique_by=lambda f: f[0], max_size=2)
     return FeedResult(
         event_id,
         market_id,
         draw(_timestamps),
-        tuple(draw(st.lists(_named_results, unique_by=lambda r: r[0], max_size=3))),
+        named,
         draw(st.booleans()),
         draw(_reasons),
+        dead_heat=tuple(draw(factor_lists)) if draw(st.booleans()) else (),
+        void_factors=tuple(draw(factor_lists)) if draw(st.booleans()) else (),
     )
 
 
@@ -782,8 +1110,9 @@ events = st.builds(
 )
 
 # Weighted: mostly prices, as in a real feed; a settlement ends a market, so it is rare.
-_KINDS = ["odds"] * 20 + ["status"] * 6 + ["market"] * 3 + ["event"] * 2 + ["result"]
+_KINDS = ["odds"] * 20 + ["status"] * 6 + ["market"] * 3 + ["event"] * 2 + ["result"] * 3 + ["bad"]
 _BY_KIND: dict[str, st.SearchStrategy[FeedMessage]] = {
+    "bad": bad_market_data(),
     "odds": odds_messages(),
     "status": statuses(),
     "market": definitions(),
@@ -799,19 +1128,36 @@ def feed_messages(draw: st.DrawFn) -> FeedMessage:
 
 def assert_minimal(previous: Snapshot, delta: Delta) -> None:
     """Every field a delta carries differs from the book it applies to."""
-    assert (delta.status, delta.reason, delta.name, delta.main) != (UNSET,) * 4 or delta.selections
+    market_fields = (delta.status, delta.reason, delta.name, delta.main, delta.volume)
+    assert market_fields != (UNSET,) * 5 or delta.selections
     assert delta.status is UNSET or delta.status != previous.status
     assert delta.reason is UNSET or delta.reason != previous.reason
+    assert delta.volume is UNSET or delta.volume != previous.volume
     known = {s.selection_id: s for s in previous.selections}
     for change in delta.selections:
         old = known.get(change.selection_id)
         if old is None:
             assert change.name is not UNSET, "a new selection arrives with its name"
             continue
-        assert change.name is not UNSET or change.price is not UNSET or change.status is not UNSET
-        assert change.name is UNSET or change.name != old.name
-        assert change.price is UNSET or change.price != old.price
-        assert change.status is UNSET or change.status != old.status
+        carried = [f for f in SELECTION_FIELDS if getattr(change, f) is not UNSET]
+        assert carried, "a change carries at least one field"
+        for name in carried:
+            assert getattr(change, name) != getattr(old, name), name
+
+
+def assert_sane(book: Snapshot) -> None:
+    """The book holds no market data a screen should not show."""
+    assert book.volume is None or book.volume >= 0
+    for sel in book.selections:
+        for side in (sel.back, sel.lay):
+            assert len(side) <= LADDER_DEPTH
+            assert all(p.is_finite() and p >= Decimal("1.01") and z > 0 for p, z in side)
+        for price in (sel.price, sel.ltp, sel.bsp):
+            assert price is None or (price.is_finite() and price >= Decimal("1.01"))
+        assert sel.volume is None or sel.volume >= 0
+        assert sel.adjustment is None or 0 <= sel.adjustment <= 100
+        for factor in (sel.dead_heat, sel.void_factor):
+            assert factor is None or 0 < factor <= 1
 
 
 def assert_wire_identity(message: Output) -> None:
@@ -854,12 +1200,18 @@ def test_random_feeds_keep_sequences_whole_and_rebuildable(
             assert market_id is None or books.markets[market_id].snapshot is before
             continue
         assert_wire_identity(out)
+        if market_id is not None:
+            assert_sane(books.markets[market_id].snapshot)
         if isinstance(out, EventState):
             per_event[out.event_id].append(out)
             continue
         if isinstance(out, Delta):
             assert before is not None
             assert_minimal(before, out)
+            if before.status in {"settled", "voided"}:
+                event("a rollback applied")
+            if any(c.back is not UNSET or c.ltp is not UNSET for c in out.selections):
+                event("market data changed")
         per_market[out.market_id].append(out)
 
     assert set(per_market) == set(books.markets)

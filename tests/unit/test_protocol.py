@@ -72,6 +72,43 @@ SNAPSHOT = Snapshot(
 )
 
 
+#: An exchange market: every optional field of a selection set somewhere.
+EXCHANGE = Snapshot(
+    market_id="1.197931750",
+    event_id="31389771",
+    seq=12,
+    epoch="p1-0002",
+    ts=TS,
+    sport="greyhounds",
+    kind="win",
+    name="OR 280m",
+    status="open",
+    selections=(
+        Selection(
+            "44331354",
+            "1. Paradise Mission",
+            Decimal("8.8"),
+            back=((Decimal("8.8"), Decimal("18.62")), (Decimal("8.6"), Decimal("4.83"))),
+            lay=((Decimal("9.4"), Decimal("10.39")),),
+            ltp=Decimal("9.2"),
+            volume=Decimal("130.5"),
+            bsp=Decimal("85.0"),
+        ),
+        Selection(
+            "37947503",
+            "2. Sandwood Jet",
+            None,
+            "removed",
+            adjustment=Decimal("22.12"),
+            removed_at=TS - 60_000,
+        ),
+        Selection("36276560", "3. Kirabilly Kathy", None, "winner", dead_heat=Decimal("0.5")),
+    ),
+    main=True,
+    volume=Decimal("25102.51"),
+)
+
+
 def delta(seq: int = 8, **changes: Any) -> Delta:
     """A delta on SNAPSHOT's market and epoch."""
     fields: dict[str, Any] = {
@@ -102,6 +139,22 @@ SERVER_MESSAGES: list[ServerMessage] = [
     delta(selections=(SelectionChange("home", price=Decimal("2.05")),)),
     delta(selections=(SelectionChange("away", price=None, status="removed"),)),
     delta(selections=(SelectionChange("new", name="Any other", price=Decimal("1000")),)),
+    EXCHANGE,
+    delta(
+        volume=Decimal("25102.51"),
+        selections=(
+            SelectionChange(
+                "44331354",
+                price=Decimal("8.8"),
+                back=((Decimal("8.8"), Decimal("18.62")),),
+                lay=(),
+                ltp=None,
+                volume=Decimal("12"),
+            ),
+            SelectionChange("37947503", status="winner", dead_heat=Decimal("0.5")),
+            SelectionChange("36276560", void_factor=Decimal("0.5"), removed_at=None),
+        ),
+    ),
     EventState(
         event_id=EVENT,
         seq=3,
@@ -220,8 +273,25 @@ def test_client_command_round_trip(command: ClientCommand) -> None:
         (Heartbeat(ts=5), b'{"type":"heartbeat","ts":5}'),
         (Ack("ping", id="p1"), b'{"type":"ack","command":"ping","id":"p1"}'),
         (Error("invalid", "bad"), b'{"type":"error","code":"invalid","message":"bad"}'),
+        (
+            delta(
+                volume=Decimal("10.5"),
+                selections=(
+                    SelectionChange(
+                        "h",
+                        price=Decimal("2.10"),
+                        back=((Decimal("2.10"), Decimal("100.00")),),
+                        lay=(),
+                        ltp=None,
+                    ),
+                ),
+            ),
+            b'{"type":"delta","market_id":"fb-0001:1x2","event_id":"fb-0001","seq":8,'
+            b'"epoch":"p1-0001","ts":1767366001000,"selections":[{"selection_id":"h",'
+            b'"price":"2.10","back":[["2.10","100.00"]],"lay":[],"ltp":null}],"volume":"10.5"}',
+        ),
     ],
-    ids=["delta-price", "delta-reopen", "snapshot", "heartbeat", "ack", "error"],
+    ids=["delta-price", "delta-reopen", "snapshot", "heartbeat", "ack", "error", "delta-exchange"],
 )
 def test_exact_wire_form(message: ServerMessage, expected: bytes) -> None:
     """Defaults are omitted, absent delta fields mean 'unchanged', null means 'cleared'."""
@@ -533,6 +603,77 @@ SUSPENDED = msgspec.structs.replace(SNAPSHOT, status="suspended", reason="goal")
             id="settle",
         ),
         pytest.param(as_reset(SNAPSHOT), delta(), SNAPSHOT, id="reset-flag-is-not-carried-forward"),
+        pytest.param(
+            EXCHANGE,
+            delta(
+                13,
+                epoch=EXCHANGE.epoch,
+                market_id=EXCHANGE.market_id,
+                volume=Decimal("25200"),
+                selections=(
+                    SelectionChange(
+                        "44331354",
+                        price=Decimal("8.6"),
+                        back=((Decimal("8.6"), Decimal("4.83")),),
+                        ltp=Decimal("8.8"),
+                    ),
+                ),
+            ),
+            msgspec.structs.replace(
+                EXCHANGE,
+                volume=Decimal("25200"),
+                selections=(
+                    msgspec.structs.replace(
+                        EXCHANGE.selections[0],
+                        price=Decimal("8.6"),
+                        back=((Decimal("8.6"), Decimal("4.83")),),
+                        ltp=Decimal("8.8"),
+                    ),
+                    *EXCHANGE.selections[1:],
+                ),
+            ),
+            id="exchange-levels-replace-whole-others-kept",
+        ),
+        pytest.param(
+            EXCHANGE,
+            delta(
+                13,
+                epoch=EXCHANGE.epoch,
+                market_id=EXCHANGE.market_id,
+                volume=None,
+                selections=(
+                    SelectionChange(
+                        "44331354", back=(), lay=(), ltp=None, volume=None, bsp=None, price=None
+                    ),
+                    SelectionChange("37947503", status="active", adjustment=None, removed_at=None),
+                    SelectionChange("36276560", status="active", dead_heat=None),
+                    SelectionChange(
+                        "new",
+                        name="New",
+                        price=Decimal("5"),
+                        lay=((Decimal("5.5"), Decimal("2")),),
+                        void_factor=Decimal("0.5"),
+                    ),
+                ),
+            ),
+            msgspec.structs.replace(
+                EXCHANGE,
+                volume=None,
+                selections=(
+                    Selection("44331354", "1. Paradise Mission"),
+                    Selection("37947503", "2. Sandwood Jet"),
+                    Selection("36276560", "3. Kirabilly Kathy"),
+                    Selection(
+                        "new",
+                        "New",
+                        Decimal("5"),
+                        lay=((Decimal("5.5"), Decimal("2")),),
+                        void_factor=Decimal("0.5"),
+                    ),
+                ),
+            ),
+            id="exchange-fields-cleared-and-a-new-selection-with-them",
+        ),
     ],
 )
 def test_apply(before: Snapshot, change: Delta, expected: Snapshot) -> None:
@@ -645,3 +786,48 @@ def test_protocol_error_carries_its_code() -> None:
         "s1",
     )
     assert ProtocolError(ErrorCode.INVALID, "x").command_id is None
+
+
+# ---------------------------------------------------------------------------
+# Older clients: the exchange fields are optional additions they never see break
+# ---------------------------------------------------------------------------
+
+
+class _OldSelection(msgspec.Struct, frozen=True):
+    selection_id: str
+    name: str
+    price: Decimal | None = None
+    status: str = "active"
+
+
+class _OldSnapshot(msgspec.Struct, frozen=True, tag="snapshot", tag_field="type"):
+    market_id: str
+    seq: int
+    status: str
+    selections: tuple[_OldSelection, ...]
+
+
+class _OldSelectionChange(msgspec.Struct, frozen=True):
+    selection_id: str
+    price: Decimal | msgspec.UnsetType | None = msgspec.UNSET
+    status: str | msgspec.UnsetType = msgspec.UNSET
+
+
+class _OldDelta(msgspec.Struct, frozen=True, tag="delta", tag_field="type"):
+    market_id: str
+    seq: int
+    selections: tuple[_OldSelectionChange, ...] = ()
+
+
+def test_a_client_that_predates_the_exchange_fields_still_reads_the_board() -> None:
+    old = msgspec.json.decode(encode(EXCHANGE), type=_OldSnapshot | _OldDelta)
+    assert isinstance(old, _OldSnapshot)
+    assert [(s.selection_id, s.price, s.status) for s in old.selections] == [
+        (s.selection_id, s.price, s.status) for s in EXCHANGE.selections
+    ]
+    change = delta(
+        volume=Decimal("1"),
+        selections=(SelectionChange("h", price=Decimal("2"), back=(), ltp=None),),
+    )
+    old_delta = msgspec.json.decode(encode(change), type=_OldSnapshot | _OldDelta)
+    assert old_delta == _OldDelta(MARKET, 8, (_OldSelectionChange("h", Decimal("2")),))
