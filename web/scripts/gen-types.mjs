@@ -63,7 +63,7 @@ function typeOf(schema, where) {
       }
       if (!schema.items) fail(`${where}: array without items`);
       const inner = typeOf(schema.items, `${where}[]`);
-      return /[|&]/.test(inner) ? `ReadonlyArray<${inner}>` : `readonly ${inner}[]`;
+      return /[|&]/.test(inner) || inner.startsWith("readonly ") ? `ReadonlyArray<${inner}>` : `readonly ${inner}[]`;
     }
     default:
       fail(`${where}: unsupported schema ${JSON.stringify(schema)}`);

@@ -16,12 +16,28 @@ export type MarketStatus = Snapshot["status"];
 export type SelectionStatus = NonNullable<Selection["status"]>;
 export type EventPhase = EventState["phase"];
 
+/** A price level of an exchange ladder: [price, size], exact decimal strings. */
+export type Level = readonly [DecimalString, DecimalString];
+
 export interface SelectionView {
   readonly selectionId: string;
   readonly name: string;
   /** Decimal odds exactly as sent, or null when the selection has no price. */
   readonly price: DecimalString | null;
   readonly status: SelectionStatus;
+  /** Exchange fields (absent from a bookmaker feed): best back/lay levels, best first. */
+  readonly back: readonly Level[];
+  readonly lay: readonly Level[];
+  /** Last traded price, traded volume, Betfair starting price. */
+  readonly ltp: DecimalString | null;
+  readonly volume: DecimalString | null;
+  readonly bsp: DecimalString | null;
+  /** Removal: reduction factor applied to the others' prices, and when (ms). */
+  readonly adjustment: DecimalString | null;
+  readonly removedAt: number | null;
+  /** Settlement: dead-heat factor of a winner, part of the stake refunded. */
+  readonly deadHeat: DecimalString | null;
+  readonly voidFactor: DecimalString | null;
 }
 
 /** An immutable book of one market; a new object after every change. */
@@ -38,6 +54,8 @@ export interface MarketBook {
   readonly status: MarketStatus;
   readonly reason: string | null;
   readonly main: boolean;
+  /** The market's traded volume, on an exchange. */
+  readonly volume: DecimalString | null;
   readonly selections: readonly SelectionView[];
   /**
    * True while the client is healing a gap: the book is the last one known to be exact,
@@ -65,6 +83,7 @@ export function fromSnapshot(s: Snapshot): MarketBook {
     status: s.status,
     reason: s.reason ?? null,
     main: s.main ?? false,
+    volume: s.volume ?? null,
     selections: s.selections.map(selectionView),
     syncing: false,
   };
@@ -76,6 +95,15 @@ function selectionView(s: Selection): SelectionView {
     name: s.name,
     price: s.price ?? null,
     status: s.status ?? "active",
+    back: s.back ?? [],
+    lay: s.lay ?? [],
+    ltp: s.ltp ?? null,
+    volume: s.volume ?? null,
+    bsp: s.bsp ?? null,
+    adjustment: s.adjustment ?? null,
+    removedAt: s.removed_at ?? null,
+    deadHeat: s.dead_heat ?? null,
+    voidFactor: s.void_factor ?? null,
   };
 }
 
@@ -93,6 +121,7 @@ export function applyDelta(book: MarketBook, delta: Delta): ApplyResult {
       ts: delta.ts,
       name: delta.name ?? book.name,
       main: delta.main ?? book.main,
+      volume: delta.volume === undefined ? book.volume : delta.volume,
       status: delta.status ?? book.status,
       reason: delta.reason === undefined ? book.reason : delta.reason,
       selections: applySelectionChanges(book.selections, delta.selections ?? []),
@@ -114,23 +143,32 @@ export function applySelectionChanges(
     return merge(sel, change);
   });
   for (const change of byId.values()) {
-    const base: SelectionView = {
-      selectionId: change.selection_id,
-      name: change.selection_id,
-      price: null,
-      status: "active",
-    };
+    const base = selectionView({ selection_id: change.selection_id, name: change.selection_id });
     out.push(merge(base, change));
   }
   return out;
+}
+
+/** Absent: unchanged; `null`: cleared; `back`/`lay` are replaced whole. */
+function pick<T>(next: T | null | undefined, current: T | null): T | null {
+  return next === undefined ? current : next;
 }
 
 function merge(sel: SelectionView, change: SelectionChange): SelectionView {
   return {
     selectionId: sel.selectionId,
     name: change.name ?? sel.name,
-    price: change.price === undefined ? sel.price : change.price,
+    price: pick(change.price, sel.price),
     status: change.status ?? sel.status,
+    back: change.back ?? sel.back,
+    lay: change.lay ?? sel.lay,
+    ltp: pick(change.ltp, sel.ltp),
+    volume: pick(change.volume, sel.volume),
+    bsp: pick(change.bsp, sel.bsp),
+    adjustment: pick(change.adjustment, sel.adjustment),
+    removedAt: pick(change.removed_at, sel.removedAt),
+    deadHeat: pick(change.dead_heat, sel.deadHeat),
+    voidFactor: pick(change.void_factor, sel.voidFactor),
   };
 }
 

@@ -52,12 +52,38 @@ describe("book rebuild", () => {
     if (!r2.ok) throw new Error("refused");
     expect(r2.book.status).toBe("open");
     expect(r2.book.reason).toBeNull();
-    expect(r2.book.selections).toEqual([
+    expect(r2.book.selections.map(({ selectionId, name, price, status }) => ({ selectionId, name, price, status }))).toEqual([
       { selectionId: "home", name: "Home", price: "2.10", status: "active" },
       { selectionId: "draw", name: "Draw", price: null, status: "removed" },
       { selectionId: "away", name: "Away", price: "3.60", status: "active" },
       { selectionId: "other", name: "Other", price: "9.00", status: "active" },
       { selectionId: "nameless", name: "nameless", price: "12", status: "active" },
     ]);
+  });
+
+  it("merges exchange fields: absent keeps, null clears, ladders replace whole", () => {
+    const r1 = applyDelta(book, d(6, {
+      volume: "1520.50",
+      selections: [
+        { selection_id: "home", back: [["2.08", "120"], ["2.06", "300.5"]], lay: [["2.12", "80"]], ltp: "2.10", volume: "900" },
+      ],
+    }));
+    if (!r1.ok) throw new Error("refused");
+    const home1 = r1.book.selections[0]!;
+    expect(r1.book.volume).toBe("1520.50");
+    expect(home1.back).toEqual([["2.08", "120"], ["2.06", "300.5"]]);
+    expect(home1.ltp).toBe("2.10");
+    const r2 = applyDelta(r1.book, d(7, {
+      selections: [{ selection_id: "home", back: [["2.04", "50"]], ltp: null, status: "removed", adjustment: "12.5", removed_at: 1700000000000 }],
+    }));
+    if (!r2.ok) throw new Error("refused");
+    const home2 = r2.book.selections[0]!;
+    expect(home2.back).toEqual([["2.04", "50"]]);
+    expect(home2.lay).toEqual([["2.12", "80"]]);
+    expect(home2.ltp).toBeNull();
+    expect(home2.volume).toBe("900");
+    expect(home2.adjustment).toBe("12.5");
+    expect(home2.removedAt).toBe(1700000000000);
+    expect(r2.book.volume).toBe("1520.50");
   });
 });

@@ -37,7 +37,8 @@ export interface Clock {
  *
  * `status` and `reason` are present only when they changed; `selections` lists
  * only the selections that changed, with only their changed fields; `name` and
- * `main` (in the sport's lobby or not) appear only when the feed redefined them.
+ * `main` (in the sport's lobby or not) appear only when the feed redefined them;
+ * `volume` only when the market's traded volume changed (`null`: none any more).
  */
 export interface Delta {
   readonly type: "delta";
@@ -52,6 +53,7 @@ export interface Delta {
   /** @default [] */
   readonly selections?: readonly SelectionChange[];
   readonly status?: "closed" | "open" | "settled" | "suspended" | "voided";
+  readonly volume?: DecimalString | null;
 }
 
 /**
@@ -145,27 +147,68 @@ export interface Resume {
 
 /**
  * One outcome of a market, in full.
+ *
+ * `price` is the price a board shows: the bookmaker's price, or on an exchange the
+ * best price available to back. The other fields are optional market data, absent
+ * when the feed does not give them (see `docs/feeds.md`):
+ *
+ * - `back` / `lay`: the best levels available to back / to lay, best first
+ *   (highest back price, lowest lay price), at most :data:`LADDER_DEPTH` levels;
+ * - `ltp`: last traded price; `volume`: traded volume on the selection;
+ * - `bsp`: Betfair starting price, once reconciled;
+ * - `adjustment`: the reduction factor (percent) applied to other selections'
+ *   prices when this one is removed; `removed_at`: when it was removed (ms);
+ * - `dead_heat`: dead-heat factor of a winner (0.5: half the stake wins);
+ *   `void_factor`: part of the stake refunded (0.5: half void, half settled).
  */
 export interface Selection {
   readonly name: string;
   readonly selection_id: string;
   /** @default null */
+  readonly adjustment?: DecimalString | null;
+  /** @default [] */
+  readonly back?: ReadonlyArray<readonly [DecimalString, DecimalString]>;
+  /** @default null */
+  readonly bsp?: DecimalString | null;
+  /** @default null */
+  readonly dead_heat?: DecimalString | null;
+  /** @default [] */
+  readonly lay?: ReadonlyArray<readonly [DecimalString, DecimalString]>;
+  /** @default null */
+  readonly ltp?: DecimalString | null;
+  /** @default null */
   readonly price?: DecimalString | null;
+  /** @default null */
+  readonly removed_at?: number | null;
   /** @default "active" */
   readonly status?: "active" | "loser" | "removed" | "void" | "winner";
+  /** @default null */
+  readonly void_factor?: DecimalString | null;
+  /** @default null */
+  readonly volume?: DecimalString | null;
 }
 
 /**
  * The fields of one selection that changed; absent fields are unchanged.
  *
  * A selection the client has never seen arrives with `name` set: it is added.
- * `price` set to `null` means the selection has no price any more.
+ * `price` (or any other optional field) set to `null` means the selection has no
+ * value for it any more; `back`/`lay` are replaced whole (`[]`: no levels).
  */
 export interface SelectionChange {
   readonly selection_id: string;
+  readonly adjustment?: DecimalString | null;
+  readonly back?: ReadonlyArray<readonly [DecimalString, DecimalString]>;
+  readonly bsp?: DecimalString | null;
+  readonly dead_heat?: DecimalString | null;
+  readonly lay?: ReadonlyArray<readonly [DecimalString, DecimalString]>;
+  readonly ltp?: DecimalString | null;
   readonly name?: string;
   readonly price?: DecimalString | null;
+  readonly removed_at?: number | null;
   readonly status?: "active" | "loser" | "removed" | "void" | "winner";
+  readonly void_factor?: DecimalString | null;
+  readonly volume?: DecimalString | null;
 }
 
 /**
@@ -174,6 +217,7 @@ export interface SelectionChange {
  * `ts` is the feed timestamp (epoch milliseconds) of the last update the book reflects.
  * `reset` is true when the snapshot replaces a stream the client could not resume
  * (history gone, epoch changed, gap): the client must drop what it had for this market.
+ * `volume` is the market's traded volume, when the feed gives one (an exchange).
  */
 export interface Snapshot {
   readonly type: "snapshot";
@@ -193,6 +237,8 @@ export interface Snapshot {
   readonly reason?: string | null;
   /** @default false */
   readonly reset?: boolean;
+  /** @default null */
+  readonly volume?: DecimalString | null;
 }
 
 /**
