@@ -267,6 +267,7 @@ class KafkaFeedProducer:
         linger_ms: int = 5,
         timeout_s: float = 30.0,
     ):
+        self._topics = topics
         self._topic = {t: topics.of(t) for t in FEED_TOPICS}
         self._timeout_s = timeout_s
         self._producer: Any = new_producer(
@@ -314,6 +315,16 @@ class KafkaFeedProducer:
         await self.send_raw(
             self._topic[topic_of(message)], message.event_id.encode(), encode_feed(message)
         )
+
+    async def dead_letter(self, value: bytes, headers: Sequence[tuple[str, bytes]]) -> None:
+        """Queue a record that could not be read as a feed message on the dead-letter
+        topic, with headers saying why and where it came from."""
+        if self._error is not None:
+            raise DeliveryError(f"an earlier record was not delivered: {self._error}")
+        future: Any = await self._producer.send(
+            self._topics.deadletter, value, headers=list(headers)
+        )
+        future.add_done_callback(self._delivered)
 
     async def send_raw(
         self,

@@ -24,13 +24,16 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class ReadReport:
-    """What a reader skipped, by line number, with the reason."""
+    """What a reader skipped, by line number, with the reason; ``raw`` keeps the skipped
+    record's bytes where the reader has them, for a dead-letter topic."""
 
     read: int = 0
     skipped: list[tuple[int, str]] = field(default_factory=list)
+    raw: list[bytes] = field(default_factory=list)
 
-    def skip(self, line_no: int, reason: str) -> None:
+    def skip(self, line_no: int, reason: str, raw: bytes = b"") -> None:
         self.skipped.append((line_no, reason))
+        self.raw.append(raw)
         log.warning("line %d skipped: %s", line_no, reason)
 
 
@@ -44,7 +47,7 @@ def read_jsonl(path: Path, report: ReadReport | None = None) -> Iterator[FeedMes
             try:
                 message = decode_feed(line)
             except msgspec.DecodeError as exc:
-                report.skip(line_no, str(exc))
+                report.skip(line_no, str(exc), line.rstrip(b"\n"))
                 continue
             report.read += 1
             yield message

@@ -280,12 +280,12 @@ async def feed(settings: Settings, args: argparse.Namespace) -> None:
         print(f"oddstream: recorded {count} feed messages to {args.path}", flush=True)
         return
     await _topics(settings)
+    report = ReadReport()
     if args.feed_command == "synth":
         source: AsyncIterator[FeedMessage] = open_source(
             "synth", seed=settings.seed, events=settings.events, rate=settings.rate, speed=0
         )
     else:
-        report = ReadReport()
         source = open_source(
             f"{args.format}:{args.path}",
             seed=settings.seed,
@@ -294,20 +294,47 @@ async def feed(settings: Settings, args: argparse.Namespace) -> None:
             speed=settings.speed,
             report=report,
         )
-    sent = 0
+    sent = dead = 0
     started = time.monotonic()
-    async with KafkaFeedProducer(settings.kafka, topics=_topic_names(settings)) as producer:
+    topics = _topic_names(settings)
+    async with KafkaFeedProducer(settings.kafka, topics=topics) as producer:
         async for message in source:
             await producer.send(message)
             sent += 1
+            dead = await _dead_letter_skipped(producer, topics, report, dead, args)
             if sent % 1000 == 0:
                 rate = sent / (time.monotonic() - started)
                 end = "\r" if sys.stderr.isatty() else "\n"  # A live line on a terminal.
                 print(f"oddstream: {sent} messages ({rate:,.0f}/s)", end=end, file=sys.stderr)
             if args.limit is not None and sent >= args.limit:
                 break
+        dead = await _dead_letter_skipped(producer, topics, report, dead, args)
         await producer.flush()
-    print(f"\noddstream: produced {sent} feed messages", file=sys.stderr, flush=True)
+    print(
+        f"oddstream: produced {sent} feed messages; {dead} unreadable records to "
+        f"{topics.deadletter}",
+        file=sys.stderr,
+        flush=True,
+    )
+
+
+async def _dead_letter_skipped(
+    producer: KafkaFeedProducer,
+    topics: TopicNames,
+    report: ReadReport,
+    done: int,
+    args: argparse.Namespace,
+) -> int:
+    """Send records the reader skipped since ``done`` to the dead-letter topic, with the
+    reason and where they were in the recording; returns the new count."""
+    for (line_no, reason), raw in zip(report.skipped[done:], report.raw[done:], strict=True):
+        headers = [
+            ("reason", reason.encode()),
+            ("source", str(args.path).encode()),
+            ("line", str(line_no).encode()),
+        ]
+        await producer.dead_letter(raw, headers)
+    return len(report.skipped)
 
 
 async def serve(app: Any, settings: Settings, gateway: Gateway | None = None) -> None:

@@ -8,6 +8,7 @@ import asyncio
 import itertools
 import uuid
 from dataclasses import dataclass
+from pathlib import Path
 
 import httpx
 import msgspec
@@ -19,6 +20,7 @@ import protocol
 from feeds.embedded import epoch_minter
 from feeds.model import encode_feed
 from feeds.processor import FeedRecord, Processor
+from feeds.replay import write_jsonl
 from feeds.synthetic import MatchDay
 from tests.component.stack import Books
 from tests.integration.procs import processes, services, start
@@ -266,3 +268,50 @@ async def test_redis_restarted_without_its_data_mid_stream(space: Space) -> None
     every book under a new epoch; gateways reconnect and clients end with the right
     books, told by `reset` snapshots to drop what they had."""
     await run_pipeline(space, restart_redis_at=1000)
+
+
+async def test_feed_replay_dead_letters_unreadable_lines(space: Space, tmp_path: Path) -> None:
+    from aiokafka import AIOKafkaConsumer
+
+    messages = list(itertools.islice(MatchDay(seed=2, events=2), 300))
+    path = tmp_path / "day.jsonl"
+    write_jsonl(path, messages)
+    lines = path.read_bytes().splitlines()
+    lines[5:5] = [b"{broken", b'{"kind":"odds"}']
+    path.write_bytes(b"\n".join(lines) + b"\n")
+    async with processes() as procs:
+        replay = await start(
+            procs,
+            "replay",
+            [
+                "feed",
+                "replay",
+                str(path),
+                "--speed",
+                "0",
+                "--kafka",
+                space.kafka,
+                "--topic-prefix",
+                space.prefix,
+                "--partitions",
+                "2",
+            ],
+        )
+        assert await asyncio.wait_for(replay.proc.wait(), 60) == 0, replay.output()
+        assert "produced 300 feed messages; 2 unreadable records" in replay.output()
+
+    consumer = AIOKafkaConsumer(
+        f"{space.prefix}deadletter", bootstrap_servers=space.kafka, auto_offset_reset="earliest"
+    )
+    await consumer.start()
+    try:
+        dead = []
+        async with asyncio.timeout(30):
+            while len(dead) < 2:
+                batch = await consumer.getmany(timeout_ms=500)
+                dead += [r for records in batch.values() for r in records]
+    finally:
+        await consumer.stop()
+    found = sorted((dict(r.headers)["line"], r.value) for r in dead)
+    assert found == [(b"6", b"{broken"), (b"7", b'{"kind":"odds"}')]
+    assert all(dict(r.headers)["reason"] and dict(r.headers)["source"] for r in dead)
