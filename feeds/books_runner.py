@@ -42,7 +42,7 @@ from aiokafka.errors import CommitFailedError, IllegalStateError
 
 from channels.broker import BrokerError
 from channels.store import Store, StoreError
-from feeds.embedded import epoch_minter, now_ms
+from feeds.embedded import STALE_AFTER_S, epoch_minter, now_ms, tick_interval
 from feeds.kafka_feed import (
     DEFAULT_TOPICS,
     ORDER_HEADER,
@@ -286,6 +286,10 @@ class BooksConfig:
     linger_ms: int = 5
     store_check_s: float = 2.0
     """How often an idle processor checks that storage still holds its books."""
+    stale_after_s: float | None = STALE_AFTER_S
+    """Longest silence of the feed about an event before its open markets are suspended
+    with reason ``feed_stale`` (reopened when the feed speaks again); ``None``: never.
+    See :mod:`feeds.staleness`."""
 
 
 @dataclass(slots=True)
@@ -312,6 +316,8 @@ class BooksStats:
     """Store/publish attempts that failed and were retried."""
     rebases: int = 0
     """Times storage was found to have lost its data and every book was re-stored."""
+    stale_suspensions: int = 0
+    """Markets suspended because their event's feed went silent (``feed_stale``)."""
     partitions: frozenset[int] = frozenset()
     """Partition numbers owned now."""
 
@@ -321,7 +327,8 @@ class BooksStats:
             f"steps={self.steps} held={self.held} partitions={sorted(self.partitions)} "
             f"rebalances={self.rebalances} skipped={self.skipped} "
             f"forced={self.forced_releases} commit_failures={self.commit_failures} "
-            f"store_retries={self.store_retries} rebases={self.rebases}"
+            f"store_retries={self.store_retries} rebases={self.rebases} "
+            f"stale_suspensions={self.stale_suspensions}"
         )
 
 
@@ -335,8 +342,10 @@ class BooksRunner:
     Run it with :meth:`run` (in a task the caller owns) and end it with :meth:`stop`,
     which finishes and commits the step in progress and leaves the group, so the
     partitions move to another member at once. ``processor`` defaults to a fresh
-    :class:`Processor` minting epochs with :func:`~feeds.embedded.epoch_minter`; the
-    books it needs are restored from ``store``.
+    :class:`Processor` minting epochs with :func:`~feeds.embedded.epoch_minter` and
+    guarding staleness per ``config.stale_after_s``; the books it needs are restored
+    from ``store``. ``clock`` (epoch ms) stamps the staleness suspensions, ``monotonic``
+    (seconds) measures silences.
 
     On assignment, for each partition number: the books of its events are restored from
     the store (``load_partition``) and each feed topic's consumer is moved to the offset
@@ -363,6 +372,7 @@ class BooksRunner:
         config: BooksConfig | None = None,
         processor: Processor | None = None,
         clock: Callable[[], int] = now_ms,
+        monotonic: Callable[[], float] = time.monotonic,
     ):
         self._bootstrap = bootstrap
         self._store = store
@@ -370,7 +380,13 @@ class BooksRunner:
         self._config = config = config or BooksConfig()
         self._topics = config.topics
         self._feed = config.topics.feed
-        self.processor = processor or Processor(epoch_minter(clock))
+        self.processor = processor or Processor(
+            epoch_minter(clock), stale_after_s=config.stale_after_s
+        )
+        self._clock = clock
+        self._monotonic = monotonic
+        guard = self.processor.staleness
+        self._tick_s = None if guard is None else tick_interval(guard.stale_after_s)
         self.stats = BooksStats()
         self._merge = CrossTopicMerge(self._feed, config.max_hold_ms / 1000)
         self._io_timeout = config.io_timeout_s
@@ -408,7 +424,7 @@ class BooksRunner:
         try:
             async with contextlib.AsyncExitStack() as stack:
                 await self._open(stack)
-                checked = time.monotonic()
+                checked = ticked = time.monotonic()
                 while not self._stopping.is_set():
                     if self._failure is not None:
                         raise self._failure
@@ -421,6 +437,11 @@ class BooksRunner:
                         records = await self._release()
                         if records:
                             await self._step(records)
+                        # After the step: an event heard in it is not stale.
+                        now = self._monotonic()
+                        if self._tick_s is not None and now - ticked >= self._tick_s:
+                            ticked = now
+                            await self._tick(now)
                     await self._notify()
         except BaseException as exc:
             self._failure = self._failure or exc
@@ -559,7 +580,7 @@ class BooksRunner:
 
     async def _step(self, records: Sequence[FeedRecord]) -> None:
         skipped_before = self.processor.skipped
-        step = self.processor.process(records)
+        step = self.processor.process(records, now=self._monotonic())
         skipped = self.processor.skipped - skipped_before
         self._processed.update(step.batch.offsets)
         self._event_partition.update(step.batch.partitions)
@@ -581,6 +602,34 @@ class BooksRunner:
         stats.publications += len(step.publications)
         stats.deltas += len(step.deltas)
         stats.steps += 1
+
+    async def _tick(self, now: float) -> None:
+        """The staleness guard's step for the events of the partitions owned now: store
+        and publish the suspensions, then produce them to the ``deltas`` topic (no Kafka
+        offsets move: a crash after the store is safe, the next owner restores the
+        suspended books and reopens them when the feed returns)."""
+        owned = self._owned
+        if not owned:
+            return
+        where = self._event_partition
+        step = self.processor.tick(now, self._clock(), owned=lambda e: where.get(e) in owned)
+        if not step.publications:
+            return
+        for snap in step.batch.snapshots.values():
+            if snap.event_id in where:
+                step.batch.partitions[snap.event_id] = where[snap.event_id]
+        await self._store_step(step)
+        async with asyncio.timeout(self._io_timeout):
+            if step.deltas:
+                await self._produce_deltas(step.deltas)
+        self.stats.stale_suspensions += len(step.batch.snapshots)
+        self.stats.publications += len(step.publications)
+        self.stats.deltas += len(step.deltas)
+        log.warning(
+            "feed silent for over %.1fs: %d markets suspended (feed_stale)",
+            self.processor.staleness.stale_after_s if self.processor.staleness else 0.0,
+            len(step.batch.snapshots),
+        )
 
     async def _store_step(self, step: Step) -> None:
         """Store and publish a step, retrying while storage is down (with capped backoff;
@@ -738,6 +787,11 @@ class BooksRunner:
             )
         numbers = set(topics_of)
         self._drop(self._held - numbers)
+        # The feed was not consumed during the rebalance: silence starts over for the
+        # events of the partitions kept (restored ones start from their restore).
+        self.processor.watch(
+            (e for e, p in self._event_partition.items() if p in numbers), self._monotonic()
+        )
         for p in sorted(numbers):
             stored = {t: await self._store.offsets(t, p) for t in self._feed}
             if p not in self._held or any(
@@ -755,7 +809,7 @@ class BooksRunner:
 
     async def _restore(self, partition: int, stored: Mapping[str, int | None]) -> None:
         snapshots, events = await self._store.load_partition(partition)
-        self.processor.books.restore(snapshots, events)
+        self.processor.restore(snapshots, events, self._monotonic())
         for snap in snapshots:
             self._event_partition[snap.event_id] = partition
         for event in events:
@@ -782,6 +836,7 @@ class BooksRunner:
             return
         events = {e for e, p in self._event_partition.items() if p in partitions}
         books = self.processor.books
+        self.processor.forget(events)
         for event_id in events:
             del self._event_partition[event_id]
             books.events.pop(event_id, None)

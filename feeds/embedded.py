@@ -1,5 +1,6 @@
 """The embedded pipeline of ``oddstream dev``: a paced feed, the in-memory bus, and the
-book processor writing to a store and publishing on a broker."""
+book processor writing to a store and publishing on a broker, with the feed-staleness
+guard ticking on the wall clock."""
 
 from __future__ import annotations
 
@@ -19,8 +20,19 @@ from feeds.processor import Processor, Publisher, commit_step
 log = logging.getLogger(__name__)
 
 
+#: Default bound (seconds) on the feed's silence about an event before its open markets
+#: are suspended with reason ``feed_stale`` (see :mod:`feeds.staleness`).
+STALE_AFTER_S = 10.0
+
+
 def now_ms() -> int:
     return time.time_ns() // 1_000_000
+
+
+def tick_interval(stale_after_s: float) -> float:
+    """How often the staleness guard looks: often enough that a silence is noticed within
+    a small fraction of the bound."""
+    return min(1.0, stale_after_s / 4)
 
 
 def epoch_minter(clock: Callable[[], int] = now_ms) -> Callable[[str], str]:
@@ -63,6 +75,9 @@ class EmbeddedPipeline:
 
     ``feed`` is already paced (see :func:`rated` and :func:`feeds.replay.paced`). When it
     ends, :attr:`idle` is set once everything it produced has been processed.
+    ``stale_after_s`` bounds the feed's silence about an event before its open markets
+    are suspended (``None``: never); ``clock`` (epoch ms) stamps those suspensions and
+    ``monotonic`` (seconds) measures the silence.
     """
 
     def __init__(
@@ -72,9 +87,14 @@ class EmbeddedPipeline:
         broker: Publisher,
         *,
         clock: Callable[[], int] = now_ms,
+        stale_after_s: float | None = STALE_AFTER_S,
+        monotonic: Callable[[], float] = time.monotonic,
     ):
         self.bus = MemoryBus()
-        self.processor = Processor(epoch_minter(clock))
+        self.processor = Processor(epoch_minter(clock), stale_after_s=stale_after_s)
+        self._clock = clock
+        self._monotonic = monotonic
+        self._tick_s = tick_interval(stale_after_s) if stale_after_s else None
         self._feed = feed
         self._store = store
         self._broker = broker
@@ -95,18 +115,25 @@ class EmbeddedPipeline:
         self.feed_done.set()
 
     async def _process(self) -> None:
+        ticked = self._monotonic()
         while True:
             records = await self.bus.fetch(max_records=500, wait_s=0.2)
-            if not records:
-                if self.feed_done.is_set():
-                    self.idle.set()
-                    return
-                continue
-            step = self.processor.process(records)
-            for dead in step.dead_letters:
-                self.dead_letters += 1
-                log.warning(
-                    "dead letter %s@%d: %s", dead.record.topic, dead.record.offset, dead.reason
-                )
-            await commit_step(step, self._store, self._broker)
-            self.processed += len(records)
+            now = self._monotonic()
+            if records:
+                step = self.processor.process(records, now=now)
+                for dead in step.dead_letters:
+                    self.dead_letters += 1
+                    log.warning(
+                        "dead letter %s@%d: %s", dead.record.topic, dead.record.offset, dead.reason
+                    )
+                await commit_step(step, self._store, self._broker)
+                self.processed += len(records)
+            elif self.feed_done.is_set():
+                self.idle.set()
+                return
+            # After the records: an event heard in this batch is not stale.
+            if self._tick_s is not None and now - ticked >= self._tick_s:
+                ticked = now
+                tick = self.processor.tick(now, self._clock())
+                if tick.publications:
+                    await commit_step(tick, self._store, self._broker)

@@ -175,4 +175,7 @@ def encode_feed(message: FeedMessage) -> bytes:
 def decode_feed(data: bytes | str) -> FeedMessage:
     """Decode a feed message. Raises :class:`msgspec.DecodeError` (including
     :class:`msgspec.ValidationError`) with a readable reason for the dead-letter topic."""
-    return _decoder.decode(data)
+    try:
+        return _decoder.decode(data)
+    except UnicodeDecodeError as exc:  # Invalid UTF-8 inside a string: malformed too.
+        raise msgspec.DecodeError(f"invalid UTF-8: {exc}") from None

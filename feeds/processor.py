@@ -9,7 +9,7 @@ one atomic write), then publication, then the Kafka commit by the caller.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -19,7 +19,8 @@ import protocol
 from channels.names import channels_for_event, channels_for_market
 from channels.store import Batch, PublishingStore, Store
 from feeds.book import Books, FeedRejected
-from feeds.model import decode_feed
+from feeds.model import FeedMarketStatus, decode_feed
+from feeds.staleness import StalenessGuard
 from protocol import Delta, EventState, Snapshot
 
 
@@ -58,17 +59,26 @@ class Processor:
     ``skip_until`` maps (topic, partition) to the first offset not yet reflected in the
     restored books: records below it were applied before a crash or hand-over and are
     skipped, so nothing is applied twice.
+
+    With ``stale_after_s``, a :class:`~feeds.staleness.StalenessGuard` suspends the open
+    markets of events the feed has been silent about for that long (:meth:`tick`) and
+    reopens them when it speaks again (in :meth:`process`); both need the caller's
+    clock, passed as ``now`` (monotonic seconds).
     """
 
-    def __init__(self, new_epoch: Callable[[str], str]):
+    def __init__(self, new_epoch: Callable[[str], str], *, stale_after_s: float | None = None):
         self._new_epoch = new_epoch
         self.books = Books(new_epoch)
         self.skip_until: dict[tuple[str, int], int] = {}
         self.skipped = 0
+        self.staleness = StalenessGuard(stale_after_s) if stale_after_s else None
 
-    def process(self, records: Sequence[FeedRecord]) -> Step:
+    def process(self, records: Sequence[FeedRecord], *, now: float | None = None) -> Step:
+        """Apply a batch of records. ``now`` (monotonic seconds) is when they arrived;
+        without it the staleness guard, if any, does not hear them."""
         step = Step()
         batch = step.batch
+        guard = self.staleness if now is not None else None
         for record in records:
             tp = (record.topic, record.partition)
             if record.offset < self.skip_until.get(tp, 0):
@@ -80,16 +90,60 @@ class Processor:
             except msgspec.DecodeError as exc:
                 step.dead_letters.append(DeadLetter(record, f"malformed: {exc}"))
                 continue
+            # Anything about the event, even a message refused below, shows its feed is
+            # alive; the markets the guard suspended reopen after the message is applied.
+            returned = guard is not None and now is not None and guard.heard(message.event_id, now)
             try:
                 output = self.books.apply(message)
             except FeedRejected as exc:
                 step.dead_letters.append(DeadLetter(record, f"{exc.reason}: {exc.message}"))
-                continue
-            step.applied += 1
-            batch.partitions[message.event_id] = record.partition
+            else:
+                step.applied += 1
+                batch.partitions[message.event_id] = record.partition
+                if output is not None:
+                    self._emit(step, output)
+            if returned and guard is not None:
+                self._apply_own(step, guard.reopenings(message.event_id, self.books, message.ts))
+        return step
+
+    def tick(self, now: float, ts: int, owned: Callable[[str], bool] | None = None) -> Step:
+        """The staleness guard's step: suspend the open markets of every event (``owned``,
+        when given) silent for longer than the bound. ``now`` is monotonic seconds, ``ts``
+        the wall clock (epoch ms) stamped on the suspensions. The step has no offsets; the
+        caller adds the partitions of its events if its store needs them."""
+        step = Step()
+        if self.staleness is not None:
+            self._apply_own(step, self.staleness.suspensions(self.books, now, ts, owned))
+        return step
+
+    def restore(
+        self, snapshots: Sequence[Snapshot], events: Sequence[EventState], now: float
+    ) -> None:
+        """Load books saved earlier (restart or hand-over); the guard watches their
+        events from ``now`` and adopts the markets suspended as stale."""
+        self.books.restore(snapshots, events)
+        if self.staleness is not None:
+            self.staleness.adopt(snapshots, events, now)
+
+    def watch(self, event_ids: Iterable[str], now: float) -> None:
+        """Count the events as heard ``now`` (their feed could not be read until now,
+        e.g. during a rebalance); stale ones stay stale until the feed speaks."""
+        if self.staleness is not None:
+            self.staleness.watch(event_ids, now)
+
+    def forget(self, event_ids: Iterable[str]) -> None:
+        """Events whose books were dropped (their partition went elsewhere)."""
+        if self.staleness is not None:
+            self.staleness.forget(event_ids)
+
+    def _apply_own(self, step: Step, changes: Iterable[FeedMarketStatus]) -> None:
+        for change in changes:
+            try:
+                output = self.books.apply(change)
+            except FeedRejected:
+                continue  # Cannot happen (the guard only moves open <-> suspended); safe.
             if output is not None:
                 self._emit(step, output)
-        return step
 
     def rebase(self) -> Step:
         """A step that restarts every book under a new epoch, at the same ``seq``: for

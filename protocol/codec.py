@@ -37,7 +37,10 @@ def encode_msgpack(message: msgspec.Struct) -> bytes:
 
 def decode_server(data: bytes | str) -> ServerMessage:
     """Decode one server-to-client JSON message. Raises :class:`msgspec.DecodeError`."""
-    return _server_decoder.decode(data)
+    try:
+        return _server_decoder.decode(data)
+    except UnicodeDecodeError as exc:  # Invalid UTF-8 inside a string: malformed too.
+        raise msgspec.DecodeError(f"invalid UTF-8: {exc}") from None
 
 
 def decode_server_msgpack(data: bytes) -> ServerMessage:
@@ -53,11 +56,12 @@ def decode_command(data: bytes | str) -> ClientCommand:
     """
     try:
         return _client_decoder.decode(data)
-    except msgspec.DecodeError:
+    except (msgspec.DecodeError, UnicodeDecodeError):
         pass  # Fall through to find out precisely what is wrong, for the error frame.
     try:
         raw: Any = _raw_decoder.decode(data)
-    except msgspec.DecodeError as exc:
+    except (msgspec.DecodeError, UnicodeDecodeError) as exc:
+        # msgspec reports invalid UTF-8 inside a JSON string as UnicodeDecodeError.
         raise ProtocolError(ErrorCode.BAD_JSON, f"not valid JSON: {exc}") from None
     if not isinstance(raw, dict):
         raise ProtocolError(ErrorCode.BAD_JSON, "a command must be a JSON object")

@@ -126,6 +126,9 @@ class Snapshot(msgspec.Struct, frozen=True, tag="snapshot", tag_field="type", om
     ``reset`` is true when the snapshot replaces a stream the client could not resume
     (history gone, epoch changed, gap): the client must drop what it had for this market.
     ``volume`` is the market's traded volume, when the feed gives one (an exchange).
+    ``conflated`` is true when the snapshot stands in for updates merged because the
+    client fell behind or asked for ``conflate_ms``: exact at ``seq``, it replaces the book
+    like any snapshot.
     """
 
     market_id: str
@@ -142,6 +145,7 @@ class Snapshot(msgspec.Struct, frozen=True, tag="snapshot", tag_field="type", om
     reason: str | None = None
     reset: bool = False
     volume: Decimal | None = None
+    conflated: bool = False
 
 
 class Delta(msgspec.Struct, frozen=True, tag="delta", tag_field="type", omit_defaults=True):
@@ -231,12 +235,15 @@ MarketMessage = Snapshot | Delta
 
 class Subscribe(msgspec.Struct, frozen=True, tag="subscribe", tag_field="type", omit_defaults=True):
     """Subscribe to markets, to every market of events, and/or to sports' lobbies of main
-    markets. The server answers ``ack``, then a snapshot per market, then deltas."""
+    markets. The server answers ``ack``, then a snapshot per market, then deltas.
+    ``conflate_ms`` (0-60000) asks for at most one update per market per interval, for the
+    whole connection."""
 
     markets: tuple[str, ...] = ()
     events: tuple[str, ...] = ()
     lobbies: tuple[str, ...] = ()
     id: str | int | None = None
+    conflate_ms: int | None = None
 
 
 class Unsubscribe(
@@ -260,12 +267,17 @@ class Position(msgspec.Struct, frozen=True):
 
 class Resume(msgspec.Struct, frozen=True, tag="resume", tag_field="type", omit_defaults=True):
     """Resubscribe after a reconnect. For each position the server sends exactly the
-    deltas after it when they are still in history, else a snapshot with ``reset``."""
+    deltas after it when they are still in history, else a snapshot with ``reset``.
+    ``token`` (a REST ``X-Oddstream-Token`` or an SSE ``id:``) adds the positions it
+    holds (send ``positions: []`` with it); explicit ``positions`` win. ``conflate_ms``
+    as on ``subscribe``."""
 
     positions: tuple[Position, ...]
     events: tuple[str, ...] = ()
     lobbies: tuple[str, ...] = ()
     id: str | int | None = None
+    token: str | None = None
+    conflate_ms: int | None = None
 
 
 class Ping(msgspec.Struct, frozen=True, tag="ping", tag_field="type", omit_defaults=True):

@@ -58,6 +58,7 @@ def _parser() -> argparse.ArgumentParser:
     dev.add_argument("--rate", type=float, help="feed messages per second (default 200)")
     dev.add_argument("--feed", help="synth (default) or FORMAT:PATH, a recording to replay")
     dev.add_argument("--speed", type=float, help="replay speed (x real time; 0 = max)")
+    dev.add_argument("--stale-after-s", type=float, dest="stale_after_s", help=_STALE)
     dev.add_argument(
         "--web", help="auto (default): build and serve the web shell at /; off: plain demo page"
     )
@@ -71,6 +72,7 @@ def _parser() -> argparse.ArgumentParser:
     books.add_argument("--group", help="consumer group (default oddstream-books)")
     books.add_argument("--partitions", type=int, help="feed topic partitions if created")
     books.add_argument("--history-size", type=int, dest="history_size")
+    books.add_argument("--stale-after-s", type=float, dest="stale_after_s", help=_STALE)
     books.add_argument("--log-level", dest="log_level")
 
     feed = sub.add_parser("feed", help="produce a feed to Kafka, or record one from it")
@@ -106,12 +108,17 @@ def _kafka_flag(p: argparse.ArgumentParser) -> None:
     p.add_argument("--topic-prefix", dest="topic_prefix", help="prefix of every topic name")
 
 
+_STALE = "suspend an event's open markets after its feed is silent this long (0: never)"
+
+
 def _server_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--host", help="listen address (default 127.0.0.1)")
     p.add_argument("--port", type=int, help="listen port (default 8000; 0 picks a free one)")
     p.add_argument("--heartbeat-s", type=float, dest="heartbeat_s", help="heartbeat interval")
     p.add_argument("--max-subscriptions", type=int, dest="max_subscriptions")
     p.add_argument("--queue-frames", type=int, dest="queue_frames")
+    p.add_argument("--conflate-after-frames", type=int, dest="conflate_after_frames")
+    p.add_argument("--send-timeout-s", type=float, dest="send_timeout_s")
     p.add_argument("--max-frame-bytes", type=int, dest="max_frame_bytes")
     p.add_argument("--history-size", type=int, dest="history_size")
     p.add_argument("--drain-s", type=float, dest="drain_s", help="drain deadline on SIGTERM")
@@ -186,7 +193,7 @@ async def dev(settings: Settings) -> None:
         rate=settings.rate,
         speed=settings.speed,
     )
-    pipeline = EmbeddedPipeline(feed, store, broker)
+    pipeline = EmbeddedPipeline(feed, store, broker, stale_after_s=settings.stale_after_s or None)
     web_dist = await asyncio.to_thread(ensure_built, WEB_DIR) if settings.web == "auto" else None
     app = build_app(gateway, background=[pipeline.run], web_dist=web_dist)
     await serve(app, settings, gateway)
@@ -245,7 +252,11 @@ async def books(settings: Settings) -> None:
             settings.kafka,
             store,
             broker,
-            config=BooksConfig(group_id=settings.group, topics=_topic_names(settings)),
+            config=BooksConfig(
+                group_id=settings.group,
+                topics=_topic_names(settings),
+                stale_after_s=settings.stale_after_s or None,
+            ),
         )
         loop = asyncio.get_running_loop()
         stopping: list[asyncio.Task[None]] = []

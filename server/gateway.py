@@ -7,36 +7,90 @@ import asyncio
 import logging
 import random
 import time
+from dataclasses import dataclass
 
 import msgspec
 
 from channels.broker import Broker
+from channels.conflate import ConflationStats
 from channels.frame import Frame
 from channels.hub import Hub
 from channels.relay import Relay
 from channels.store import Store
-from protocol import Heartbeat
+from protocol import Heartbeat, Snapshot
 from server.outbox import Outbox
-from server.session import Session
+from server.resume_token import TOKEN_BUDGET
+from server.session import MAX_CONFLATE_MS, Session
 from server.settings import Settings
 
 log = logging.getLogger(__name__)
+
+#: Default of the send timeout, which :class:`Settings` does not carry yet.
+SEND_TIMEOUT_S = 30.0
+#: Conflated snapshot frames kept for sharing between clients.
+_SNAPSHOT_FRAMES = 4_096
+#: Whether the protocol's snapshot has the ``conflated`` marker yet (a proposed field).
+_MARKS_CONFLATED = "conflated" in Snapshot.__struct_fields__
+
+
+@dataclass(frozen=True, slots=True)
+class DeliveryLimits:
+    """Per-connection delivery limits (see ``docs/guarantees.md``).
+
+    ``queue_frames``: frames queued for one client before it is closed with 4001.
+    ``conflate_after_frames``: queued frames past which a client's backlog is conflated
+    (default: a quarter of ``queue_frames``).
+    ``send_timeout_s``: longest one write to a client may block before the client is
+    dropped as dead (4002 on the WebSocket; the SSE stream ends).
+    ``max_conflate_ms``: largest conflation interval a client may ask for.
+    ``token_budget``: longest SSE resume token (characters) before a stream falls back
+    to single-market tokens.
+    """
+
+    queue_frames: int = 4_096
+    conflate_after_frames: int = 1_024
+    send_timeout_s: float = SEND_TIMEOUT_S
+    max_conflate_ms: int = MAX_CONFLATE_MS
+    token_budget: int = TOKEN_BUDGET
+
+    @classmethod
+    def of(cls, settings: Settings) -> DeliveryLimits:
+        """The limits of ``settings``. The settings object gains ``conflate_after_frames``
+        and ``send_timeout_s`` in ``server/settings.py``; until then, the defaults here."""
+        conflate_after = getattr(settings, "conflate_after_frames", None)
+        return cls(
+            queue_frames=settings.queue_frames,
+            conflate_after_frames=int(conflate_after or settings.queue_frames // 4),
+            send_timeout_s=float(getattr(settings, "send_timeout_s", SEND_TIMEOUT_S)),
+        )
 
 
 class GatewayStats(msgspec.Struct):
     connections: int = 0
     connections_total: int = 0
     slow_consumer_closes: int = 0
+    dead_client_closes: int = 0
+    """Clients dropped because a write to them stayed blocked past ``send_timeout_s``."""
     protocol_errors: int = 0
 
 
 class Gateway:
-    def __init__(self, settings: Settings, broker: Broker, store: Store):
+    def __init__(
+        self,
+        settings: Settings,
+        broker: Broker,
+        store: Store,
+        *,
+        limits: DeliveryLimits | None = None,
+    ):
         self.settings = settings
+        self.limits = limits or DeliveryLimits.of(settings)
         self.store = store
         self.hub = Hub()
         self.relay = Relay(broker, store, self.hub)
         self.stats = GatewayStats()
+        self.conflation = ConflationStats()
+        self._snapshot_frames: dict[str, tuple[Snapshot, Frame]] = {}
         self.ready = False
         self.draining = False
         self.sessions: set[Session] = set()
@@ -54,11 +108,20 @@ class Gateway:
     def open_session(self) -> Session:
         self.stats.connections += 1
         self.stats.connections_total += 1
+        limits = self.limits
+        outbox = Outbox(
+            limits.queue_frames,
+            soft_limit=limits.conflate_after_frames,
+            book_of=self.relay.current,
+            snapshot_frame=self._snapshot_frame,
+            stats=self.conflation,
+        )
         session = Session(
             self.relay,
             self.store,
-            Outbox(self.settings.queue_frames),
+            outbox,
             max_subscriptions=self.settings.max_subscriptions,
+            max_conflate_ms=limits.max_conflate_ms,
         )
         self.sessions.add(session)
         self._idle.clear()
@@ -95,6 +158,21 @@ class Gateway:
                 await self._idle.wait()
         except TimeoutError:
             log.warning("drain deadline passed with %d connections left", len(self.sessions))
+
+    def _snapshot_frame(self, book: Snapshot) -> Frame:
+        """The frame of a conflated snapshot (marked ``conflated`` once the protocol has
+        the field), shared by every client conflated to the same book (encode once): the
+        books come from the relay, which makes one object per version of a market, so
+        the last frame made of a market is reused while its book is the same object."""
+        cached = self._snapshot_frames.get(book.market_id)
+        if cached is not None and cached[0] is book:
+            return cached[1]
+        marked = msgspec.structs.replace(book, conflated=True) if _MARKS_CONFLATED else book
+        frame = Frame(marked)
+        if len(self._snapshot_frames) >= _SNAPSHOT_FRAMES:
+            self._snapshot_frames.clear()  # Bounded; a miss only costs an encode.
+        self._snapshot_frames[book.market_id] = (book, frame)
+        return frame
 
     @staticmethod
     def heartbeat() -> Frame:

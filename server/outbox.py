@@ -1,25 +1,65 @@
-"""A client's bounded outgoing buffer.
+"""A client's bounded, conflating outgoing buffer.
 
-Fan-out calls :meth:`Outbox.offer` synchronously; it never blocks. Past ``limit`` frames
-the outbox is marked overflowed and stops accepting: the transport then closes the
-connection with a "reconnect and resume" code, and the client resumes from its last seq
-(conflation of slow clients is a later refinement of this policy).
+Fan-out calls :meth:`Outbox.offer` synchronously; it never blocks and is O(1). Behind it
+is a :class:`~channels.conflate.Conflator`: while the client keeps up, frames queue as
+they are (shared bytes); once it falls behind (``soft_limit`` frames queued) or when it
+asked for a conflation interval, a market's queued updates fold into one exact snapshot
+(state changes kept, see :mod:`channels.conflate`). Past ``limit`` queued frames the
+outbox is marked overflowed and stops accepting: the transport then closes the connection
+with "reconnect and resume" (4001), and the client resumes from its last seq.
+
+The writer takes frames in batches of at most ``batch``, so a backlog stays here, where
+it can still be conflated, rather than in a batch already being written.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections import deque
+from collections.abc import Callable
 
+from channels.conflate import ConflationStats, Conflator
 from channels.frame import Frame
+from protocol import Snapshot
+
+#: Frames taken per write batch.
+BATCH = 64
 
 
 class Outbox:
-    __slots__ = ("_frames", "_limit", "_ready", "closed", "closing", "overflow", "overflowed")
+    __slots__ = (
+        "_batch",
+        "_clock",
+        "_holding",
+        "_queue",
+        "_ready",
+        "closed",
+        "closing",
+        "overflow",
+        "overflowed",
+    )
 
-    def __init__(self, limit: int):
-        self._frames: deque[Frame] = deque()
-        self._limit = limit
+    def __init__(
+        self,
+        limit: int,
+        *,
+        soft_limit: int | None = None,
+        book_of: Callable[[str], Snapshot | None] | None = None,
+        snapshot_frame: Callable[[Snapshot], Frame] = Frame,
+        stats: ConflationStats | None = None,
+        clock: Callable[[], float] | None = None,
+        batch: int = BATCH,
+    ):
+        soft = limit // 4 if soft_limit is None else min(soft_limit, limit - 1)
+        self._queue = Conflator(
+            soft_limit=soft,
+            hard_limit=limit,
+            book_of=book_of or (lambda market_id: None),
+            snapshot_frame=snapshot_frame,
+            stats=stats,
+        )
+        self._clock = clock or asyncio.get_running_loop().time
+        self._batch = batch
+        self._holding = False
         self._ready = asyncio.Event()
         self.overflowed = False
         self.closed = False
@@ -28,16 +68,36 @@ class Outbox:
         # send to a client that stopped reading.
         self.overflow = asyncio.Event()
 
+    @property
+    def interval_s(self) -> float:
+        return self._queue.interval_s
+
+    @interval_s.setter
+    def interval_s(self, value: float) -> None:
+        """The client's conflation interval (``conflate_ms`` / 1000; 0: off)."""
+        if not self.closing:
+            self._queue.interval_s = value
+            self._holding = value > 0
+            self._ready.set()
+
     def offer(self, frame: Frame) -> None:
         if self.overflowed or self.closed or self.closing:
             return
-        if len(self._frames) >= self._limit:
+        queue = self._queue
+        # With an interval, updates held for the next flush need not wake the writer: it
+        # sleeps until the flush, which it learnt of when the queue stopped being empty.
+        quiet = self._holding and bool(queue)
+        if not queue.offer(frame):
             self.overflowed = True
-            self._frames.clear()
+            queue.clear()
             self.overflow.set()
-        else:
-            self._frames.append(frame)
-        self._ready.set()
+            self._ready.set()
+        elif not quiet or queue.wait_s(self._clock()) == 0.0:
+            self._ready.set()
+
+    def pin(self, market_id: str) -> None:
+        """The next frame of ``market_id`` goes out as it is, never conflated (resume)."""
+        self._queue.pin(market_id)
 
     def close(self) -> None:
         """Stop at once; buffered frames are dropped."""
@@ -45,29 +105,38 @@ class Outbox:
         self._ready.set()
 
     def finish(self) -> None:
-        """Stop after the frames already buffered have been taken (used by drain)."""
+        """Stop after the frames already buffered have been taken (used by drain); any
+        conflation interval is lifted so they go at once."""
         self.closing = True
-        if not self._frames:
+        self._queue.release_all()
+        self._holding = False
+        if not self._queue:
             self.closed = True
         self._ready.set()
 
     async def take(self, wait_s: float) -> list[Frame]:
-        """Every buffered frame, waiting up to ``wait_s`` s for one; [] on timeout, on
-        overflow or on close (check the flags)."""
-        if not self._frames and not self.overflowed and not self.closed:
+        """The next batch of frames, waiting up to ``wait_s`` s for one; [] on timeout,
+        on overflow or on close (check the flags)."""
+        clock = self._clock
+        deadline = clock() + wait_s
+        while not (self.overflowed or self.closed):
+            now = clock()
+            frames = self._queue.take(now, self._batch)
+            if frames:
+                if self.closing and not self._queue:
+                    self.closed = True  # The next take reports the close.
+                return frames
+            remaining = deadline - now
+            if remaining <= 0:
+                return []
+            due = self._queue.wait_s(now)
             self._ready.clear()
             try:
-                async with asyncio.timeout(wait_s):
+                async with asyncio.timeout(remaining if due is None else min(remaining, due)):
                     await self._ready.wait()
             except TimeoutError:
-                return []
-        if self.overflowed or self.closed:
-            return []
-        frames = list(self._frames)
-        self._frames.clear()
-        if self.closing:
-            self.closed = True  # The next take reports the close.
-        return frames
+                pass  # Deadline or flush time: look again.
+        return []
 
     def __len__(self) -> int:
-        return len(self._frames)
+        return len(self._queue)

@@ -1,19 +1,37 @@
-"""REST: events, market summaries, a market's snapshot, health and metrics."""
+"""REST: events, market summaries, markets' snapshots, health and metrics.
+
+A snapshot answer carries the header ``X-Oddstream-Token``: the resume token of the
+snapshots it holds (:mod:`server.resume_token`). Passed to ``/sse`` as ``Last-Event-ID``
+or ``?last_event_id=``, it continues every one of those markets from exactly the
+snapshot's seq, so a client can load over HTTP and then stream with nothing missed or
+doubled.
+"""
 
 from __future__ import annotations
+
+from collections.abc import Iterable
 
 import msgspec
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 import protocol
+from protocol import ErrorCode, Snapshot
 from server.gateway import Gateway
+from server.resume_token import PositionTracker
 
 _encoder = msgspec.json.Encoder(decimal_format="string")
 
+#: Response header carrying the resume token of the snapshots in the body.
+TOKEN_HEADER = "X-Oddstream-Token"  # noqa: S105 - a header name, not a secret
 
-def json_response(payload: bytes, status_code: int = 200) -> Response:
-    return Response(payload, status_code=status_code, media_type="application/json")
+
+def json_response(
+    payload: bytes, status_code: int = 200, headers: dict[str, str] | None = None
+) -> Response:
+    return Response(
+        payload, status_code=status_code, media_type="application/json", headers=headers
+    )
 
 
 def error_response(code: str, message: str, status_code: int) -> Response:
@@ -54,7 +72,62 @@ async def get_market(request: Request) -> Response:
     snapshot = gateway.relay.current(market_id) or await gateway.store.snapshot(market_id)
     if snapshot is None:
         return error_response("unknown_market", f"unknown market: {market_id}", 404)
-    return json_response(protocol.encode(snapshot))
+    return json_response(protocol.encode(snapshot), headers=_token_header(gateway, [snapshot]))
+
+
+async def get_snapshots(request: Request) -> Response:
+    """``GET /v1/snapshots?markets=a,b&events=x&lobbies=football``: the snapshots of the
+    named markets, of every market of the events and of the sports' main markets, as a
+    JSON array (each the same object as a ``snapshot`` message), with their resume token
+    in ``X-Oddstream-Token``. All or nothing: an unknown name is a 404."""
+    gateway = _gateway(request)
+    query = request.query_params
+    markets, events, lobbies = (split_names(query.get(k)) for k in ("markets", "events", "lobbies"))
+    if not (markets or events or lobbies):
+        return error_response(ErrorCode.INVALID, "give markets=, events= or lobbies=", 400)
+    limit = gateway.settings.max_subscriptions
+    if len(markets) + len(events) + len(lobbies) > limit:
+        return error_response(
+            ErrorCode.TOO_MANY_SUBSCRIPTIONS, f"at most {limit} names per request", 400
+        )
+    store = gateway.store
+    ids = list(markets)
+    for event_id in events:
+        if await store.event(event_id) is None:
+            return error_response(ErrorCode.UNKNOWN_EVENT, f"unknown event: {event_id}", 404)
+        ids += await store.market_ids(event_id)
+    for sport in lobbies:
+        if not await store.events(sport):
+            return error_response(ErrorCode.UNKNOWN_LOBBY, f"no events for sport {sport!r}", 404)
+        ids += await store.lobby(sport)
+    ids = list(dict.fromkeys(ids))
+    # The node's own books where it has them (as fresh as what its clients see), else
+    # storage; each is an exact book at its seq either way.
+    local = {m: s for m in ids if (s := gateway.relay.current(m)) is not None}
+    stored = {s.market_id: s for s in await store.snapshots(m for m in ids if m not in local)}
+    missing = [m for m in markets if m not in local and m not in stored]
+    if missing:
+        return error_response(
+            ErrorCode.UNKNOWN_MARKET, f"unknown market(s): {', '.join(missing)}", 404
+        )
+    snapshots = [s for m in ids if (s := local.get(m) or stored.get(m)) is not None]
+    body = b"[" + b",".join(protocol.encode(s) for s in snapshots) + b"]"
+    return json_response(body, headers=_token_header(gateway, snapshots))
+
+
+def split_names(value: str | None) -> tuple[str, ...]:
+    """``a,b,,a`` -> ``("a", "b")``: a comma-separated query parameter, deduplicated."""
+    return tuple(dict.fromkeys(v for v in (value or "").split(",") if v))
+
+
+def _token_header(gateway: Gateway, snapshots: Iterable[Snapshot]) -> dict[str, str]:
+    """The resume-token header of ``snapshots``; none when the token would pass the
+    budget (resume then starts from fresh snapshots)."""
+    tracker = PositionTracker(budget=gateway.limits.token_budget)
+    for s in snapshots:
+        tracker.update(s.market_id, s.epoch, s.seq)
+    token = tracker.token()
+    return {} if token is None else {TOKEN_HEADER: token}
 
 
 async def healthz(request: Request) -> Response:
@@ -79,7 +152,14 @@ async def metrics(request: Request) -> Response:
         f"oddstream_deliveries_total {gateway.hub.delivered}",
         "# TYPE oddstream_slow_consumer_closes_total counter",
         f"oddstream_slow_consumer_closes_total {gateway.stats.slow_consumer_closes}",
+        "# TYPE oddstream_dead_client_closes_total counter",
+        f"oddstream_dead_client_closes_total {gateway.stats.dead_client_closes}",
     ]
+    for name, value in msgspec.structs.asdict(gateway.conflation).items():
+        lines += [
+            f"# TYPE oddstream_conflation_{name}_total counter",
+            f"oddstream_conflation_{name}_total {value}",
+        ]
     for name, value in msgspec.structs.asdict(gateway.relay.stats).items():
         lines += [
             f"# TYPE oddstream_relay_{name}_total counter",

@@ -29,20 +29,33 @@ from protocol import (
     Unsubscribe,
 )
 from server.outbox import Outbox
+from server.resume_token import TokenError, decode_token
 
 log = logging.getLogger(__name__)
 
 _RESUME_ATTEMPTS = 3
 
+#: Largest conflation interval a client may ask for (``conflate_ms``).
+MAX_CONFLATE_MS = 60_000
+
 
 class Session:
     """Subscriptions of one connection. ``offer`` makes it a hub subscriber."""
 
-    def __init__(self, relay: Relay, store: Store, outbox: Outbox, *, max_subscriptions: int):
+    def __init__(
+        self,
+        relay: Relay,
+        store: Store,
+        outbox: Outbox,
+        *,
+        max_subscriptions: int,
+        max_conflate_ms: int = MAX_CONFLATE_MS,
+    ):
         self._relay = relay
         self._store = store
         self.outbox = outbox
         self._max = max_subscriptions
+        self._max_conflate_ms = max_conflate_ms
         self.markets: set[str] = set()
         self.events: set[str] = set()
         self.lobbies: set[str] = set()
@@ -68,6 +81,7 @@ class Session:
         """Run one command. Raises :class:`ProtocolError` when it is refused (the session
         is then unchanged) and :class:`StoreError` when storage fails."""
         self.authorize(command)
+        conflate_ms = self._conflation_of(command)
         match command:
             case Subscribe():
                 await self._subscribe(command)
@@ -77,6 +91,8 @@ class Session:
                 await self._resume(command)
             case Ping():
                 self.send(Ack(command="ping", id=command.id))
+        if conflate_ms is not None:
+            self.conflate(conflate_ms)
 
     async def run(self, command: ClientCommand) -> None:
         """Run one command; a refusal or failure becomes an ``error`` frame."""
@@ -90,6 +106,28 @@ class Session:
     def authorize(self, command: ClientCommand) -> None:
         """The single place where a command is checked against the connection's rights
         (JWT channel claims come here). Everything is allowed for now."""
+
+    # -- conflation ------------------------------------------------------------------------------
+
+    def conflate(self, conflate_ms: int) -> None:
+        """Deliver at most one merged update per market every ``conflate_ms`` (0: as they
+        come, conflating only when the client falls behind). Raises
+        :class:`ProtocolError` (``invalid``) outside 0..``max_conflate_ms``."""
+        if not 0 <= conflate_ms <= self._max_conflate_ms:
+            raise ProtocolError(ErrorCode.INVALID, f"conflate_ms must be 0-{self._max_conflate_ms}")
+        self.outbox.interval_s = conflate_ms / 1000
+
+    def _conflation_of(self, command: ClientCommand) -> int | None:
+        """The command's ``conflate_ms``, checked (a refused command changes nothing).
+        It is a proposed protocol field of subscribe/resume (see docs/guarantees.md),
+        read here as soon as the command type has it; until then transports take it
+        from the connection URL."""
+        value = getattr(command, "conflate_ms", None)
+        if not isinstance(value, int) or isinstance(value, bool):
+            return None
+        if not 0 <= value <= self._max_conflate_ms:
+            raise ProtocolError(ErrorCode.INVALID, f"conflate_ms must be 0-{self._max_conflate_ms}")
+        return value
 
     # -- subscribe -------------------------------------------------------------------------------
 
@@ -278,7 +316,7 @@ class Session:
         """Re-attach each market from the client's position: the missed deltas from
         history when they are all there, else a snapshot flagged ``reset``; events and
         lobbies of the command are subscribed as by ``subscribe``."""
-        positions = {p.market_id: p for p in cmd.positions}
+        positions = {p.market_id: p for p in (*self._token_positions(cmd), *cmd.positions)}
         hub = self._relay.hub
         # Markets this connection already streams (a client that saw a gap) restart from
         # the client's position, keeping why they are subscribed.
@@ -288,6 +326,20 @@ class Session:
                 hub.detach(m, self, reason)
             await self._resume_one(positions.pop(m), *reasons)
         await self._open("resume", cmd.id, positions, cmd.events, cmd.lobbies, positions)
+
+    @staticmethod
+    def _token_positions(cmd: Resume) -> list[Position]:
+        """Positions of a resume token (a REST snapshot's or an SSE stream's) carried by
+        ``resume``: ``token`` is a proposed protocol field, read here as soon as the
+        command type has it. Explicit positions win over the token's; an unreadable
+        token adds nothing (those markets start from snapshots)."""
+        token = getattr(cmd, "token", None)
+        if not isinstance(token, str):
+            return []
+        try:
+            return decode_token(token)
+        except TokenError:
+            return []
 
     async def _resume_one(self, p: Position, *reasons: str) -> None:
         m = p.market_id
@@ -313,6 +365,9 @@ class Session:
             ]
             if (deltas[-1][0].seq if deltas else p.seq) < current.seq:
                 continue  # More arrived while history was fetched; fetch again.
+            # The first message of the market after the position goes out as it is, so
+            # the client sees its resume continue; conflation may merge what follows.
+            self.outbox.pin(m)
             for delta, payload in deltas:
                 self.offer(Frame(delta, payload))
             for reason in reasons:

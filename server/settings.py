@@ -26,11 +26,15 @@ class Settings:
     max_frame_bytes: int = 65_536
     max_subscriptions: int = 500
     queue_frames: int = 4_096
+    conflate_after_frames: int = 0
     heartbeat_s: float = 15.0
+    send_timeout_s: float = 30.0
     close_timeout_s: float = 2.0
     drain_s: float = 10.0
     # Storage.
     history_size: int = 256
+    # Book processors (and the embedded pipeline).
+    stale_after_s: float = 10.0
     # Embedded (dev) feed.
     seed: int = 1
     events: int = 12
@@ -51,7 +55,15 @@ class Settings:
         _check(self.max_frame_bytes, "max_frame_bytes", self.max_frame_bytes >= 256, ">= 256")
         _check(self.max_subscriptions, "max_subscriptions", self.max_subscriptions >= 1, ">= 1")
         _check(self.queue_frames, "queue_frames", self.queue_frames >= 16, ">= 16")
+        _check(
+            self.conflate_after_frames,
+            "conflate_after_frames",
+            0 <= self.conflate_after_frames < self.queue_frames,
+            "0 (a quarter of queue_frames) up to queue_frames - 1",
+        )
         _check(self.heartbeat_s, "heartbeat_s", self.heartbeat_s > 0, "> 0")
+        _check(self.send_timeout_s, "send_timeout_s", self.send_timeout_s > 0, "> 0")
+        _check(self.stale_after_s, "stale_after_s", self.stale_after_s >= 0, ">= 0 (0: never)")
         _check(self.close_timeout_s, "close_timeout_s", self.close_timeout_s > 0, "> 0")
         _check(self.drain_s, "drain_s", self.drain_s > 0, "> 0")
         _check(self.history_size, "history_size", self.history_size >= 1, ">= 1")

@@ -7,6 +7,7 @@ import asyncio
 import httpx
 
 import protocol
+from server.resume_token import decode_token
 from tests.component.stack import (
     T0,
     Books,
@@ -50,7 +51,12 @@ async def test_sse_event_stream_rebuilds_books_equal_to_rest() -> None:
         for market_id in (M1, M2):
             rest = protocol.decode_server((await http.get(f"/v1/markets/{market_id}")).content)
             assert books.markets[market_id] == rest
-        assert (ids[-1] is not None and ids[-1].endswith(f"~{M1}")) or ids[-1].endswith(f"~{M2}")
+        # The last id holds the position of every market of the stream.
+        assert ids[-1] is not None
+        assert decode_token(ids[-1]) == [
+            protocol.Position(market_id=m, epoch=books.markets[m].epoch, seq=books.at(m))
+            for m in sorted((M1, M2))
+        ]
 
 
 async def test_sse_last_event_id_resumes_exactly() -> None:
@@ -66,7 +72,10 @@ async def test_sse_last_event_id_resumes_exactly() -> None:
                 if isinstance(message, protocol.Snapshot):
                     break
             await stream.aclose()
-        assert last_id == f"4~{books.markets[M1].epoch}~{M1}"
+        assert last_id is not None
+        assert decode_token(last_id) == [
+            protocol.Position(market_id=M1, epoch=books.markets[M1].epoch, seq=4)
+        ]
         await stack.feed.send(*price_walk(M1, 5, T0 + 100))
         stream = sse_messages(http, f"/sse?markets={M1}", headers={"Last-Event-ID": last_id})
         async with asyncio.timeout(10):

@@ -133,16 +133,23 @@ export interface Reconnect {
 /**
  * Resubscribe after a reconnect. For each position the server sends exactly the
  * deltas after it when they are still in history, else a snapshot with `reset`.
+ * `token` (a REST `X-Oddstream-Token` or an SSE `id:`) adds the positions it
+ * holds (send `positions: []` with it); explicit `positions` win. `conflate_ms`
+ * as on `subscribe`.
  */
 export interface Resume {
   readonly type: "resume";
   readonly positions: readonly Position[];
+  /** @default null */
+  readonly conflate_ms?: number | null;
   /** @default [] */
   readonly events?: readonly string[];
   /** @default null */
   readonly id?: string | number | null;
   /** @default [] */
   readonly lobbies?: readonly string[];
+  /** @default null */
+  readonly token?: string | null;
 }
 
 /**
@@ -218,6 +225,9 @@ export interface SelectionChange {
  * `reset` is true when the snapshot replaces a stream the client could not resume
  * (history gone, epoch changed, gap): the client must drop what it had for this market.
  * `volume` is the market's traded volume, when the feed gives one (an exchange).
+ * `conflated` is true when the snapshot stands in for updates merged because the
+ * client fell behind or asked for `conflate_ms`: exact at `seq`, it replaces the book
+ * like any snapshot.
  */
 export interface Snapshot {
   readonly type: "snapshot";
@@ -232,6 +242,8 @@ export interface Snapshot {
   readonly status: "closed" | "open" | "settled" | "suspended" | "voided";
   readonly ts: number;
   /** @default false */
+  readonly conflated?: boolean;
+  /** @default false */
   readonly main?: boolean;
   /** @default null */
   readonly reason?: string | null;
@@ -244,9 +256,13 @@ export interface Snapshot {
 /**
  * Subscribe to markets, to every market of events, and/or to sports' lobbies of main
  * markets. The server answers `ack`, then a snapshot per market, then deltas.
+ * `conflate_ms` (0-60000) asks for at most one update per market per interval, for the
+ * whole connection.
  */
 export interface Subscribe {
   readonly type: "subscribe";
+  /** @default null */
+  readonly conflate_ms?: number | null;
   /** @default [] */
   readonly events?: readonly string[];
   /** @default null */
