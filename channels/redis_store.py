@@ -394,6 +394,10 @@ class RedisStore:
         events = [_event_decoder.decode(r) for r in event_raws if r is not None]
         return snaps, events
 
+    async def ping(self) -> None:
+        """PING; raises :class:`StoreError` naming the server when it does not answer."""
+        await self._run(ping(self._client, 1.0), "ping")
+
     async def close(self) -> None:
         try:
             await self._client.aclose()

@@ -93,6 +93,9 @@ class Store(Protocol):
     async def load_partition(self, partition: int) -> tuple[list[Snapshot], list[EventState]]:
         """Snapshots and events of every event that hashes to ``partition`` (restore)."""
 
+    async def ping(self) -> None:
+        """Raise :class:`StoreError` when storage does not answer (readiness)."""
+
     async def close(self) -> None: ...
 
 
@@ -186,6 +189,9 @@ class MemoryStore:
             e for e in self._events.values() if self._partition_of.get(e.event_id) == partition
         ]
         return snaps, events
+
+    async def ping(self) -> None:
+        return None
 
     async def close(self) -> None:
         return None

@@ -16,6 +16,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 import protocol
+from channels.store import StoreError
 from protocol import ErrorCode, Snapshot
 from server.gateway import Gateway
 from server.resume_token import PositionTracker
@@ -135,10 +136,16 @@ async def healthz(request: Request) -> Response:
 
 
 async def readyz(request: Request) -> Response:
+    """Ready when started, not draining, and storage answers (a load balancer stops
+    sending new clients to a gateway that cannot serve snapshots)."""
     gateway = _gateway(request)
-    if gateway.ready and not gateway.draining:
-        return JSONResponse({"status": "ready"})
-    return JSONResponse({"status": "draining" if gateway.draining else "starting"}, 503)
+    if not gateway.ready or gateway.draining:
+        return JSONResponse({"status": "draining" if gateway.draining else "starting"}, 503)
+    try:
+        await gateway.store.ping()
+    except StoreError as exc:
+        return JSONResponse({"status": "unavailable", "reason": str(exc)}, 503)
+    return JSONResponse({"status": "ready"})
 
 
 async def metrics(request: Request) -> Response:

@@ -144,3 +144,20 @@ async def test_sse_resume_token_in_the_query_string() -> None:
                     break
             await stream.aclose()
         assert books.markets[M1] == stack.feed.book(M1)
+
+
+async def test_readyz_reflects_storage_and_drain() -> None:
+    from channels.store import StoreError
+
+    async with running_stack() as stack, httpx.AsyncClient(base_url=stack.url) as http:
+        assert (await http.get("/readyz")).status_code == 200
+
+        async def down() -> None:
+            raise StoreError("Redis at redis://127.0.0.1:1/0: ping failed")
+
+        stack.store.ping = down  # type: ignore[method-assign]
+        response = await http.get("/readyz")
+        assert response.status_code == 503
+        assert "redis://127.0.0.1:1/0" in response.json()["reason"]
+        stack.gateway.draining = True
+        assert (await http.get("/readyz")).json()["status"] == "draining"
