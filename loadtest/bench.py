@@ -1,0 +1,1074 @@
+"""The fan-out benchmark: oddstream against the machine's ceiling and two peers, in one run.
+
+    python -m loadtest.bench                      # every scenario, full size
+    python -m loadtest.bench --quick --json out.json
+    python -m loadtest.bench --scenarios ws_5k,sse_5k --repeat 2
+
+Per scenario it starts each system under test (``loadtest.gateway_driver``: the oddstream
+gateway; ``loadtest.ceiling``: pre-encoded frames written straight to the sockets;
+``loadtest.broadcaster_peer``: starlette + broadcaster; ``loadtest.pushpin_peer``:
+Pushpin), connects the same lean clients to it (``loadtest.client``, several processes
+on 127.0.0.1), and measures two phases with the very same payloads:
+
+* **throughput**: the publisher keeps 8 deliveries per client in flight (it reads what the
+  clients counted), so every system is driven at its own maximum with the same queued
+  work: delivered messages/s and deltas/s, server CPU (cores), RSS;
+* **latency**: a fixed rate (20k deliveries/s by default), identical for every system:
+  feed timestamp to client receipt, p50/p95/p99/max.
+
+RSS per connection is (RSS with the clients connected and idle - RSS before) / clients,
+and again under load. The end-to-end (Kafka + Redis) and ``books`` scenarios are in
+:mod:`loadtest.e2e`. Nothing here asserts timings: goals are printed as met or not.
+
+Every child process runs in its own process group and is stopped on exit, Ctrl-C included.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import math
+import os
+import platform
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+from loadtest import procs, profile
+from loadtest.board import (
+    H_GEN,
+    H_MODE,
+    H_PACK,
+    H_PUBLISHER_ALIVE,
+    H_RATE_MILLI,
+    H_RECORD,
+    H_STOP,
+    H_SUBS,
+    H_WINDOW,
+    MODE_IDLE,
+    MODE_RATE,
+    MODE_WINDOW,
+    S_CLOSED,
+    S_CONNECTED,
+    S_DELTAS,
+    S_DONE,
+    S_FAILED,
+    S_FRAMES,
+    S_SLOW_CLOSED,
+    S_SLOW_DELTAS,
+    S_SLOW_FRAMES,
+    Board,
+    diff,
+    max_ms,
+    percentiles,
+)
+from loadtest.payloads import market_ids, subscribe_command
+
+SYSTEMS = ("oddstream", "ceiling", "broadcaster", "pushpin")
+PEERS = ("broadcaster", "pushpin")
+EXPERIMENT = "oddstream_gc_tuned"
+"""The same gateway with the garbage collector tuned (``gateway_driver --gc tuned``): an
+experiment backing a proposal in docs/performance.md, never one of the figures judged."""
+MARKETS = 10
+WINDOW_PER_CLIENT = 8
+LATENCY_DELIVERIES_PER_S = 20_000
+"""The latency phase's load (the e2e goal's figure), the same for every system."""
+LOW_LATENCY_DELIVERIES_PER_S = 5_000
+"""A second, lighter latency point: latency without queueing on a small machine."""
+FD_RESERVE = 64
+"""File descriptors a server keeps besides its client sockets."""
+
+
+@dataclass(frozen=True)
+class Timing:
+    settle_s: float
+    warm_s: float
+    measure_s: float
+    latency_settle_s: float
+    latency_s: float
+
+
+FULL = Timing(settle_s=2.0, warm_s=2.0, measure_s=6.0, latency_settle_s=2.0, latency_s=6.0)
+QUICK = Timing(settle_s=0.3, warm_s=0.5, measure_s=1.0, latency_settle_s=0.5, latency_s=1.0)
+
+
+@dataclass(frozen=True)
+class Fanout:
+    """A fan-out scenario: every client follows the same hot markets (a lobby); every
+    publish reaches every client."""
+
+    name: str
+    transport: str
+    clients: int
+    quick_clients: int
+    systems: tuple[str, ...] = SYSTEMS
+    quick_systems: tuple[str, ...] = ("oddstream", "ceiling")
+    packed_ceiling: bool = False
+    experiment: bool = False
+    title: str = ""
+
+
+FANOUTS = (
+    Fanout("ws_1k", "ws", 1_000, 100, quick_systems=SYSTEMS, title="WebSocket fan-out, 1k"),
+    Fanout(
+        "ws_5k",
+        "ws",
+        5_000,
+        200,
+        packed_ceiling=True,
+        experiment=True,
+        title="WebSocket fan-out, 5k",
+    ),
+    Fanout("ws_20k", "ws", 20_000, 300, title="WebSocket fan-out, 20k"),
+    Fanout("sse_1k", "sse", 1_000, 100, quick_systems=SYSTEMS, title="SSE fan-out, 1k"),
+    Fanout("sse_5k", "sse", 5_000, 200, title="SSE fan-out, 5k"),
+)
+SCENARIOS = (*(f.name for f in FANOUTS), "slow_mix", "e2e", "books")
+
+
+@dataclass
+class Run:
+    """One system measured in one scenario."""
+
+    system: str
+    transport: str
+    requested: int
+    available: bool = True
+    reason: str = ""
+    values: dict[str, Any] = field(default_factory=dict)
+
+
+# -- running one system -------------------------------------------------------------------------
+
+
+def client_processes(n: int) -> int:
+    if n <= 500:
+        return 1
+    return max(2, min(4, math.ceil(n / 5000)))
+
+
+def fd_limit() -> int:
+    return resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+
+
+def _server_argv(system: str, board: Path) -> list[str]:
+    if system == EXPERIMENT:
+        return [*_server_argv("oddstream", board), "--gc", "tuned"]
+    common = ["--board", str(board), "--port", "0", "--markets", str(MARKETS)]
+    if system == "websockets":  # A stack candidate (loadtest.stack_candidates).
+        return procs.python("loadtest.stack_candidates", "serve", *common)
+    if system == "broadcaster_plain_sse":
+        return procs.python("loadtest.broadcaster_peer", *common, "--sse", "plain")
+    module = {
+        "oddstream": "loadtest.gateway_driver",
+        "ceiling": "loadtest.ceiling",
+        "broadcaster": "loadtest.broadcaster_peer",
+        "pushpin": "loadtest.pushpin_peer",
+    }[system]
+    return procs.python(module, "--board", str(board), "--port", "0", "--markets", str(MARKETS))
+
+
+def _client_target(system: str, transport: str, base: str) -> tuple[str, str | None, str | None]:
+    """(url, command, subprotocol) for the clients of ``system``."""
+    markets = market_ids(MARKETS)
+    host = base.split("://", 1)[1].rstrip("/")
+    if transport == "ws":
+        if system.startswith("oddstream"):
+            return f"ws://{host}/ws", subscribe_command(markets).decode(), "oddstream.v1.json"
+        return f"ws://{host}/ws", subscribe_command(markets).decode(), None
+    if system.startswith("oddstream"):
+        return f"http://{host}/sse?markets={','.join(markets)}", None, None
+    return f"http://{host}/sse", None, None
+
+
+def new_board(slots: int) -> Board:
+    """A fresh scoreboard file, in shared memory where there is some."""
+    shm = "/dev/shm" if os.path.isdir("/dev/shm") else None  # noqa: S108 - tmpfs, by design
+    fd, name = tempfile.mkstemp(prefix="oddstream-bench-", dir=shm)
+    os.close(fd)
+    return Board(Path(name), slots, create=True)
+
+
+class Sample:
+    """Counters, CPU and RSS at one moment."""
+
+    def __init__(self, board: Board, pids: Sequence[int], clients: Sequence[int] = ()):
+        self.t = time.monotonic()
+        self.client_cpu = procs.cpu_seconds(clients)
+        self.frames = board.total(S_FRAMES)
+        self.deltas = board.total(S_DELTAS)
+        self.slow_frames = board.total(S_SLOW_FRAMES)
+        self.slow_deltas = board.total(S_SLOW_DELTAS)
+        self.cpu = procs.cpu_seconds(pids)
+        self.rss = procs.rss_kib(pids)
+        self.writes = procs.write_syscalls(pids)
+
+
+def measure(
+    system: str,
+    transport: str,
+    clients: int,
+    timing: Timing,
+    *,
+    latency_rate: float | None = LATENCY_DELIVERIES_PER_S,
+    latency_fraction: float | None = None,
+    throughput: bool = True,
+    pack: int = 1,
+    slow_every: int = 0,
+    extra_latency_rates: Sequence[float] = (),
+    profile_to: Path | None = None,
+    log: Callable[[str], None] = print,
+) -> Run:
+    """Run one system through the phases. ``latency_rate`` is deliveries/s for the latency
+    phase; with ``latency_fraction`` it is that fraction of the measured throughput."""
+    run = Run(system, transport, clients)
+    n_procs = client_processes(clients)
+    board = new_board(n_procs)
+    server: procs.Child | None = None
+    children: list[procs.Child] = []
+    try:
+        server = procs.Child(system, _server_argv(system, board.path))
+        line = server.wait_line("serving on", "not available", timeout_s=40)
+        if line is None or "not available" in line:
+            run.available = False
+            reason = line.split("not available", 1)[1].strip(" ()") if line else ""
+            run.reason = reason or f"did not start: {server.tail(5)!r}"
+            log(f"  {system}: not available ({run.reason})")
+            return run
+        base = line.split("serving on ", 1)[1].split()[0]
+        measured = server.pid
+        pid_line = server.wait_line("pushpin: pid", timeout_s=0.1) if system == "pushpin" else None
+        if pid_line:
+            measured = int(pid_line.rsplit(" ", 1)[1])
+        time.sleep(0.5)
+        base_rss = procs.rss_kib(procs.tree(measured))
+        url, command, subprotocol = _client_target(system, transport, base)
+        children = spawn_clients(
+            board, url, clients, command=command, subprotocol=subprotocol, slow_every=slow_every
+        )
+        connected, failed = wait_connected(board, children, [server], clients)
+        run.values.update(clients=clients, connected=connected, connect_failed=failed)
+        if connected == 0:
+            run.available = False
+            run.reason = "no client could connect: " + " | ".join(
+                c.tail(3) for c in [server, *children]
+            )
+            log(f"  {system}: {run.reason}")
+            return run
+        time.sleep(timing.settle_s + connected / 10_000)
+        pids = procs.tree(measured)
+        client_pids = [c.pid for c in children]
+        idle_rss = procs.rss_kib(pids)
+        run.values.update(
+            rss_base_kib=base_rss,
+            rss_idle_kib=idle_rss,
+            rss_kib_per_conn=round((idle_rss - base_rss) / connected, 2),
+        )
+        board.set(H_SUBS, connected)
+        board.set(H_PACK, pack)
+        if throughput:
+            board.set(H_WINDOW, WINDOW_PER_CLIENT * connected * pack)
+            _mode(board, MODE_WINDOW)
+            time.sleep(timing.warm_s)
+            sampler = (
+                profile.start(server.pid, timing.measure_s, profile_to) if profile_to else None
+            )
+            gc0 = _gc_seconds(server)
+            a = Sample(board, pids, client_pids)
+            time.sleep(timing.measure_s)
+            b = Sample(board, pids, client_pids)
+            gc1 = _gc_seconds(server)
+            if gc0 is not None and gc1 is not None and b.cpu > a.cpu:
+                run.values["gc_share_of_cpu"] = round((gc1 - gc0) / (b.cpu - a.cpu), 2)
+            span = b.t - a.t
+            if sampler is not None and profile_to is not None:
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    sampler.wait(10)
+                if profile_to.exists():
+                    summary = profile_to.with_suffix(".summary.txt")
+                    summary.write_text(profile.summarize(profile_to))
+                    run.values["profile"] = str(summary)
+                    log(f"  profile: {summary}")
+            run.values.update(
+                delivered_per_s=round((b.frames + b.slow_frames - a.frames - a.slow_frames) / span),
+                deltas_per_s=round((b.deltas + b.slow_deltas - a.deltas - a.slow_deltas) / span),
+                cpu_cores=round((b.cpu - a.cpu) / span, 2),
+                client_cpu_cores=round((b.client_cpu - a.client_cpu) / span, 2),
+                loadavg=procs.loadavg(),
+                write_syscalls_per_s=round((b.writes - a.writes) / span),
+                rss_load_kib=b.rss,
+                rss_kib_per_conn_load=round((b.rss - base_rss) / connected, 2),
+            )
+            _mode(board, MODE_IDLE)
+            run.values["drain_s"] = drain(board)
+        if latency_fraction is not None and run.values.get("delivered_per_s"):
+            latency_rate = latency_fraction * run.values["delivered_per_s"]
+        if latency_rate:
+            run.values.update(
+                _latency(board, pids, latency_rate, connected, pack, timing, slow_every)
+            )
+            if not throughput:
+                rss = procs.rss_kib(pids)
+                run.values["rss_kib_per_conn_load"] = round((rss - base_rss) / connected, 2)
+            for extra in extra_latency_rates:
+                _mode(board, MODE_IDLE)
+                drain(board)
+                figures = _latency(board, pids, extra, connected, pack, timing, slow_every)
+                run.values.setdefault("latency_at", {})[str(round(extra))] = figures
+        _mode(board, MODE_IDLE)
+        run.values.update(
+            closed_by_server=board.total(S_CLOSED),
+            slow_closed_by_server=board.total(S_SLOW_CLOSED),
+            publisher_alive=board.get(H_PUBLISHER_ALIVE) > 0,
+        )
+        return run
+    finally:
+        stop_clients(board, children)
+        if server is not None:
+            server.stop(10)
+        board.close()
+        with contextlib.suppress(OSError):
+            board.path.unlink()
+
+
+def spawn_clients(
+    board: Board,
+    url: str,
+    clients: int,
+    *,
+    command: str | None = None,
+    commands_file: Path | None = None,
+    subprotocol: str | None = None,
+    slow_every: int = 0,
+) -> list[procs.Child]:
+    """Start the client processes, one per board slot, the connections spread evenly."""
+    n_procs = board.slots
+    per = [clients // n_procs + (1 if i < clients % n_procs else 0) for i in range(n_procs)]
+    children = []
+    first = 0
+    for slot, count in enumerate(per):
+        argv = ["--board", str(board.path), "--slot", str(slot), "--url", url]
+        argv += ["--count", str(count), "--first", str(first), "--slow-every", str(slow_every)]
+        if command:
+            argv += ["--command", command]
+        if commands_file:
+            argv += ["--commands-file", str(commands_file)]
+        if subprotocol:
+            argv += ["--subprotocol", subprotocol]
+        children.append(procs.Child(f"clients-{slot}", procs.python("loadtest.client", *argv)))
+        first += count
+    return children
+
+
+def wait_connected(
+    board: Board, children: Sequence[procs.Child], servers: Sequence[procs.Child], clients: int
+) -> tuple[int, int]:
+    """Wait until every client process has tried all its connections (bounded by a
+    deadline that grows with the count); returns (connected, failed)."""
+    deadline = time.monotonic() + 30 + clients / 100
+    while board.total(S_DONE) < len(children) and time.monotonic() < deadline:
+        if not all(s.alive() for s in servers) or not all(c.alive() for c in children):
+            break
+        time.sleep(0.1)  # Waiting for the connections, bounded by the deadline.
+    return board.total(S_CONNECTED), board.total(S_FAILED)
+
+
+def stop_clients(board: Board, children: Sequence[procs.Child]) -> None:
+    board.set(H_STOP, 1)
+    end = time.monotonic() + 10
+    for c in children:
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            c.proc.wait(max(0.1, end - time.monotonic()))
+        c.stop(2)
+
+
+def _latency(
+    board: Board,
+    pids: Sequence[int],
+    rate: float,
+    connected: int,
+    pack: int,
+    timing: Timing,
+    slow_every: int,
+) -> dict[str, Any]:
+    """One latency phase: ``rate`` deliveries/s, evenly paced; the fast clients' feed
+    timestamp to receipt percentiles (and the slow clients' apart)."""
+    board.set(H_RATE_MILLI, max(1, round(rate / connected / pack * 1000)))
+    _mode(board, MODE_RATE)
+    time.sleep(timing.latency_settle_s)
+    fast0, slow0 = board.histogram(), board.histogram(slow=True)
+    board.set(H_RECORD, 1)
+    a = Sample(board, pids)
+    time.sleep(timing.latency_s)
+    b = Sample(board, pids)
+    board.set(H_RECORD, 0)
+    fast = diff(board.histogram(), fast0)
+    span = b.t - a.t
+    pct = percentiles(fast, (50, 95, 99))
+    out: dict[str, Any] = {
+        "latency_offered_per_s": round(rate),
+        "latency_delivered_per_s": round(
+            (b.frames + b.slow_frames - a.frames - a.slow_frames) / span
+        ),
+        "latency_cpu_cores": round((b.cpu - a.cpu) / span, 2),
+        "p50_ms": _r(pct[50]),
+        "p95_ms": _r(pct[95]),
+        "p99_ms": _r(pct[99]),
+        "max_ms": _r(max_ms(fast)),
+        "latency_samples": sum(fast),
+    }
+    if slow_every:
+        slow = diff(board.histogram(slow=True), slow0)
+        spct = percentiles(slow, (50, 99))
+        out.update(slow_p50_ms=_r(spct[50]), slow_p99_ms=_r(spct[99]), slow_samples=sum(slow))
+    return out
+
+
+def drain(board: Board, timeout_s: float = 60.0, *, live: bool = False) -> float:
+    """Wait until what was queued has reached the clients, so that it does not count as
+    latency; returns the time taken (bounded by ``timeout_s``).
+
+    With the publisher idle, that is when nothing arrives for half a second. With a live
+    feed (``live``: e2e) the stream never stops; then it is the end of the subscription
+    burst: when the arrival rate over one second stops falling."""
+    started = time.monotonic()
+    samples: list[tuple[float, int]] = []
+    while time.monotonic() - started < timeout_s:
+        t = time.monotonic()
+        samples.append((t, board.total(S_FRAMES) + board.total(S_SLOW_FRAMES)))
+        if live:
+            if len(samples) > 40:  # Two seconds of 50 ms samples.
+                recent = samples[-1][1] - samples[-21][1]
+                before = samples[-21][1] - samples[-41][1]
+                if recent >= 0.9 * before:
+                    break
+        else:
+            quiet = [n for ts, n in samples if t - ts <= 0.5]
+            if t - started >= 0.5 and quiet[0] == quiet[-1]:
+                break
+        time.sleep(0.05)  # Polling the clients' counters, bounded by the timeout.
+    return round(time.monotonic() - started, 2)
+
+
+def _gc_seconds(server: procs.Child) -> float | None:
+    """The oddstream gateway's time in the garbage collector so far (it prints it each
+    second); None for the other systems."""
+    for line in reversed(server.lines[-50:]):
+        if line.startswith("gc: "):
+            return float(line.rsplit(" ", 1)[1])
+    return None
+
+
+def _mode(board: Board, mode: int) -> None:
+    board.set(H_MODE, mode)
+    board.set(H_GEN, board.get(H_GEN) + 1)
+
+
+def _r(value: float | None, digits: int = 2) -> float | None:
+    return None if value is None else round(value, digits)
+
+
+# -- scenarios ----------------------------------------------------------------------------------
+
+
+def best(runs: list[Run]) -> Run:
+    """The run with the highest throughput (repeats smooth out a noisy machine)."""
+    ok = [r for r in runs if r.available]
+    if not ok:
+        return runs[0]
+    chosen = max(ok, key=lambda r: r.values.get("delivered_per_s") or 0)
+    chosen.values["repeats_delivered_per_s"] = [r.values.get("delivered_per_s") for r in ok]
+    return chosen
+
+
+def fanout_scenario(
+    spec: Fanout,
+    quick: bool,
+    timing: Timing,
+    repeat: int,
+    log: Callable[[str], None],
+    profile_dir: Path | None = None,
+) -> dict[str, Any]:
+    requested = spec.quick_clients if quick else spec.clients
+    clients = min(requested, fd_limit() - FD_RESERVE)
+    systems = spec.quick_systems if quick else spec.systems
+    log(f"\n== {spec.name}: {spec.title} ({clients} clients, {spec.transport}) ==")
+    note = ""
+    if clients < requested:
+        note = (
+            f"{requested} requested; {clients} is what one process can hold here "
+            f"(RLIMIT_NOFILE hard limit {fd_limit()}, cannot be raised without CAP_SYS_RESOURCE)"
+        )
+        log(f"  note: {note}")
+    runs: dict[str, Run] = {}
+    for system in systems:
+        attempts: list[Run] = []
+        for _ in range(repeat):
+            target = None
+            if profile_dir is not None and system == "oddstream" and not attempts:
+                target = profile_dir / f"{spec.name}-oddstream.txt"
+            attempts.append(
+                measure(
+                    system,
+                    spec.transport,
+                    clients,
+                    timing,
+                    extra_latency_rates=() if quick else (LOW_LATENCY_DELIVERIES_PER_S,),
+                    profile_to=target,
+                    log=log,
+                )
+            )
+            if not attempts[-1].available:
+                break
+        runs[system] = best(attempts)
+        _log_run(runs[system], log)
+    packed: Run | None = None
+    if spec.packed_ceiling and "ceiling" in systems:
+        packed = measure(
+            "ceiling", spec.transport, clients, timing, latency_rate=None, pack=10, log=log
+        )
+        packed.system = "ceiling_packed10"
+        _log_run(packed, log)
+    experiment: Run | None = None
+    if spec.experiment and not quick:
+        experiment = measure(
+            EXPERIMENT,
+            spec.transport,
+            clients,
+            timing,
+            extra_latency_rates=(LOW_LATENCY_DELIVERIES_PER_S,),
+            log=log,
+        )
+        _log_run(experiment, log)
+    result = summarize(spec.name, spec.transport, requested, runs, systems, note)
+    if experiment is not None:
+        result["systems"][EXPERIMENT] = (
+            experiment.values
+            if experiment.available
+            else {"available": False, "reason": experiment.reason}
+        )
+    if packed is not None and packed.available:
+        result["ceiling_packed10_deltas_per_s"] = packed.values.get("deltas_per_s")
+        result["systems"]["ceiling_packed10"] = packed.values
+    _log_ratios(result, log)
+    return result
+
+
+def summarize(
+    name: str,
+    transport: str,
+    requested: int,
+    runs: dict[str, Run],
+    systems: Sequence[str],
+    note: str = "",
+) -> dict[str, Any]:
+    """The scenario's JSON: oddstream's figures at the top level, the ceiling, the peers,
+    and every run in full under ``systems``."""
+    odd = runs.get("oddstream")
+    ov = odd.values if odd is not None and odd.available else {}
+    ceiling = runs.get("ceiling")
+    cv = ceiling.values if ceiling is not None and ceiling.available else {}
+    result: dict[str, Any] = {
+        "name": name,
+        "transport": transport,
+        "measured": bool(ov),
+        "clients_requested": requested,
+        "clients": ov.get("connected", 0),
+        "delivered_per_s": ov.get("delivered_per_s"),
+        "deltas_per_s": ov.get("deltas_per_s"),
+        "p50_ms": ov.get("p50_ms"),
+        "p95_ms": ov.get("p95_ms"),
+        "p99_ms": ov.get("p99_ms"),
+        "max_ms": ov.get("max_ms"),
+        "cpu_cores": ov.get("cpu_cores"),
+        "rss_kib_per_conn": ov.get("rss_kib_per_conn"),
+        "rss_kib_per_conn_load": ov.get("rss_kib_per_conn_load"),
+        "latency_offered_per_s": ov.get("latency_offered_per_s"),
+        "low_rate": LOW_LATENCY_DELIVERIES_PER_S,
+        "p50_ms_low": _low(ov, "p50_ms"),
+        "p99_ms_low": _low(ov, "p99_ms"),
+        "ceiling_p99_ms_low": _low(cv, "p99_ms"),
+        "ceiling_per_s": cv.get("delivered_per_s"),
+        "ceiling_p99_ms": cv.get("p99_ms"),
+        "ratio_to_ceiling": _ratio(ov.get("delivered_per_s"), cv.get("delivered_per_s")),
+        "peers": {},
+        "ratio_to_peer": {},
+        "note": note,
+        "systems": {},
+    }
+    for peer in PEERS:
+        run = runs.get(peer)
+        pv = run.values if run is not None and run.available else {}
+        if run is None:
+            reason = "not run in this mode"
+        elif not run.available:
+            reason = run.reason
+        else:
+            reason = ""
+        result["peers"][peer] = {
+            "available": bool(pv),
+            "reason": reason,
+            "delivered_per_s": pv.get("delivered_per_s"),
+            "deltas_per_s": pv.get("deltas_per_s"),
+            "p50_ms": pv.get("p50_ms"),
+            "p99_ms": pv.get("p99_ms"),
+            "p99_ms_low": _low(pv, "p99_ms"),
+            "cpu_cores": pv.get("cpu_cores"),
+            "rss_kib_per_conn": pv.get("rss_kib_per_conn"),
+        }
+        result["ratio_to_peer"][peer] = _ratio(ov.get("delivered_per_s"), pv.get("delivered_per_s"))
+    for system in systems:
+        run = runs.get(system)
+        if run is not None:
+            result["systems"][system] = (
+                run.values if run.available else {"available": False, "reason": run.reason}
+            )
+    return result
+
+
+def _low(values: dict[str, Any], key: str) -> float | None:
+    """A figure of the lighter latency point."""
+    low = values.get("latency_at", {}).get(str(LOW_LATENCY_DELIVERIES_PER_S), {})
+    value: float | None = low.get(key)
+    return value
+
+
+def failed_scenario(name: str, why: str) -> dict[str, Any]:
+    """The JSON of a scenario that could not run: every key, no figure."""
+    peer = {"available": False, "reason": why, "delivered_per_s": None, "p99_ms": None}
+    return {
+        "name": name,
+        "measured": False,
+        "skipped": False,
+        "note": f"failed: {why}",
+        "clients": 0,
+        **dict.fromkeys(
+            (
+                "delivered_per_s",
+                "deltas_per_s",
+                "p50_ms",
+                "p99_ms",
+                "rss_kib_per_conn",
+                "ceiling_per_s",
+                "ratio_to_ceiling",
+            )
+        ),
+        "peers": {p: dict(peer) for p in PEERS},
+    }
+
+
+def _ratio(a: float | None, b: float | None) -> float | None:
+    if not a or not b:
+        return None
+    return round(a / b, 3)
+
+
+def _fmt(v: Any, spec: str = ",.0f") -> str:
+    if v is None:
+        return "-"
+    if isinstance(v, float | int):
+        return format(v, spec)
+    return str(v)
+
+
+def _log_run(run: Run, log: Callable[[str], None]) -> None:
+    if not run.available:
+        return
+    v = run.values
+    per_write = _ratio(v.get("delivered_per_s"), v.get("write_syscalls_per_s"))
+    log(
+        f"  {run.system:<17} conn {_fmt(v.get('connected')):>6}  "
+        f"delivered/s {_fmt(v.get('delivered_per_s')):>9}  "
+        f"deltas/s {_fmt(v.get('deltas_per_s')):>9}  "
+        f"cpu {_fmt(v.get('cpu_cores'), '.2f')} "
+        f"(clients {_fmt(v.get('client_cpu_cores'), '.2f')})  "
+        f"msgs/write {_fmt(per_write, '.1f')}  "
+        f"lat@{_fmt(v.get('latency_offered_per_s'))}/s p50 {_fmt(v.get('p50_ms'), '.1f')} "
+        f"p95 {_fmt(v.get('p95_ms'), '.1f')} p99 {_fmt(v.get('p99_ms'), '.1f')} "
+        f"max {_fmt(v.get('max_ms'), '.1f')} ms  "
+        f"lat@{_fmt(LOW_LATENCY_DELIVERIES_PER_S)}/s p50 {_fmt(_low(v, 'p50_ms'), '.1f')} "
+        f"p99 {_fmt(_low(v, 'p99_ms'), '.1f')} ms  "
+        f"KiB/conn idle {_fmt(v.get('rss_kib_per_conn'), '.1f')} "
+        f"load {_fmt(v.get('rss_kib_per_conn_load'), '.1f')}"
+        + (f"  closed {v['closed_by_server']}" if v.get("closed_by_server") else "")
+        + (f"  gc {v['gc_share_of_cpu']:.0%} of cpu" if "gc_share_of_cpu" in v else "")
+    )
+
+
+def _log_ratios(result: dict[str, Any], log: Callable[[str], None]) -> None:
+    parts = [f"oddstream/ceiling {_fmt(result['ratio_to_ceiling'], '.2f')}"]
+    for peer in PEERS:
+        ratio = result["ratio_to_peer"][peer]
+        if result["peers"][peer]["available"]:
+            parts.append(f"oddstream/{peer} {_fmt(ratio, '.2f')}")
+        else:
+            reason = result["peers"][peer]["reason"] or "unavailable"
+            parts.append(
+                f"{peer}: not available ({reason})"
+                if "not run" not in reason
+                else f"{peer}: {reason}"
+            )
+    log("  ratios: " + ", ".join(parts))
+
+
+def slow_scenario(quick: bool, timing: Timing, log: Callable[[str], None]) -> dict[str, Any]:
+    """10 % of the clients read slowly. The baseline runs the same clients all fast:
+    throughput first, then latency at half of it; the mixed run repeats that latency
+    phase with the slow clients in. The goal compares the fast clients' p99."""
+    clients = 100 if quick else 1000
+    log(f"\n== slow_mix: WebSocket, {clients} clients, 10% slow readers ==")
+    base = measure("oddstream", "ws", clients, timing, latency_fraction=0.5, log=log)
+    _log_run(base, log)
+    rate = base.values.get("latency_offered_per_s")
+    mixed = (
+        measure(
+            "oddstream",
+            "ws",
+            clients,
+            timing,
+            latency_rate=rate,
+            throughput=False,
+            slow_every=10,
+            log=log,
+        )
+        if base.available and rate
+        else Run("oddstream", "ws", clients, available=False, reason="baseline failed")
+    )
+    if mixed.available:
+        mixed.system = "oddstream+slow"
+        _log_run(mixed, log)
+    result = summarize("slow_mix", "ws", clients, {"oddstream": base}, ("oddstream",))
+    bv, mv = base.values, mixed.values if mixed.available else {}
+    result.update(
+        measured=bool(bv) and bool(mv),
+        fast_p99_ms_without_slow=bv.get("p99_ms"),
+        fast_p99_ms_with_slow=mv.get("p99_ms"),
+        fast_p50_ms_with_slow=mv.get("p50_ms"),
+        slow_p99_ms=mv.get("slow_p99_ms"),
+        slow_closed_by_server=mv.get("slow_closed_by_server"),
+        p99_ratio=_ratio(mv.get("p99_ms"), bv.get("p99_ms")),
+    )
+    result["systems"]["oddstream+slow"] = mv or {"available": False, "reason": mixed.reason}
+    log(
+        f"  fast clients' p99: {_fmt(bv.get('p99_ms'), '.1f')} ms alone, "
+        f"{_fmt(mv.get('p99_ms'), '.1f')} ms with slow clients "
+        f"(x{_fmt(result['p99_ratio'], '.2f')}); slow clients closed by the server: "
+        f"{_fmt(mv.get('slow_closed_by_server'))}"
+    )
+    return result
+
+
+# -- goals --------------------------------------------------------------------------------------
+
+
+def goals(s: dict[str, dict[str, Any]], quick: bool = False) -> list[dict[str, Any]]:
+    """The issue's goals, each marked met / not met / not measured, with the figures.
+    A ``--quick`` run is far below the goals' sizes: nothing is marked met or not."""
+    out: list[dict[str, Any]] = []
+
+    def add(goal: str, met: bool | None, why: str) -> None:
+        if quick:
+            met, why = None, f"quick run, sizes below the goal's ({why})"
+        out.append({"goal": goal, "met": met, "why": why})
+
+    ws5 = s.get("ws_5k")
+    if ws5 and ws5["measured"]:
+        ceiling = ws5.get("ratio_to_ceiling")
+        peer = ws5["ratio_to_peer"].get("broadcaster")
+        met = None if ceiling is None or peer is None else ceiling >= 0.85 and peer >= 2
+        add(
+            "WS 5k: >= 0.85 x ceiling and >= 2 x broadcaster",
+            met,
+            f"{_fmt(ws5['delivered_per_s'])}/s = {_fmt(ceiling, '.2f')} x ceiling, "
+            f"{_fmt(peer, '.2f')} x broadcaster",
+        )
+        deltas = ws5.get("deltas_per_s") or 0
+        add(
+            "coalescing: >= 1M deltas/s per gateway process",
+            deltas >= 1_000_000,
+            f"{_fmt(deltas)} deltas/s (one delta per frame: no coalescing yet); packed ceiling "
+            f"{_fmt(ws5.get('ceiling_packed10_deltas_per_s'))} deltas/s",
+        )
+    else:
+        add("WS 5k: >= 0.85 x ceiling and >= 2 x broadcaster", None, "not measured")
+        add("coalescing: >= 1M deltas/s per gateway process", None, "not measured")
+    ws20 = s.get("ws_20k")
+    if ws20 and ws20["measured"]:
+        kib = ws20.get("rss_kib_per_conn") or 0
+        add(
+            "20k WS connections per process, <= 16 KiB each idle",
+            ws20["clients"] >= 20_000 and kib <= 16,
+            f"{ws20['clients']} connected, {_fmt(kib, '.1f')} KiB each"
+            + (f"; {ws20['note']}" if ws20.get("note") else ""),
+        )
+    else:
+        add("20k WS connections per process, <= 16 KiB each idle", None, "not measured")
+    e2e = s.get("e2e")
+    if e2e and e2e["measured"]:
+        p50, p99 = e2e.get("p50_ms"), e2e.get("p99_ms")
+        rate = e2e.get("delivered_per_s") or 0
+        add(
+            "e2e Kafka+Redis, 5k clients, 20k deliveries/s: p50 <= 5 ms, p99 <= 25 ms",
+            p50 is not None and p99 is not None and p50 <= 5 and p99 <= 25 and rate >= 18_000,
+            f"{e2e['clients']} clients, {_fmt(rate)} deliveries/s, p50 {_fmt(p50, '.1f')} ms, "
+            f"p99 {_fmt(p99, '.1f')} ms",
+        )
+    else:
+        reason = (e2e or {}).get("note") or "not measured"
+        add(
+            "e2e Kafka+Redis, 5k clients, 20k deliveries/s: p50 <= 5 ms, p99 <= 25 ms", None, reason
+        )
+    sse5 = s.get("sse_5k")
+    if sse5 and sse5["measured"] and ws5 and ws5["measured"]:
+        ratio = _ratio(sse5["delivered_per_s"], ws5["delivered_per_s"])
+        kib = sse5.get("rss_kib_per_conn") or 0
+        add(
+            "SSE: >= 0.7 x WebSocket delivered/s, <= 24 KiB per connection",
+            ratio is not None and ratio >= 0.7 and kib <= 24,
+            f"{_fmt(ratio, '.2f')} x WebSocket (5k), {_fmt(kib, '.1f')} KiB each",
+        )
+    else:
+        add("SSE: >= 0.7 x WebSocket delivered/s, <= 24 KiB per connection", None, "not measured")
+    books = s.get("books")
+    if books and books["measured"]:
+        rate = books.get("feed_per_s") or 0
+        add("one books process: >= 50k feed messages/s", rate >= 50_000, f"{_fmt(rate)} messages/s")
+    else:
+        add(
+            "one books process: >= 50k feed messages/s",
+            None,
+            (books or {}).get("note") or "not measured",
+        )
+    slow = s.get("slow_mix")
+    if slow and slow["measured"]:
+        ratio = slow.get("p99_ratio")
+        add(
+            "slow clients: fast clients' p99 within 1.2 x",
+            ratio is not None and ratio <= 1.2,
+            f"p99 {_fmt(slow['fast_p99_ms_without_slow'], '.1f')} -> "
+            f"{_fmt(slow['fast_p99_ms_with_slow'], '.1f')} ms (x{_fmt(ratio, '.2f')}), "
+            f"{_fmt(slow.get('slow_closed_by_server'))} slow clients closed",
+        )
+    else:
+        add("slow clients: fast clients' p99 within 1.2 x", None, "not measured")
+    return out
+
+
+# -- machine ------------------------------------------------------------------------------------
+
+
+def machine() -> dict[str, Any]:
+    cpu = "?"
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    mem_kib = 0
+    with contextlib.suppress(OSError, ValueError):
+        mem_kib = int(Path("/proc/meminfo").read_text().split()[1])
+    return {
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "memory_gib": round(mem_kib / 1024 / 1024, 1),
+        "kernel": platform.release(),
+        "os": _os_name(),
+        "python": platform.python_version(),
+        "nofile_hard": fd_limit(),
+        "loadavg_start": procs.loadavg(),
+    }
+
+
+def _os_name() -> str:
+    with contextlib.suppress(OSError):
+        for line in Path("/etc/os-release").read_text().splitlines():
+            if line.startswith("PRETTY_NAME="):
+                return line.split("=", 1)[1].strip('"')
+    return platform.system()
+
+
+def versions() -> dict[str, str | None]:
+    out: dict[str, str | None] = {}
+    for dist in (
+        "oddstream",
+        "uvicorn",
+        "starlette",
+        "websockets",
+        "uvloop",
+        "msgspec",
+        "sse-starlette",
+        "broadcaster",
+        "redis",
+        "hiredis",
+        "aiokafka",
+        "locust",
+    ):
+        try:
+            out[dist] = metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            out[dist] = None
+    pushpin = _command_version(["pushpin", "--version"])
+    out["pushpin"] = pushpin.removeprefix("pushpin ") if pushpin else pushpin
+    git = _command_version(["git", "-C", str(procs.ROOT), "rev-parse", "--short", "HEAD"])
+    dirty = _command_version(["git", "-C", str(procs.ROOT), "status", "--porcelain"])
+    out["git"] = f"{git}{'+dirty' if dirty else ''}" if git else None
+    return out
+
+
+def _command_version(argv: list[str]) -> str | None:
+    try:
+        done = subprocess.run(  # noqa: S603 - fixed argv
+            argv, capture_output=True, text=True, timeout=10, check=False
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    text = (done.stdout or done.stderr).strip()
+    return (
+        text.splitlines()[-1]
+        if done.returncode == 0 and text
+        else ("" if done.returncode == 0 else None)
+    )
+
+
+# -- main ---------------------------------------------------------------------------------------
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m loadtest.bench", description="oddstream fan-out benchmark"
+    )
+    parser.add_argument("--quick", action="store_true", help="tiny version of every scenario")
+    parser.add_argument("--json", type=Path, help="write every figure to this file")
+    parser.add_argument(
+        "--scenarios", help=f"comma-separated subset of: {', '.join(SCENARIOS)} (default: all)"
+    )
+    parser.add_argument("--repeat", type=int, default=1, help="runs per system, best kept")
+    parser.add_argument("--e2e-clients", type=int, default=5000)
+    parser.add_argument(
+        "--e2e-rate", type=float, default=None, help="feed messages/s of the e2e run"
+    )
+    parser.add_argument("--books-messages", type=int, default=None)
+    parser.add_argument("--redis-db", type=int, default=2, help="Redis database the e2e runs own")
+    parser.add_argument(
+        "--profile",
+        type=Path,
+        metavar="DIR",
+        help="py-spy the oddstream gateway in each fan-out throughput phase, into DIR",
+    )
+    args = parser.parse_args(argv)
+    wanted = SCENARIOS if not args.scenarios else tuple(args.scenarios.split(","))
+    unknown = [s for s in wanted if s not in SCENARIOS]
+    if unknown:
+        parser.error(f"unknown scenario(s): {', '.join(unknown)}")
+    procs.install_cleanup()
+    if args.profile is not None:
+        args.profile.mkdir(parents=True, exist_ok=True)
+    from loadtest.client import raise_nofile
+
+    raise_nofile()
+    timing = QUICK if args.quick else FULL
+    started = time.monotonic()
+    report: dict[str, Any] = {
+        "version": 1,
+        "quick": args.quick,
+        "command": " ".join(
+            ["python -m loadtest.bench", *(argv if argv is not None else sys.argv[1:])]
+        ),
+        "started": datetime.now(UTC).isoformat(timespec="seconds"),
+        "machine": machine(),
+        "versions": versions(),
+        "settings": {
+            "markets": MARKETS,
+            "window_per_client": WINDOW_PER_CLIENT,
+            "latency_deliveries_per_s": LATENCY_DELIVERIES_PER_S,
+            "timing": timing.__dict__,
+            "repeat": args.repeat,
+        },
+        "scenarios": {},
+    }
+    print(
+        f"oddstream bench{' --quick' if args.quick else ''}: {report['machine']['cores']} cores, "
+        f"load {report['machine']['loadavg_start']}, Python {report['machine']['python']}",
+        flush=True,
+    )
+
+    def log(line: str) -> None:
+        print(line, flush=True)
+
+    def run_one(name: str, scenario: Callable[[], dict[str, Any]]) -> None:
+        # One scenario failing (a peer, a service going away) is reported in its place;
+        # the run goes on to the next.
+        from redis.exceptions import RedisError
+
+        try:
+            report["scenarios"][name] = scenario()
+        except (OSError, RuntimeError, ValueError, KeyError, RedisError) as exc:
+            log(f"  {name}: failed: {exc!r}")
+            report["scenarios"][name] = failed_scenario(name, repr(exc))
+
+    try:
+        for spec in FANOUTS:
+            if spec.name in wanted:
+                run_one(
+                    spec.name,
+                    lambda spec=spec: fanout_scenario(  # type: ignore[misc]
+                        spec, args.quick, timing, max(1, args.repeat), log, args.profile
+                    ),
+                )
+        if "slow_mix" in wanted:
+            run_one("slow_mix", lambda: slow_scenario(args.quick, timing, log))
+        if "e2e" in wanted or "books" in wanted:
+            from loadtest import e2e
+
+            if "e2e" in wanted:
+                run_one(
+                    "e2e",
+                    lambda: e2e.e2e_scenario(
+                        quick=args.quick,
+                        clients=args.e2e_clients,
+                        rate=args.e2e_rate,
+                        redis_db=args.redis_db,
+                        log=log,
+                        profile_dir=args.profile,
+                    ),
+                )
+            if "books" in wanted:
+                run_one(
+                    "books",
+                    lambda: e2e.books_scenario(
+                        quick=args.quick,
+                        messages=args.books_messages,
+                        redis_db=args.redis_db,
+                        log=log,
+                        profile_dir=args.profile,
+                    ),
+                )
+    except KeyboardInterrupt:
+        print("\ninterrupted: stopping every process", file=sys.stderr, flush=True)
+        procs.stop_all()
+        return 130
+    report["goals"] = goals(report["scenarios"], args.quick)
+    report["machine"]["loadavg_end"] = procs.loadavg()
+    report["elapsed_s"] = round(time.monotonic() - started, 1)
+    print("\n== goals (printed, never asserted) ==")
+    for g in report["goals"]:
+        mark = {True: "MET", False: "NOT MET", None: "not measured"}[g["met"]]
+        print(f"  [{mark}] {g['goal']}: {g['why']}")
+    print(f"\nelapsed {report['elapsed_s']} s; load {report['machine']['loadavg_end']}")
+    if args.json:
+        args.json.write_text(json.dumps(report, indent=2) + "\n")
+        print(f"wrote {args.json}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

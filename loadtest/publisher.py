@@ -1,0 +1,103 @@
+"""The feed side of every system under test: publishes deltas as the scoreboard says.
+
+Modes (set by the orchestrator on the board):
+
+* ``MODE_WINDOW``: saturation. Publish as fast as the clients take it, keeping at most
+  ``H_WINDOW`` deliveries in flight (published x subscribers x deltas per frame, minus what
+  the clients counted). Every system gets the same window, so the same amount of queued
+  work; the delivered rate it reaches is its throughput.
+* ``MODE_RATE``: a fixed rate of publishes per second, evenly spaced, for latency.
+
+The same loop drives the oddstream gateway (in process, through its broker seam), the
+ceiling server and the broadcaster peer (in process), and Pushpin (over its HTTP publish
+API, from a helper process). Every wait is bounded; the loop ends when the board says stop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable
+
+from loadtest.board import (
+    H_GEN,
+    H_MODE,
+    H_PACK,
+    H_PUBLISHED,
+    H_PUBLISHER_ALIVE,
+    H_RATE_MILLI,
+    H_STOP,
+    H_SUBS,
+    H_WINDOW,
+    MODE_RATE,
+    MODE_WINDOW,
+    S_DELTAS,
+    S_SLOW_DELTAS,
+    Board,
+)
+
+Publish = Callable[[int], Awaitable[None]]
+"""Publish this many messages (1, or more to batch when the window allows)."""
+
+_IDLE_S = 0.01
+_FULL_S = 0.0005
+_MAX_BATCH = 64
+
+
+async def drive(board: Board, publish: Publish, *, max_batch: int = _MAX_BATCH) -> None:
+    """Run until the board's stop word is set."""
+    published = 0
+    alive = 0
+    while not board.get(H_STOP):
+        alive += 1
+        board.set(H_PUBLISHER_ALIVE, alive)
+        mode = board.get(H_MODE)
+        gen = board.get(H_GEN)
+        if mode == MODE_WINDOW:
+            published = await _window(board, publish, gen, published, max_batch)
+        elif mode == MODE_RATE:
+            published = await _rate(board, publish, gen, published)
+        else:
+            await asyncio.sleep(_IDLE_S)
+
+
+def _received(board: Board) -> int:
+    return board.total(S_DELTAS) + board.total(S_SLOW_DELTAS)
+
+
+async def _window(board: Board, publish: Publish, gen: int, published: int, max_batch: int) -> int:
+    start_pub = published
+    start_recv = _received(board)
+    while board.get(H_GEN) == gen and not board.get(H_STOP):
+        per = max(1, board.get(H_SUBS)) * max(1, board.get(H_PACK))
+        in_flight = (published - start_pub) * per - (_received(board) - start_recv)
+        room = (board.get(H_WINDOW) - in_flight) // per
+        if room <= 0:
+            await asyncio.sleep(_FULL_S)
+            continue
+        n = min(room, max_batch)
+        await publish(n)
+        published += n
+        board.set(H_PUBLISHED, published)
+        await asyncio.sleep(0)  # Let the writers run between batches.
+    return published
+
+
+async def _rate(board: Board, publish: Publish, gen: int, published: int) -> int:
+    started = time.monotonic()
+    sent = 0
+    while board.get(H_GEN) == gen and not board.get(H_STOP):
+        rate = board.get(H_RATE_MILLI) / 1000
+        if rate <= 0:
+            await asyncio.sleep(_IDLE_S)
+            continue
+        due = started + sent / rate
+        delay = due - time.monotonic()
+        if delay > 0:
+            await asyncio.sleep(min(delay, _IDLE_S * 10))  # Pacing, by design.
+            continue
+        await publish(1)
+        sent += 1
+        published += 1
+        board.set(H_PUBLISHED, published)
+    return published

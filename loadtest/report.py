@@ -1,0 +1,162 @@
+"""Markdown tables from a ``loadtest.bench --json`` report, for ``docs/performance.md``.
+
+python -m loadtest.report bench.json
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+SYSTEMS = ("oddstream", "ceiling", "broadcaster", "pushpin")
+
+
+def _n(v: Any, spec: str = ",.0f") -> str:
+    if v is None:
+        return "-"
+    if isinstance(v, int | float):
+        return format(v, spec)
+    return str(v)
+
+
+def _low(values: dict[str, Any], key: str, rate: int) -> Any:
+    return values.get("latency_at", {}).get(str(rate), {}).get(key)
+
+
+def machine(report: dict[str, Any]) -> str:
+    m, v = report["machine"], report["versions"]
+    lines = [
+        f"- machine: {m['cpu']}, {m['cores']} cores, {m['memory_gib']} GiB, {m['os']}, "
+        f"kernel {m['kernel']}; open-files hard limit {m['nofile_hard']}",
+        f"- load average at start / end: {m['loadavg_start']} / {m.get('loadavg_end', '?')}",
+        f"- Python {m['python']}; "
+        + ", ".join(f"{k} {val}" for k, val in v.items() if k not in {"git"} and val),
+        f"- commit {v.get('git')}; command `{report['command']}`; "
+        f"{report.get('elapsed_s', '?')} s; started {report['started']}",
+    ]
+    return "\n".join(lines)
+
+
+def fanout_table(report: dict[str, Any]) -> str:
+    rate = report["settings"]["latency_deliveries_per_s"]
+    low = 5000
+    head = (
+        f"| scenario | system | clients | delivered/s | server CPU | clients CPU | "
+        f"p50 / p99 ms @{rate // 1000}k/s | p50 / p99 ms @{low // 1000}k/s | "
+        f"KiB/conn idle / load | x ceiling | oddstream x it |\n"
+        f"|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+    )
+    rows = [head]
+    for name, s in report["scenarios"].items():
+        systems = s.get("systems") or {}
+        if not systems or name in {"slow_mix", "e2e", "books"}:
+            continue
+        ceiling = (systems.get("ceiling") or {}).get("delivered_per_s")
+        odd = (systems.get("oddstream") or {}).get("delivered_per_s")
+        for system in (*SYSTEMS, "oddstream_gc_tuned", "ceiling_packed10"):
+            v = systems.get(system)
+            if v is None:
+                continue
+            if v.get("available") is False:
+                rows.append(
+                    f"| {name} | {system} | - | not available: {v.get('reason', '')[:80]} "
+                    "| | | | | | | |"
+                )
+                continue
+            delivered = v.get("delivered_per_s")
+            packed = system == "ceiling_packed10"
+            x_ceiling = delivered / ceiling if delivered and ceiling and not packed else None
+            compared = odd and delivered and not system.startswith("oddstream") and not packed
+            x_it = odd / delivered if compared else None
+            rows.append(
+                f"| {name} | {system} | {_n(v.get('connected'))} | "
+                + (
+                    f"{_n(delivered)} frames ({_n(v.get('deltas_per_s'))} deltas) | "
+                    if packed
+                    else f"{_n(delivered)} | "
+                )
+                + f"{_n(v.get('cpu_cores'), '.2f')} | {_n(v.get('client_cpu_cores'), '.2f')} | "
+                f"{_n(v.get('p50_ms'), '.1f')} / {_n(v.get('p99_ms'), '.1f')} | "
+                f"{_n(_low(v, 'p50_ms', low), '.1f')} / {_n(_low(v, 'p99_ms', low), '.1f')} | "
+                f"{_n(v.get('rss_kib_per_conn'), '.1f')} / "
+                f"{_n(v.get('rss_kib_per_conn_load'), '.1f')} | "
+                f"{_n(x_ceiling, '.2f')} | {_n(x_it, '.2f')} |"
+            )
+    return "\n".join(rows)
+
+
+def other_tables(report: dict[str, Any]) -> str:
+    out = []
+    slow = report["scenarios"].get("slow_mix")
+    if slow:
+        out.append(
+            f"- **slow_mix** ({slow['clients']} clients, 10% reading 100 ms per second through a "
+            f"4 KiB receive buffer, at {_n(slow.get('latency_offered_per_s'))} deliveries/s = half "
+            f"the measured throughput): fast clients' p99 "
+            f"{_n(slow.get('fast_p99_ms_without_slow'), '.1f')} ms without slow clients, "
+            f"{_n(slow.get('fast_p99_ms_with_slow'), '.1f')} ms with them "
+            f"(x{_n(slow.get('p99_ratio'), '.2f')}); slow clients' p99 "
+            f"{_n(slow.get('slow_p99_ms'), '.1f')} ms; slow clients closed by the server: "
+            f"{_n(slow.get('slow_closed_by_server'))}"
+        )
+    e2e = report["scenarios"].get("e2e")
+    if e2e:
+        if not e2e.get("measured"):
+            out.append(f"- **e2e**: not measured ({e2e.get('note')})")
+        else:
+            m = e2e.get("gateway_metrics", {})
+            out.append(
+                f"- **e2e** (feed -> Kafka -> books -> Redis -> gateway -> {e2e['clients']} "
+                f"clients, lobby/event page/bet slip mix): "
+                f"feed {_n(e2e.get('feed_rate'), '.0f')} msg/s "
+                f"({_n(e2e.get('deliveries_per_feed_message'), '.0f')} deliveries each) -> "
+                f"{_n(e2e['delivered_per_s'])} deliveries/s; feed timestamp -> client p50 "
+                f"{_n(e2e['p50_ms'], '.1f')} / p95 {_n(e2e.get('p95_ms'), '.1f')} / p99 "
+                f"{_n(e2e['p99_ms'], '.1f')} / max {_n(e2e.get('max_ms'), '.1f')} ms; gateway CPU "
+                f"{_n(e2e.get('gateway_cpu_cores'), '.2f')}, "
+                f"books {_n(e2e.get('books_cpu_cores'), '.2f')}, "
+                f"Redis {_n(e2e.get('redis_cpu_cores'), '.2f')}; "
+                f"{_n(e2e['rss_kib_per_conn'], '.1f')} "
+                f"KiB/conn; relay: {_n(m.get('oddstream_relay_received_total'))} received, "
+                f"{_n(m.get('oddstream_relay_duplicates_total'))} duplicates, "
+                f"{_n(m.get('oddstream_relay_gaps_total'))} gaps healed"
+            )
+    books = report["scenarios"].get("books")
+    if books:
+        if not books.get("measured"):
+            out.append(f"- **books**: not measured ({books.get('note')})")
+        else:
+            out.append(
+                f"- **books**: {_n(books.get('messages'))} feed messages through one processor: "
+                f"{_n(books.get('feed_per_s'))} messages/s "
+                f"(CPU {_n(books.get('books_cpu_cores'), '.2f')} cores; "
+                f"Redis {_n(books.get('redis_cpu_cores'), '.2f')})"
+            )
+    return "\n".join(out)
+
+
+def goals(report: dict[str, Any]) -> str:
+    rows = ["| goal | result | figures |", "|---|---|---|"]
+    for g in report.get("goals", []):
+        mark = {True: "**met**", False: "**not met**", None: "not measured"}[g["met"]]
+        rows.append(f"| {g['goal']} | {mark} | {g['why']} |")
+    return "\n".join(rows)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = sys.argv[1:] if argv is None else argv
+    if not args:
+        print("usage: python -m loadtest.report BENCH.json", file=sys.stderr)
+        return 2
+    report = json.loads(Path(args[0]).read_text())
+    print(machine(report), end="\n\n")
+    print(fanout_table(report), end="\n\n")
+    print(other_tables(report), end="\n\n")
+    print(goals(report))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
