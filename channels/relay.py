@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Coroutine, Iterable
+from collections.abc import Coroutine, Iterable, Sequence
 from enum import Enum
 from typing import Any
 
@@ -68,6 +68,7 @@ class RelayStats(msgspec.Struct):
     healed_from_snapshot: int = 0
     resyncs: int = 0
     pending_overflows: int = 0
+    foreign_epoch: int = 0
 
 
 class Relay:
@@ -399,14 +400,8 @@ class Relay:
             missed = await self._store.history(market_id, current.epoch, current.seq)
         if missed is not None:
             self.stats.healed_from_history += 1
-            entry.state = _State.READY
             replay = [(d, p) for p in missed if isinstance(d := protocol.decode_server(p), Delta)]
-            pending, entry.pending = entry.pending, []
-            for message, payload in [*replay, *pending]:
-                if entry.state is not _State.READY:
-                    entry.pending.append((message, payload))
-                else:
-                    self._advance(market_id, entry, message, payload)
+            self._replay(market_id, entry, replay)
             return
         snap = await self._store.snapshot(market_id)
         if snap is None:
@@ -414,13 +409,28 @@ class Relay:
         self.stats.healed_from_snapshot += 1
         self._set(entry, snap)
         self.hub.fanout(market_id, self._snapshot_frame(entry, reset=True))
+        self._replay(market_id, entry, [])
+
+    def _replay(
+        self, market_id: str, entry: _Entry, replay: Sequence[tuple[Snapshot | Delta, bytes]]
+    ) -> None:
+        """After a heal, apply what storage gave, then what was buffered meanwhile.
+
+        Storage is the authority on a market's epoch (every message is stored before or
+        with its publication), so a buffered message of another epoch is a leftover of a
+        stream that no longer exists: it is dropped, never allowed to trigger another heal
+        (which would loop, healing forever on the same message)."""
         entry.state = _State.READY
         pending, entry.pending = entry.pending, []
-        for message, payload in pending:
+        for message, payload in [*replay, *pending]:
             if entry.state is not _State.READY:
                 entry.pending.append((message, payload))
-            else:
-                self._advance(market_id, entry, message, payload)
+                continue
+            assert entry.snapshot is not None
+            if message.epoch != entry.snapshot.epoch:
+                self.stats.foreign_epoch += 1
+                continue
+            self._advance(market_id, entry, message, payload)
 
     def _on_resync(self) -> None:
         """The broker (re)connected and may have dropped messages: compare every ready

@@ -278,7 +278,7 @@ class BooksConfig:
     max_hold_ms: int = 1_000
     """Longest a partition number waits for a record it needs from another feed topic
     before giving up on order (see :class:`CrossTopicMerge`)."""
-    io_timeout_s: float = 30.0
+    io_timeout_s: float = 120.0
     """Bound on each network phase: store, pub/sub, produce acks, Kafka commit, restore."""
     session_timeout_ms: int = 10_000
     heartbeat_interval_ms: int = 1_000

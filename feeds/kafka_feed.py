@@ -217,14 +217,15 @@ def new_producer(
     *,
     client_id: str,
     linger_ms: int = 5,
-    request_timeout_ms: int = 30_000,
+    request_timeout_ms: int = 120_000,
     max_batch_size: int = 256 * 1024,
 ) -> Any:
     """An idempotent aiokafka producer (acks from every in-sync replica, no duplicates
     or reordering on retries, so order per key is preserved). Not started.
 
     ``request_timeout_ms`` also bounds how long ``send`` waits for metadata or for room
-    in a full batch, so a ``send`` never waits forever."""
+    in a full batch, so a ``send`` never waits forever. Its default rides out a broker
+    restart or a leader election (tens of seconds) instead of failing the feed."""
     return AIOKafkaProducer(
         bootstrap_servers=bootstrap,
         client_id=client_id,
@@ -265,7 +266,7 @@ class KafkaFeedProducer:
         topics: TopicNames = DEFAULT_TOPICS,
         client_id: str = "oddstream-feed",
         linger_ms: int = 5,
-        timeout_s: float = 30.0,
+        timeout_s: float = 120.0,
     ):
         self._topics = topics
         self._topic = {t: topics.of(t) for t in FEED_TOPICS}

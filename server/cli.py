@@ -355,6 +355,10 @@ async def serve(app: Any, settings: Settings, gateway: Gateway | None = None) ->
     stops; a second one stops at once."""
     sock = socket.socket(socket.AF_INET6 if ":" in settings.host else socket.AF_INET)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    # Accepted sockets inherit this: a client that stops reading fills a small kernel
+    # buffer quickly, so back-pressure reaches its outbox (conflation, then 4001/4002)
+    # within seconds instead of after megabytes of autotuned buffering.
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, settings.send_buffer_bytes)
     try:
         sock.bind((settings.host, settings.port))
         sock.listen(2048)  # Clients may connect as soon as the URL is printed.

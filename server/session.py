@@ -33,7 +33,7 @@ from server.resume_token import TokenError, decode_token
 
 log = logging.getLogger(__name__)
 
-_RESUME_ATTEMPTS = 3
+_RESUME_ATTEMPTS = 10  # History fetches before a hot market falls back to a reset.
 
 #: Largest conflation interval a client may ask for (``conflate_ms``).
 MAX_CONFLATE_MS = 60_000

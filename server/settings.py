@@ -26,6 +26,7 @@ class Settings:
     max_frame_bytes: int = 65_536
     max_subscriptions: int = 500
     queue_frames: int = 4_096
+    send_buffer_bytes: int = 131_072
     conflate_after_frames: int = 0
     heartbeat_s: float = 15.0
     send_timeout_s: float = 30.0
@@ -54,6 +55,9 @@ class Settings:
         _check(self.port, "port", 0 <= self.port <= 65535, "must be 0-65535")
         _check(self.max_frame_bytes, "max_frame_bytes", self.max_frame_bytes >= 256, ">= 256")
         _check(self.max_subscriptions, "max_subscriptions", self.max_subscriptions >= 1, ">= 1")
+        _check(
+            self.send_buffer_bytes, "send_buffer_bytes", self.send_buffer_bytes >= 4096, ">= 4096"
+        )
         _check(self.queue_frames, "queue_frames", self.queue_frames >= 16, ">= 16")
         _check(
             self.conflate_after_frames,

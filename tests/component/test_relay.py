@@ -127,3 +127,18 @@ async def test_duplicates_are_dropped() -> None:
     assert sub.books.seqs[M1] == [1, 2, 3]
     assert relay.stats.duplicates == 1
     await relay.close()
+
+
+async def test_a_delta_of_a_foreign_epoch_is_dropped_after_one_heal() -> None:
+    feed, relay, sub, broker = await setup()
+    current = feed.book(M1)
+    stray = protocol.Delta(
+        market_id=M1, event_id=current.event_id, seq=current.seq + 5, epoch="gone", ts=T0
+    )
+    broker.publish_now([market_channel(M1)], protocol.encode(stray))
+    await feed.send(*price_walk(M1, 2, T0 + 10))
+    await sub.until(M1, current.seq + 2)
+    assert relay.stats.foreign_epoch == 1
+    assert relay.stats.healed_from_history == 1, "healed once, not in a loop"
+    assert sub.books.markets[M1] == feed.book(M1)
+    await relay.close()
