@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import struct
 from functools import cached_property
 
 import protocol
@@ -29,7 +30,34 @@ class Frame:
         return protocol.encode_msgpack(self.message)
 
     @cached_property
+    def ws_text(self) -> bytes:
+        """The whole WebSocket text frame (header and JSON), as a server sends it."""
+        return ws_frame(OP_TEXT, self.json)
+
+    @cached_property
+    def ws_binary(self) -> bytes:
+        """The whole WebSocket binary frame of the MessagePack form."""
+        return ws_frame(OP_BINARY, self.msgpack)
+
+    @cached_property
     def sse(self) -> bytes:
         """``event:`` and ``data:`` lines of an SSE event (the ``id:`` line is per client)."""
         kind = self.json[9 : self.json.index(b'"', 9)]  # Every message starts {"type":"...
         return b"event: " + kind + b"\ndata: " + self.json + b"\n\n"
+
+
+OP_TEXT = 0x1
+OP_BINARY = 0x2
+
+
+def ws_frame(opcode: int, payload: bytes) -> bytes:
+    """One final, unmasked, uncompressed WebSocket frame (RFC 6455 section 5.2), the form
+    every server-to-client frame takes here: made once per message, written to each
+    client as it is."""
+    n = len(payload)
+    first = 0x80 | opcode
+    if n < 126:
+        return bytes((first, n)) + payload
+    if n < 65_536:
+        return struct.pack("!BBH", first, 126, n) + payload
+    return struct.pack("!BBQ", first, 127, n) + payload

@@ -11,13 +11,12 @@ from typing import Any
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import FileResponse, Response
-from starlette.routing import BaseRoute, Mount, Route, WebSocketRoute
+from starlette.routing import BaseRoute, Mount, Route
 from starlette.staticfiles import StaticFiles
 
 from server import rest
 from server.gateway import Gateway
 from server.sse import sse_endpoint
-from server.ws import websocket_endpoint
 
 STATIC = Path(__file__).parent / "static"
 
@@ -34,7 +33,8 @@ def build_app(
     """The ASGI app of one gateway. ``background`` coroutines (the embedded pipeline in
     ``oddstream dev``) run for the app's lifetime, owned by its lifespan. ``web_dist`` is
     the built web shell (React board + Angular bet slip) served at ``/``; without it,
-    the plain demo page."""
+    the plain demo page. WebSocket upgrades (``/ws``) never reach this app: the server
+    hands them to :mod:`server.ws` (see :func:`server.cli.serve`)."""
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -49,7 +49,6 @@ def build_app(
             await gateway.close()
 
     routes: list[BaseRoute] = [
-        WebSocketRoute("/ws", websocket_endpoint),
         Route("/sse", sse_endpoint),
         Route("/v1/events", rest.list_events),
         Route("/v1/events/{event_id}", rest.get_event),

@@ -40,6 +40,7 @@ from server.app import build_app
 from server.gateway import Gateway
 from server.settings import Settings, SettingsError
 from server.webui import ensure_built
+from server.ws import websocket_protocol
 
 log = logging.getLogger("oddstream")
 
@@ -120,6 +121,12 @@ def _server_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--conflate-after-frames", type=int, dest="conflate_after_frames")
     p.add_argument("--send-timeout-s", type=float, dest="send_timeout_s")
     p.add_argument("--max-frame-bytes", type=int, dest="max_frame_bytes")
+    p.add_argument(
+        "--coalesce-ms",
+        type=float,
+        dest="coalesce_ms",
+        help="WebSocket write coalescing window (default 0: once per event-loop turn)",
+    )
     p.add_argument("--history-size", type=int, dest="history_size")
     p.add_argument("--drain-s", type=float, dest="drain_s", help="drain deadline on SIGTERM")
     p.add_argument("--log-level", dest="log_level")
@@ -348,6 +355,19 @@ async def _dead_letter_skipped(
     return len(report.skipped)
 
 
+def server_config(app: Any, settings: Settings, gateway: Gateway | None = None) -> uvicorn.Config:
+    """uvicorn's configuration for a gateway app: HTTP (REST, SSE) through the ASGI app,
+    WebSocket upgrades straight to the gateway's own transport (server/ws.py)."""
+    return uvicorn.Config(
+        app,
+        ws=websocket_protocol(gateway) if gateway is not None else "none",
+        lifespan="on",
+        log_level="warning",
+        access_log=False,
+        timeout_graceful_shutdown=int(settings.close_timeout_s) + 1,
+    )
+
+
 async def serve(app: Any, settings: Settings, gateway: Gateway | None = None) -> None:
     """Serve ``app`` until SIGTERM/SIGINT. The socket is bound first so the printed URL
     carries the real port (``--port 0`` picks a free one). The first signal drains the
@@ -367,16 +387,7 @@ async def serve(app: Any, settings: Settings, gateway: Gateway | None = None) ->
         raise SystemExit(
             f"oddstream: cannot listen on {settings.host}:{settings.port} (--host/--port): {exc}"
         ) from None
-    config = uvicorn.Config(
-        app,
-        ws="websockets-sansio",
-        ws_max_size=settings.max_frame_bytes,
-        ws_ping_interval=None,  # Liveness is the protocol's heartbeat.
-        lifespan="on",
-        log_level="warning",
-        access_log=False,
-        timeout_graceful_shutdown=int(settings.close_timeout_s) + 1,
-    )
+    config = server_config(app, settings, gateway)
     server = _Server(config)
     loop = asyncio.get_running_loop()
     drain: list[asyncio.Task[None]] = []

@@ -7,6 +7,7 @@ import asyncio
 import logging
 import random
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import msgspec
@@ -105,7 +106,10 @@ class Gateway:
         self.ready = False
         await self.relay.close()
 
-    def open_session(self) -> Session:
+    def open_session(self, waker: Callable[[], None] | None = None) -> Session:
+        """A new client session; ``waker`` is called when its outbox has frames (a
+        transport without a task per connection), else the outbox wakes an awaiting
+        writer."""
         self.stats.connections += 1
         self.stats.connections_total += 1
         limits = self.limits
@@ -115,6 +119,7 @@ class Gateway:
             book_of=self.relay.current,
             snapshot_frame=self._snapshot_frame,
             stats=self.conflation,
+            waker=waker,
         )
         session = Session(
             self.relay,

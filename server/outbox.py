@@ -9,7 +9,10 @@ outbox is marked overflowed and stops accepting: the transport then closes the c
 with "reconnect and resume" (4001), and the client resumes from its last seq.
 
 The writer takes frames in batches of at most ``batch``, so a backlog stays here, where
-it can still be conflated, rather than in a batch already being written.
+it can still be conflated, rather than in a batch already being written. A writer either
+awaits :meth:`Outbox.take` (SSE, one task per stream) or is called back: with ``waker``,
+every offer that makes frames takeable calls it instead of waking a task, and the writer
+takes with :meth:`Outbox.take_now` (the WebSocket transport, no task per connection).
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ class Outbox:
         "_holding",
         "_queue",
         "_ready",
+        "_wake",
         "closed",
         "closing",
         "overflow",
@@ -48,6 +52,7 @@ class Outbox:
         stats: ConflationStats | None = None,
         clock: Callable[[], float] | None = None,
         batch: int = BATCH,
+        waker: Callable[[], None] | None = None,
     ):
         soft = limit // 4 if soft_limit is None else min(soft_limit, limit - 1)
         self._queue = Conflator(
@@ -61,6 +66,7 @@ class Outbox:
         self._batch = batch
         self._holding = False
         self._ready = asyncio.Event()
+        self._wake = self._ready.set if waker is None else waker
         self.overflowed = False
         self.closed = False
         self.closing = False
@@ -78,7 +84,7 @@ class Outbox:
         if not self.closing:
             self._queue.interval_s = value
             self._holding = value > 0
-            self._ready.set()
+            self._wake()
 
     def offer(self, frame: Frame) -> None:
         if self.overflowed or self.closed or self.closing:
@@ -91,9 +97,9 @@ class Outbox:
             self.overflowed = True
             queue.clear()
             self.overflow.set()
-            self._ready.set()
+            self._wake()
         elif not quiet or queue.wait_s(self._clock()) == 0.0:
-            self._ready.set()
+            self._wake()
 
     def pin(self, market_id: str) -> None:
         """The next frame of ``market_id`` goes out as it is, never conflated (resume)."""
@@ -102,7 +108,7 @@ class Outbox:
     def close(self) -> None:
         """Stop at once; buffered frames are dropped."""
         self.closed = True
-        self._ready.set()
+        self._wake()
 
     def finish(self) -> None:
         """Stop after the frames already buffered have been taken (used by drain); any
@@ -112,7 +118,7 @@ class Outbox:
         self._holding = False
         if not self._queue:
             self.closed = True
-        self._ready.set()
+        self._wake()
 
     async def take(self, wait_s: float) -> list[Frame]:
         """The next batch of frames, waiting up to ``wait_s`` s for one; [] on timeout,
@@ -137,6 +143,20 @@ class Outbox:
             except TimeoutError:
                 pass  # Deadline or flush time: look again.
         return []
+
+    def take_now(self) -> list[Frame]:
+        """The frames that may go now (at most one batch), without waiting: [] when there
+        are none yet (see :meth:`due_s`), on overflow or on close (check the flags)."""
+        if self.overflowed or self.closed:
+            return []
+        frames = self._queue.take(self._clock(), self._batch)
+        if self.closing and not self._queue:
+            self.closed = True
+        return frames
+
+    def due_s(self) -> float | None:
+        """Seconds until :meth:`take_now` has frames: 0 now, None when the queue is empty."""
+        return self._queue.wait_s(self._clock())
 
     def __len__(self) -> int:
         return len(self._queue)

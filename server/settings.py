@@ -31,6 +31,7 @@ class Settings:
     heartbeat_s: float = 15.0
     send_timeout_s: float = 30.0
     close_timeout_s: float = 2.0
+    coalesce_ms: float = 0.0
     drain_s: float = 10.0
     # Storage.
     history_size: int = 256
@@ -69,6 +70,12 @@ class Settings:
         _check(self.send_timeout_s, "send_timeout_s", self.send_timeout_s > 0, "> 0")
         _check(self.stale_after_s, "stale_after_s", self.stale_after_s >= 0, ">= 0 (0: never)")
         _check(self.close_timeout_s, "close_timeout_s", self.close_timeout_s > 0, "> 0")
+        _check(
+            self.coalesce_ms,
+            "coalesce_ms",
+            0 <= self.coalesce_ms <= 50,
+            "0-50 (0: write once per event-loop turn)",
+        )
         _check(self.drain_s, "drain_s", self.drain_s > 0, "> 0")
         _check(self.history_size, "history_size", self.history_size >= 1, ">= 1")
         _check(self.events, "events", self.events >= 1, ">= 1")

@@ -35,7 +35,8 @@ from feeds.model import (
 )
 from feeds.processor import FeedRecord, Processor, commit_step
 from server.app import build_app
-from server.gateway import Gateway
+from server.cli import server_config
+from server.gateway import DeliveryLimits, Gateway
 from server.settings import Settings
 
 
@@ -78,24 +79,23 @@ class Stack:
 
 
 @contextlib.asynccontextmanager
-async def running_stack(**overrides: Any) -> AsyncIterator[Stack]:
+async def running_stack(
+    limits: DeliveryLimits | None = None,
+    gateway_hook: Any = None,
+    **overrides: Any,
+) -> AsyncIterator[Stack]:
+    """A gateway served as in production (``server.cli.server_config``) over a memory
+    store and broker. ``limits``: delivery limits the settings do not carry;
+    ``gateway_hook(store, broker)``: background coroutines for the app's lifetime."""
     settings = Settings(**{"heartbeat_s": 5.0, **overrides})
     store = MemoryStore(history_size=settings.history_size)
     broker = MemoryBroker()
-    gateway = Gateway(settings, broker, store)
-    app = build_app(gateway)
+    gateway = Gateway(settings, broker, store, limits=limits)
+    app = build_app(gateway, background=gateway_hook(store, broker) if gateway_hook else ())
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))
     sock.listen(128)  # Connections queue in the backlog until uvicorn serves them.
-    config = uvicorn.Config(
-        app,
-        ws="websockets-sansio",
-        ws_max_size=settings.max_frame_bytes,
-        ws_ping_interval=None,
-        lifespan="on",
-        log_level="warning",
-    )
-    server = uvicorn.Server(config)
+    server = uvicorn.Server(server_config(app, settings, gateway))
     task = asyncio.create_task(server.serve(sockets=[sock]))
     port = sock.getsockname()[1]
     try:

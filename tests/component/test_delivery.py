@@ -5,7 +5,6 @@ clients, multi-market SSE resume tokens, REST tokens, drain, and feed staleness.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import itertools
 import socket
 import time
@@ -16,9 +15,7 @@ from typing import Any
 import httpx
 import msgspec
 import pytest
-import uvicorn
 import websockets
-from starlette.routing import Route
 
 import protocol
 from channels.broker import MemoryBroker
@@ -29,20 +26,18 @@ from feeds.model import FeedMarket, FeedMessage, FeedSelection
 from feeds.staleness import REASON
 from protocol import Ack, CloseCode, Delta, Position, Reconnect, Snapshot
 from server import rest
-from server.app import build_app
-from server.gateway import DeliveryLimits, Gateway
+from server.gateway import DeliveryLimits
 from server.resume_token import decode_token
-from server.settings import Settings
 from tests.component.stack import (
     T0,
     Books,
-    Feed,
     Stack,
     event,
     match_result,
     odds,
     over_under,
     price_walk,
+    running_stack,
     sse_messages,
     status,
     ws_client,
@@ -52,41 +47,6 @@ from tests.component.test_websocket import masked_text_frame, ws_handshake
 M1 = "fb-1:1x2"
 M2 = "fb-1:ou_2.5"
 M3 = "fb-1:btts"
-
-
-@contextlib.asynccontextmanager
-async def delivery_stack(
-    limits: DeliveryLimits | None = None,
-    gateway_hook: Any = None,
-    **overrides: Any,
-) -> AsyncIterator[Stack]:
-    """Like ``stack.running_stack``, with delivery limits the settings do not carry yet,
-    and ``GET /v1/snapshots`` routed (until ``server/app.py`` registers it)."""
-    settings = Settings(**{"heartbeat_s": 5.0, **overrides})
-    store = MemoryStore(history_size=settings.history_size)
-    broker = MemoryBroker()
-    gateway = Gateway(settings, broker, store, limits=limits)
-    app = build_app(gateway, background=gateway_hook(store, broker) if gateway_hook else ())
-    app.router.routes.insert(0, Route("/v1/snapshots", rest.get_snapshots))
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    sock.listen(128)
-    config = uvicorn.Config(
-        app,
-        ws="websockets-sansio",
-        ws_max_size=settings.max_frame_bytes,
-        ws_ping_interval=None,
-        lifespan="on",
-        log_level="warning",
-    )
-    server = uvicorn.Server(config)
-    task = asyncio.create_task(server.serve(sockets=[sock]))
-    port = sock.getsockname()[1]
-    try:
-        yield Stack(f"http://127.0.0.1:{port}", Feed(store, broker), gateway, store)
-    finally:
-        server.should_exit = True
-        await asyncio.wait_for(task, 10)
 
 
 def btts(event_id: str = "fb-1") -> FeedMarket:
@@ -120,7 +80,7 @@ def position(snap: Snapshot) -> Position:
 
 async def test_a_client_behind_gets_conflated_exact_books_and_every_state_change() -> None:
     limits = DeliveryLimits(conflate_after_frames=4)
-    async with delivery_stack(limits) as stack:
+    async with running_stack(limits) as stack:
         await stack.feed.send(event(), match_result(), over_under())
         async with ws_client(stack) as client:
             await client.send({"type": "subscribe", "events": ["fb-1"]})
@@ -157,7 +117,7 @@ async def test_a_client_behind_gets_conflated_exact_books_and_every_state_change
 
 
 async def test_conflate_ms_spaces_a_markets_updates() -> None:
-    async with delivery_stack() as stack:
+    async with running_stack() as stack:
         await stack.feed.send(event(), match_result())
         async with websockets.connect(stack.ws_url + "?conflate_ms=150") as conn:
             await conn.send('{"type":"subscribe","markets":["fb-1:1x2"]}')
@@ -185,7 +145,7 @@ async def test_conflate_ms_spaces_a_markets_updates() -> None:
 
 
 async def test_an_invalid_conflate_ms_is_refused() -> None:
-    async with delivery_stack() as stack, httpx.AsyncClient(base_url=stack.url) as http:
+    async with running_stack() as stack, httpx.AsyncClient(base_url=stack.url) as http:
         await stack.feed.send(event(), match_result())
         async with websockets.connect(stack.ws_url + "?conflate_ms=999999") as conn:
             with pytest.raises(websockets.ConnectionClosed) as closed:
@@ -197,7 +157,7 @@ async def test_an_invalid_conflate_ms_is_refused() -> None:
 
 
 async def test_drain_flushes_what_an_interval_holds_back() -> None:
-    async with delivery_stack() as stack:
+    async with running_stack() as stack:
         await stack.feed.send(event(), match_result())
         async with websockets.connect(stack.ws_url + "?conflate_ms=60000") as conn:
             books = Books()
@@ -291,7 +251,7 @@ async def flood_until(stack: Stack, done: Any) -> None:
 
 async def test_a_websocket_client_that_stops_reading_is_dropped_with_4002() -> None:
     limits = DeliveryLimits(send_timeout_s=0.3)
-    async with delivery_stack(limits, close_timeout_s=5.0) as stack:
+    async with running_stack(limits, close_timeout_s=5.0) as stack:
         await stack.feed.send(event(), match_result(), over_under())
         client = StuckClient(stack)
         try:
@@ -309,7 +269,7 @@ async def test_a_websocket_client_that_stops_reading_is_dropped_with_4002() -> N
 
 async def test_an_sse_client_that_stops_reading_is_dropped() -> None:
     limits = DeliveryLimits(send_timeout_s=0.3)
-    async with delivery_stack(limits) as stack:
+    async with running_stack(limits) as stack:
         await stack.feed.send(event(), match_result(), over_under())
         client = StuckClient(stack)
         try:
@@ -322,7 +282,7 @@ async def test_an_sse_client_that_stops_reading_is_dropped() -> None:
 
 
 async def test_a_websocket_client_that_never_sends_is_kept() -> None:
-    async with delivery_stack(heartbeat_s=0.05) as stack:
+    async with running_stack(heartbeat_s=0.05) as stack:
         await stack.feed.send(event(), match_result())
         async with ws_client(stack) as client:
             await client.send({"type": "subscribe", "markets": [M1]})
@@ -336,7 +296,7 @@ async def test_a_websocket_client_that_never_sends_is_kept() -> None:
 
 async def test_sse_heartbeat_when_quiet() -> None:
     async with (
-        delivery_stack(heartbeat_s=0.05) as stack,
+        running_stack(heartbeat_s=0.05) as stack,
         httpx.AsyncClient(base_url=stack.url) as http,
     ):
         await stack.feed.send(event(), match_result())
@@ -371,7 +331,7 @@ async def read_until(
 
 
 async def test_last_event_id_resumes_every_market_of_an_event_stream_exactly() -> None:
-    async with delivery_stack() as stack, httpx.AsyncClient(base_url=stack.url) as http:
+    async with running_stack() as stack, httpx.AsyncClient(base_url=stack.url) as http:
         await stack.feed.send(event(), match_result(), over_under(), *price_walk(M1, 3, T0))
         books = Books()
         log: list[protocol.ServerMessage] = []
@@ -408,7 +368,7 @@ async def test_last_event_id_resumes_every_market_of_an_event_stream_exactly() -
 
 async def test_a_token_resumes_what_it_can_and_resets_the_rest() -> None:
     async with (
-        delivery_stack(history_size=4) as stack,
+        running_stack(history_size=4) as stack,
         httpx.AsyncClient(base_url=stack.url) as http,
     ):
         await stack.feed.send(event(), match_result(), over_under())
@@ -432,7 +392,7 @@ async def test_a_token_resumes_what_it_can_and_resets_the_rest() -> None:
 
 
 async def test_a_token_for_markets_the_query_no_longer_covers_starts_them_afresh() -> None:
-    async with delivery_stack() as stack, httpx.AsyncClient(base_url=stack.url) as http:
+    async with running_stack() as stack, httpx.AsyncClient(base_url=stack.url) as http:
         await stack.feed.send(event(), match_result(), over_under())
         books = Books()
         stream = sse_messages(http, f"/sse?markets={M1}")
@@ -448,7 +408,7 @@ async def test_a_token_for_markets_the_query_no_longer_covers_starts_them_afresh
 
 
 async def test_an_unreadable_token_starts_the_stream_afresh() -> None:
-    async with delivery_stack() as stack, httpx.AsyncClient(base_url=stack.url) as http:
+    async with running_stack() as stack, httpx.AsyncClient(base_url=stack.url) as http:
         await stack.feed.send(event(), match_result())
         log: list[protocol.ServerMessage] = []
         stream = sse_messages(http, f"/sse?markets={M1}", headers={"Last-Event-ID": "AAAA!"})
@@ -461,7 +421,7 @@ async def test_an_unreadable_token_starts_the_stream_afresh() -> None:
 
 
 async def test_load_over_rest_then_stream_from_exactly_there() -> None:
-    async with delivery_stack() as stack, httpx.AsyncClient(base_url=stack.url) as http:
+    async with running_stack() as stack, httpx.AsyncClient(base_url=stack.url) as http:
         await stack.feed.send(event(), match_result(), over_under(), *price_walk(M1, 3, T0))
         response = await http.get("/v1/snapshots", params={"markets": f"{M1},{M2}"})
         assert response.status_code == 200
@@ -484,7 +444,7 @@ async def test_load_over_rest_then_stream_from_exactly_there() -> None:
 
 
 async def test_rest_snapshot_answers_carry_their_token() -> None:
-    async with delivery_stack() as stack, httpx.AsyncClient(base_url=stack.url) as http:
+    async with running_stack() as stack, httpx.AsyncClient(base_url=stack.url) as http:
         await stack.feed.send(event(), match_result(), over_under(), event("fb-2"))
         one = await http.get(f"/v1/markets/{M1}")
         assert decode_token(one.headers[rest.TOKEN_HEADER]) == [position(stack.feed.book(M1))]
@@ -510,7 +470,7 @@ class ResumeWithToken(protocol.Resume, frozen=True, kw_only=True):
 
 
 async def test_a_resume_carrying_a_rest_token_continues_exactly() -> None:
-    async with delivery_stack() as stack, httpx.AsyncClient(base_url=stack.url) as http:
+    async with running_stack() as stack, httpx.AsyncClient(base_url=stack.url) as http:
         await stack.feed.send(event(), match_result(), *price_walk(M1, 2, T0))
         token = (await http.get(f"/v1/markets/{M1}")).headers[rest.TOKEN_HEADER]
         await stack.feed.send(*price_walk(M1, 3, T0 + 100))
@@ -545,7 +505,7 @@ async def test_a_silent_feed_suspends_its_markets_until_it_speaks_again() -> Non
         brokers.append(broker)
         return [EmbeddedPipeline(feed(), store, broker, stale_after_s=0.3).run]
 
-    async with delivery_stack(gateway_hook=hook) as stack:
+    async with running_stack(gateway_hook=hook) as stack:
         # Published means stored: watch the event's channel to know the setup is in.
         published = asyncio.Event()
         watcher = await brokers[0].subscription(lambda c, p: published.set(), lambda: None)
