@@ -13,14 +13,18 @@ on 127.0.0.1), and measures two phases with the very same payloads:
 * **throughput**: the publisher keeps 8 deliveries per client in flight (it reads what the
   clients counted), so every system is driven at its own maximum with the same queued
   work: delivered messages/s and deltas/s, server CPU (cores), RSS;
-* **latency**: a fixed rate (20k deliveries/s by default), identical for every system:
-  feed timestamp to client receipt, p50/p95/p99/max.
+* **latency**: fixed rates (20k, then 5k deliveries/s), identical for every system: feed
+  timestamp to client receipt, p50/p95/p99/max.
 
 RSS per connection is (RSS with the clients connected and idle - RSS before) / clients,
 and again under load. The end-to-end (Kafka + Redis) and ``books`` scenarios are in
 :mod:`loadtest.e2e`. Nothing here asserts timings: goals are printed as met or not.
 
+``--json`` is rewritten after every scenario, and ``--resume`` keeps what an interrupted
+run already measured. ``--profile DIR`` samples the gateway with py-spy. In ``ws_5k`` the
+gateway also runs once with its garbage collector tuned (an experiment, reported apart).
 Every child process runs in its own process group and is stopped on exit, Ctrl-C included.
+See ``docs/performance.md``.
 """
 
 from __future__ import annotations
@@ -78,6 +82,11 @@ PEERS = ("broadcaster", "pushpin")
 EXPERIMENT = "oddstream_gc_tuned"
 """The same gateway with the garbage collector tuned (``gateway_driver --gc tuned``): an
 experiment backing a proposal in docs/performance.md, never one of the figures judged."""
+BATCHED = "oddstream_batched"
+"""The same gateway with ``coalesce_ms`` = :data:`BATCH_WINDOW_MS` and clients on
+``/ws?batch=1`` (one WebSocket message holds every delta queued for the client), driven
+with as many deltas in flight as the packed ceiling: the coalescing goal's figure."""
+BATCH_WINDOW_MS = 10
 MARKETS = 10
 WINDOW_PER_CLIENT = 8
 LATENCY_DELIVERIES_PER_S = 20_000
@@ -163,6 +172,8 @@ def fd_limit() -> int:
 def _server_argv(system: str, board: Path) -> list[str]:
     if system == EXPERIMENT:
         return [*_server_argv("oddstream", board), "--gc", "tuned"]
+    if system == BATCHED:
+        return [*_server_argv("oddstream", board), "--coalesce-ms", str(BATCH_WINDOW_MS)]
     common = ["--board", str(board), "--port", "0", "--markets", str(MARKETS)]
     if system == "websockets":  # A stack candidate (loadtest.stack_candidates).
         return procs.python("loadtest.stack_candidates", "serve", *common)
@@ -183,7 +194,9 @@ def _client_target(system: str, transport: str, base: str) -> tuple[str, str | N
     host = base.split("://", 1)[1].rstrip("/")
     if transport == "ws":
         if system.startswith("oddstream"):
-            return f"ws://{host}/ws", subscribe_command(markets).decode(), "oddstream.v1.json"
+            query = "?batch=1" if system == BATCHED else ""
+            command = subscribe_command(markets).decode()
+            return f"ws://{host}/ws{query}", command, "oddstream.v1.json"
         return f"ws://{host}/ws", subscribe_command(markets).decode(), None
     if system.startswith("oddstream"):
         return f"http://{host}/sse?markets={','.join(markets)}", None, None
@@ -226,6 +239,7 @@ def measure(
     slow_every: int = 0,
     extra_latency_rates: Sequence[float] = (),
     profile_to: Path | None = None,
+    env: dict[str, str] | None = None,
     log: Callable[[str], None] = print,
 ) -> Run:
     """Run one system through the phases. ``latency_rate`` is deliveries/s for the latency
@@ -236,7 +250,7 @@ def measure(
     server: procs.Child | None = None
     children: list[procs.Child] = []
     try:
-        server = procs.Child(system, _server_argv(system, board.path))
+        server = procs.Child(system, _server_argv(system, board.path), env=env)
         line = server.wait_line("serving on", "not available", timeout_s=40)
         if line is None or "not available" in line:
             run.available = False
@@ -497,10 +511,13 @@ def fanout_scenario(
     repeat: int,
     log: Callable[[str], None],
     profile_dir: Path | None = None,
+    only: Sequence[str] = (),
 ) -> dict[str, Any]:
     requested = spec.quick_clients if quick else spec.clients
     clients = min(requested, fd_limit() - FD_RESERVE)
     systems = spec.quick_systems if quick else spec.systems
+    if only:
+        systems = tuple(s for s in systems if s in only)
     log(f"\n== {spec.name}: {spec.title} ({clients} clients, {spec.transport}) ==")
     note = ""
     if clients < requested:
@@ -527,8 +544,9 @@ def fanout_scenario(
                     log=log,
                 )
             )
-            if not attempts[-1].available:
-                break
+            last = attempts[-1]
+            if not last.available or last.values.get("connected", 0) < 0.95 * clients:
+                break  # A system that cannot hold the clients is not retried.
         runs[system] = best(attempts)
         _log_run(runs[system], log)
     packed: Run | None = None
@@ -538,6 +556,10 @@ def fanout_scenario(
         )
         packed.system = "ceiling_packed10"
         _log_run(packed, log)
+    batched: Run | None = None
+    if spec.packed_ceiling and "oddstream" in systems:
+        batched = measure(BATCHED, spec.transport, clients, timing, pack=10, log=log)
+        _log_run(batched, log)
     experiment: Run | None = None
     if spec.experiment and not quick:
         experiment = measure(
@@ -559,6 +581,10 @@ def fanout_scenario(
     if packed is not None and packed.available:
         result["ceiling_packed10_deltas_per_s"] = packed.values.get("deltas_per_s")
         result["systems"]["ceiling_packed10"] = packed.values
+    if batched is not None and batched.available:
+        result["batched_deltas_per_s"] = batched.values.get("deltas_per_s")
+        result["batched_p99_ms"] = batched.values.get("p99_ms")
+        result["systems"][BATCHED] = batched.values
     _log_ratios(result, log)
     return result
 
@@ -791,11 +817,13 @@ def goals(s: dict[str, dict[str, Any]], quick: bool = False) -> list[dict[str, A
             f"{_fmt(ws5['delivered_per_s'])}/s = {_fmt(ceiling, '.2f')} x ceiling, "
             f"{_fmt(peer, '.2f')} x broadcaster",
         )
-        deltas = ws5.get("deltas_per_s") or 0
+        batched = ws5.get("batched_deltas_per_s")
         add(
             "coalescing: >= 1M deltas/s per gateway process",
-            deltas >= 1_000_000,
-            f"{_fmt(deltas)} deltas/s (one delta per frame: no coalescing yet); packed ceiling "
+            None if batched is None else batched >= 1_000_000,
+            f"{_fmt(batched)} deltas/s with a {BATCH_WINDOW_MS} ms window and ?batch=1 "
+            f"(p99 {_fmt(ws5.get('batched_p99_ms'))} ms at the latency rate); without "
+            f"batches {_fmt(ws5.get('deltas_per_s'))}; packed ceiling "
             f"{_fmt(ws5.get('ceiling_packed10_deltas_per_s'))} deltas/s",
         )
     else:
@@ -964,6 +992,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         metavar="DIR",
         help="py-spy the oddstream gateway in each fan-out throughput phase, into DIR",
     )
+    parser.add_argument(
+        "--systems",
+        help="fan-out scenarios: only these systems (comma-separated; for iterating, not "
+        "for the record: ratios need the ceiling and the peers)",
+    )
+    parser.add_argument(
+        "--resume",
+        action="store_true",
+        help="keep the scenarios already in the --json file, run the rest (after a crash)",
+    )
     args = parser.parse_args(argv)
     wanted = SCENARIOS if not args.scenarios else tuple(args.scenarios.split(","))
     unknown = [s for s in wanted if s not in SCENARIOS]
@@ -1009,11 +1047,40 @@ def main(argv: Sequence[str] | None = None) -> int:
         # the run goes on to the next.
         from redis.exceptions import RedisError
 
+        if name in report["scenarios"]:
+            log(f"\n== {name}: kept from {args.json} (--resume) ==")
+            return
         try:
             report["scenarios"][name] = scenario()
         except (OSError, RuntimeError, ValueError, KeyError, RedisError) as exc:
             log(f"  {name}: failed: {exc!r}")
             report["scenarios"][name] = failed_scenario(name, repr(exc))
+        save()
+
+    def save() -> None:
+        # After every scenario, so a run that is killed keeps what it measured.
+        if args.json:
+            report["goals"] = goals(report["scenarios"], args.quick)
+            report["machine"]["loadavg_end"] = procs.loadavg()
+            report["elapsed_s"] = round(time.monotonic() - started + resumed_s, 1)
+            tmp = args.json.with_name(args.json.name + ".tmp")
+            tmp.write_text(json.dumps(report, indent=2) + "\n")
+            tmp.replace(args.json)
+
+    resumed_s = 0.0
+    if args.resume and args.json and args.json.exists():
+        previous = json.loads(args.json.read_text())
+        if previous.get("quick") == args.quick:
+            report["scenarios"] = {
+                k: v for k, v in previous["scenarios"].items() if v.get("measured")
+            }
+            report["started"] = previous["started"]
+            report["machine"]["loadavg_start"] = previous["machine"]["loadavg_start"]
+            report["resumed"] = [
+                *previous.get("resumed", []),
+                datetime.now(UTC).isoformat(timespec="seconds"),
+            ]
+            resumed_s = float(previous.get("elapsed_s") or 0)
 
     try:
         for spec in FANOUTS:
@@ -1021,7 +1088,13 @@ def main(argv: Sequence[str] | None = None) -> int:
                 run_one(
                     spec.name,
                     lambda spec=spec: fanout_scenario(  # type: ignore[misc]
-                        spec, args.quick, timing, max(1, args.repeat), log, args.profile
+                        spec,
+                        args.quick,
+                        timing,
+                        max(1, args.repeat),
+                        log,
+                        args.profile,
+                        only=tuple(args.systems.split(",")) if args.systems else (),
                     ),
                 )
         if "slow_mix" in wanted:
@@ -1055,17 +1128,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("\ninterrupted: stopping every process", file=sys.stderr, flush=True)
         procs.stop_all()
+        save()
         return 130
+    except SystemExit:
+        procs.stop_all()
+        save()
+        raise
     report["goals"] = goals(report["scenarios"], args.quick)
     report["machine"]["loadavg_end"] = procs.loadavg()
-    report["elapsed_s"] = round(time.monotonic() - started, 1)
+    report["elapsed_s"] = round(time.monotonic() - started + resumed_s, 1)
     print("\n== goals (printed, never asserted) ==")
     for g in report["goals"]:
         mark = {True: "MET", False: "NOT MET", None: "not measured"}[g["met"]]
         print(f"  [{mark}] {g['goal']}: {g['why']}")
     print(f"\nelapsed {report['elapsed_s']} s; load {report['machine']['loadavg_end']}")
     if args.json:
-        args.json.write_text(json.dumps(report, indent=2) + "\n")
+        save()
         print(f"wrote {args.json}")
     return 0
 

@@ -383,7 +383,7 @@ def _get_json_text(url: str) -> dict[str, float]:
     out: dict[str, float] = {}
     with (
         contextlib.suppress(OSError, ValueError),
-        urllib.request.urlopen(url, timeout=5) as response,  # noqa: S310 - loopback
+        urllib.request.urlopen(url, timeout=20) as response,  # noqa: S310 - loopback
     ):
         for line in response.read().decode().splitlines():
             if line and not line.startswith("#") and "{" not in line:

@@ -44,6 +44,7 @@ async def run(board: Board, args: argparse.Namespace) -> None:
         "web": "off",
         "log_level": "warning",
         "queue_frames": args.queue_frames,
+        "coalesce_ms": args.coalesce_ms,
     }
     settings = Settings.load({k: v for k, v in flags.items() if v is not None})
     markets = market_ids(args.markets)
@@ -128,6 +129,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--port", type=int, default=0)
     parser.add_argument("--markets", type=int, default=10)
     parser.add_argument("--queue-frames", type=int, help="per-client outbox bound")
+    parser.add_argument("--coalesce-ms", type=float, help="WebSocket write coalescing window")
     parser.add_argument(
         "--gc",
         choices=("default", "tuned"),

@@ -128,6 +128,7 @@ def install_cleanup() -> None:
     atexit.register(stop_all)
 
     def on_signal(signum: int, frame: object) -> None:
+        print(f"\n{signal.Signals(signum).name}: stopping every process", file=sys.stderr)
         raise SystemExit(128 + signum)
 
     for sig in (signal.SIGTERM, signal.SIGHUP):

@@ -93,6 +93,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--scenarios", default="ws_1k,ws_5k,sse_1k,sse_5k")
     parser.add_argument("--json", type=Path)
     parser.add_argument("--quick", action="store_true")
+    parser.add_argument(
+        "--httptools",
+        type=Path,
+        metavar="DIR",
+        help="also run the gateway with httptools importable from DIR (pip install --target "
+        "DIR httptools): uvicorn then parses HTTP in C instead of h11",
+    )
+    parser.add_argument("--only", help="comma-separated candidates to run (default: all)")
     args = parser.parse_args(args_list)
     procs.install_cleanup()
     raise_nofile()
@@ -104,18 +112,26 @@ def main(argv: list[str] | None = None) -> int:
         clients = spec.quick_clients if args.quick else spec.clients
         clients = min(clients, bench.fd_limit() - bench.FD_RESERVE)
         print(f"\n== {spec.name} ({clients} clients, {spec.transport}) ==", flush=True)
-        candidates = (
+        candidates: tuple[str, ...] = (
             ("oddstream", "ceiling", "websockets")
             if spec.transport == "ws"
             else ("oddstream", "ceiling", "broadcaster", "broadcaster_plain_sse")
         )
+        if args.httptools:
+            candidates = (*candidates, "oddstream_httptools")
+        if args.only:
+            candidates = tuple(c for c in candidates if c in args.only.split(","))
         for system in candidates:
+            env = None
+            if system == "oddstream_httptools":
+                env = {"PYTHONPATH": str(args.httptools.resolve())}
             run = bench.measure(
-                system,
+                "oddstream" if system == "oddstream_httptools" else system,
                 spec.transport,
                 clients,
                 timing,
                 extra_latency_rates=() if args.quick else (bench.LOW_LATENCY_DELIVERIES_PER_S,),
+                env=env,
             )
             run.system = system
             bench._log_run(run, print)

@@ -7,6 +7,8 @@ from protocol.book import apply, apply_selection_changes, as_reset
 from protocol.codec import (
     decode_command,
     decode_server,
+    decode_server_batch,
+    decode_server_batch_msgpack,
     decode_server_msgpack,
     encode,
     encode_msgpack,
@@ -81,6 +83,8 @@ __all__ = [
     "as_reset",
     "decode_command",
     "decode_server",
+    "decode_server_batch",
+    "decode_server_batch_msgpack",
     "decode_server_msgpack",
     "encode",
     "encode_msgpack",

@@ -21,6 +21,12 @@ _msgpack_encoder = msgspec.msgpack.Encoder(decimal_format="string")
 _msgpack_server_decoder: msgspec.msgpack.Decoder[ServerMessage] = msgspec.msgpack.Decoder(
     ServerMessage
 )
+_batch_decoder: msgspec.json.Decoder[list[ServerMessage]] = msgspec.json.Decoder(
+    list[ServerMessage]
+)
+_msgpack_batch_decoder: msgspec.msgpack.Decoder[list[ServerMessage]] = msgspec.msgpack.Decoder(
+    list[ServerMessage]
+)
 
 COMMAND_TYPES: frozenset[str] = frozenset({"subscribe", "unsubscribe", "resume", "ping"})
 
@@ -46,6 +52,25 @@ def decode_server(data: bytes | str) -> ServerMessage:
 def decode_server_msgpack(data: bytes) -> ServerMessage:
     """Decode one server-to-client MessagePack message."""
     return _msgpack_server_decoder.decode(data)
+
+
+def decode_server_batch(data: bytes | str) -> list[ServerMessage]:
+    """Decode one WebSocket message of a ``?batch=1`` connection: a JSON array of server
+    messages (a lone object is accepted too). Raises :class:`msgspec.DecodeError`."""
+    head = data.lstrip()[:1]
+    if head not in (b"[", "["):
+        return [decode_server(data)]
+    try:
+        return _batch_decoder.decode(data)
+    except UnicodeDecodeError as exc:
+        raise msgspec.DecodeError(f"invalid UTF-8: {exc}") from None
+
+
+def decode_server_batch_msgpack(data: bytes) -> list[ServerMessage]:
+    """The MessagePack form of :func:`decode_server_batch`."""
+    if data[:1] and (data[0] & 0xF0 == 0x90 or data[0] in (0xDC, 0xDD)):
+        return _msgpack_batch_decoder.decode(data)
+    return [decode_server_msgpack(data)]
 
 
 def decode_command(data: bytes | str) -> ClientCommand:

@@ -73,6 +73,10 @@ class GatewayStats(msgspec.Struct):
     dead_client_closes: int = 0
     """Clients dropped because a write to them stayed blocked past ``send_timeout_s``."""
     protocol_errors: int = 0
+    ws_writes: int = 0
+    """WebSocket writes to clients: one per client per flush, whatever it carries."""
+    ws_messages: int = 0
+    """Server messages those writes carried (more than the writes: coalescing)."""
 
 
 class Gateway:

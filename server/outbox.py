@@ -90,15 +90,18 @@ class Outbox:
         if self.overflowed or self.closed or self.closing:
             return
         queue = self._queue
-        # With an interval, updates held for the next flush need not wake the writer: it
-        # sleeps until the flush, which it learnt of when the queue stopped being empty.
-        quiet = self._holding and bool(queue)
+        # The writer is woken when the queue stops being empty; until it has taken
+        # everything it needs no further call (the WebSocket flush re-arms itself when a
+        # batch leaves frames behind, an awaiting writer looks again before it sleeps).
+        # With an interval, updates held for the next flush wake it only when one may go
+        # at once (a state change, or the flush time passed).
+        waiting = bool(queue)
         if not queue.offer(frame):
             self.overflowed = True
             queue.clear()
             self.overflow.set()
             self._wake()
-        elif not quiet or queue.wait_s(self._clock()) == 0.0:
+        elif not waiting or (self._holding and queue.wait_s(self._clock()) == 0.0):
             self._wake()
 
     def pin(self, market_id: str) -> None:

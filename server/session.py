@@ -54,6 +54,8 @@ class Session:
         self._relay = relay
         self._store = store
         self.outbox = outbox
+        # The hub calls ``offer`` once per frame per subscriber: straight to the outbox.
+        self.offer = outbox.offer  # type: ignore[method-assign]
         self._max = max_subscriptions
         self._max_conflate_ms = max_conflate_ms
         self.markets: set[str] = set()
@@ -61,7 +63,7 @@ class Session:
         self.lobbies: set[str] = set()
         self.closed = False
 
-    # Hub subscriber.
+    # Hub subscriber (bound to the outbox's offer in ``__init__``).
     def offer(self, frame: Frame) -> None:
         self.outbox.offer(frame)
 

@@ -28,16 +28,18 @@ from __future__ import annotations
 import asyncio
 import collections
 import logging
-from collections.abc import Callable
+import struct
 from typing import Any, cast
 from urllib.parse import parse_qs, urlsplit
 
+from websockets.frames import Frame as WsFrame
 from websockets.frames import Opcode
 from websockets.http11 import Request
 from websockets.protocol import State
 from websockets.server import ServerProtocol
+from websockets.typing import Subprotocol
 
-from channels.frame import Frame
+from channels.frame import OP_BINARY, OP_TEXT, Frame, ws_frame
 from protocol import SUBPROTOCOL_JSON, SUBPROTOCOL_MSGPACK, CloseCode, ErrorCode, ProtocolError
 from server.gateway import Gateway
 from server.session import Session
@@ -46,6 +48,7 @@ log = logging.getLogger(__name__)
 
 _SUPPORTED = (SUBPROTOCOL_JSON, SUBPROTOCOL_MSGPACK)
 PATH = "/ws"
+_DATA = (Opcode.TEXT, Opcode.BINARY)
 #: Commands queued from one client before its socket stops being read (back-pressure).
 _COMMANDS_QUEUED = 64
 
@@ -55,9 +58,10 @@ _REASONS = {
 }
 
 
-def websocket_protocol(gateway: Gateway) -> Callable[..., WebSocketConnection]:
+def websocket_protocol(gateway: Gateway) -> Any:
     """The ``ws`` protocol class to give uvicorn: it builds one connection per upgrade,
-    all sharing this gateway's :class:`WebSockets`."""
+    all sharing this gateway's :class:`WebSockets` (a factory where uvicorn's types say
+    class: it only ever calls it with keyword arguments)."""
     sockets = WebSockets(gateway)
 
     def build(
@@ -103,9 +107,10 @@ class WebSockets:
     def _flush(self) -> None:
         self._scheduled = False
         dirty, self._dirty = self._dirty, []
+        now = asyncio.get_running_loop().time()
         for conn in dirty:
             conn.dirty = False
-            conn.flush()
+            conn.flush(now)
 
     def add(self, conn: WebSocketConnection) -> None:
         self.connections.add(conn)
@@ -122,17 +127,16 @@ class WebSockets:
 
     def _schedule_heartbeat(self) -> None:
         loop = asyncio.get_running_loop()
-        self._heartbeat = loop.call_later(self.gateway.settings.heartbeat_s, self._beat)
+        self._heartbeat = loop.call_later(self.gateway.settings.heartbeat_s / 4, self._beat)
 
     def _beat(self) -> None:
-        """Every connection that sent nothing since the last beat gets a heartbeat (one
-        frame, encoded once, shared): a client hears from the server at least every two
-        heartbeat intervals."""
+        """Every connection that sent nothing for a heartbeat interval gets a heartbeat
+        (one frame, encoded once, shared). Checked every quarter interval, so a quiet
+        client hears from the server at least every 1.25 intervals."""
         frame: Frame | None = None
+        quiet_since = asyncio.get_running_loop().time() - self.gateway.settings.heartbeat_s
         for conn in self.connections:
-            if conn.sent:
-                conn.sent = False
-            elif conn.session is not None:
+            if conn.sent_at <= quiet_since and conn.session is not None:
                 frame = frame or self.gateway.heartbeat()
                 conn.session.offer(frame)
         if self.connections:
@@ -150,15 +154,16 @@ class WebSocketConnection(asyncio.Protocol):
         self._server_state = server_state
         settings = self._gateway.settings
         self._ws = ServerProtocol(
-            subprotocols=list(_SUPPORTED),
+            subprotocols=[Subprotocol(p) for p in _SUPPORTED],
             select_subprotocol=_select_subprotocol,
             max_size=settings.max_frame_bytes,
         )
         self._transport: asyncio.Transport | None = None
         self.session: Session | None = None
         self._binary = False
+        self._batch = False
         self.dirty = False
-        self.sent = False
+        self.sent_at = asyncio.get_running_loop().time()
         self._paused = False
         self._closing = False
         self._stuck: asyncio.TimerHandle | None = None
@@ -183,8 +188,8 @@ class WebSocketConnection(asyncio.Protocol):
         for event in ws.events_received():
             if isinstance(event, Request):
                 self._handshake(event)
-            elif event.opcode is Opcode.TEXT or event.opcode is Opcode.BINARY:
-                self._command(event.data)
+            elif isinstance(event, WsFrame) and event.opcode in _DATA:
+                self._command(bytes(event.data))
         self._send_pending()
 
     def eof_received(self) -> bool | None:
@@ -248,10 +253,16 @@ class WebSocketConnection(asyncio.Protocol):
             self._close(CloseCode.GOING_AWAY, "draining; reconnect elsewhere")
             return
         self._binary = chosen == SUBPROTOCOL_MSGPACK
+        query = parse_qs(url.query)
+        batch = query.get("batch", ["0"])[-1]
+        if batch not in ("0", "1"):
+            self._close(CloseCode.PROTOCOL_VIOLATION, "batch must be 0 or 1")
+            return
+        self._batch = batch == "1"
         session = gateway.open_session(waker=self.wake)
         self.session = session
         # Stopgap until ``subscribe`` carries it: /ws?conflate_ms=N.
-        conflate_ms = parse_qs(url.query).get("conflate_ms")
+        conflate_ms = query.get("conflate_ms")
         if conflate_ms:
             try:
                 session.conflate(_int(conflate_ms[-1], "conflate_ms"))
@@ -292,8 +303,8 @@ class WebSocketConnection(asyncio.Protocol):
         if not self._closing:
             self._sockets.wake(self)
 
-    def flush(self) -> None:
-        """Write everything the outbox lets go now, in one write."""
+    def flush(self, now: float) -> None:
+        """Write everything the outbox lets go now (up to a batch), in one write."""
         session = self.session
         if self._closing or session is None:
             return
@@ -308,11 +319,16 @@ class WebSocketConnection(asyncio.Protocol):
         if frames:
             transport = self._transport
             assert transport is not None
-            if self._binary:
+            if self._batch:
+                transport.write(batch_frame(frames, binary=self._binary))
+            elif self._binary:
                 transport.write(b"".join([f.ws_binary for f in frames]))
             else:
                 transport.write(b"".join([f.ws_text for f in frames]))
-            self.sent = True
+            self.sent_at = now
+            stats = self._gateway.stats
+            stats.ws_writes += 1
+            stats.ws_messages += len(frames)
         if outbox.closed:
             self._close(CloseCode.GOING_AWAY, "server closing")
             return
@@ -365,6 +381,16 @@ class WebSocketConnection(asyncio.Protocol):
             else:
                 transport.close()  # The protocol's end of stream: flushes, then closes.
                 return
+
+
+def batch_frame(frames: list[Frame], *, binary: bool) -> bytes:
+    """One WebSocket message holding ``frames`` as an array (``?batch=1``): JSON
+    ``[m1,m2,...]`` from the shared encodings, or a MessagePack array of them."""
+    if binary:
+        n = len(frames)
+        head = bytes((0x90 | n,)) if n < 16 else struct.pack("!BH", 0xDC, n)
+        return ws_frame(OP_BINARY, head + b"".join([f.msgpack for f in frames]))
+    return ws_frame(OP_TEXT, b"[" + b",".join([f.json for f in frames]) + b"]")
 
 
 def _int(value: str, name: str) -> int:

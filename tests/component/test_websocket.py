@@ -16,6 +16,7 @@ import protocol
 from protocol import CloseCode
 from tests.component.stack import (
     T0,
+    Books,
     event,
     match_result,
     odds,
@@ -198,6 +199,67 @@ async def test_oversized_frame_closes_with_1009() -> None:
             await client.recv()
         assert closed.value.rcvd is not None
         assert closed.value.rcvd.code == protocol.MESSAGE_TOO_BIG
+
+
+async def test_a_burst_is_coalesced_into_few_writes() -> None:
+    """Deltas that reach the gateway in one go leave in one write per client (each still
+    its own WebSocket message), not one write each."""
+    async with running_stack() as stack:
+        await stack.feed.send(event(), match_result())
+        async with ws_client(stack) as client:
+            await client.send({"type": "subscribe", "markets": [M1]})
+            await client.until_seq({M1: 1})
+            stats = stack.gateway.stats
+            writes, messages = stats.ws_writes, stats.ws_messages
+            await stack.feed.send(*price_walk(M1, 30, T0))
+            await client.until_seq({M1: 31})
+            assert client.books.seqs[M1] == list(range(1, 32))
+            assert stats.ws_messages - messages == 30
+            assert stats.ws_writes - writes < 5
+
+
+@pytest.mark.parametrize("subprotocol", [protocol.SUBPROTOCOL_JSON, protocol.SUBPROTOCOL_MSGPACK])
+async def test_batched_connection_gets_arrays_of_the_same_stream(subprotocol: str) -> None:
+    async with running_stack() as stack:
+        await stack.feed.send(event(), match_result(), over_under())
+        async with websockets.connect(
+            stack.ws_url + "?batch=1",
+            subprotocols=[subprotocol],  # type: ignore[list-item]
+        ) as conn:
+            decode = (
+                protocol.decode_server_batch_msgpack
+                if subprotocol == protocol.SUBPROTOCOL_MSGPACK
+                else protocol.decode_server_batch
+            )
+            books = Books()
+            sizes: list[int] = []
+            await conn.send('{"type":"subscribe","events":["fb-1"]}')
+            async with asyncio.timeout(10):
+                while books.at(M1) < 1 or books.at(M2) < 1:
+                    for message in decode(await conn.recv()):  # type: ignore[arg-type]
+                        books.take(message)
+            await stack.feed.send(*price_walk(M1, 40, T0), odds(M2, T0 + 50, over="1.5"))
+            async with asyncio.timeout(10):
+                while books.at(M1) < 41 or books.at(M2) < 2:
+                    raw = await conn.recv()
+                    assert raw[:1] in (b"[", "[") or subprotocol == protocol.SUBPROTOCOL_MSGPACK
+                    batch = decode(raw)  # type: ignore[arg-type]
+                    sizes.append(len(batch))
+                    for message in batch:
+                        books.take(message)
+        assert books.seqs[M1] == list(range(1, 42))
+        assert max(sizes) > 1, sizes
+        for market_id in (M1, M2):
+            assert books.markets[market_id] == await rest_snapshot(stack.url, market_id)
+
+
+async def test_bad_batch_value_is_refused_with_do_not_retry_code() -> None:
+    async with running_stack() as stack:
+        async with websockets.connect(stack.ws_url + "?batch=yes") as conn:
+            with pytest.raises(websockets.ConnectionClosed) as closed:
+                await conn.recv()
+        assert closed.value.rcvd is not None
+        assert closed.value.rcvd.code == CloseCode.PROTOCOL_VIOLATION
 
 
 async def test_heartbeat_when_quiet() -> None:

@@ -26,6 +26,7 @@ from protocol import (
     Snapshot,
     decode_command,
     decode_server,
+    decode_server_batch,
     encode,
 )
 from protocol.codec import COMMAND_TYPES
@@ -277,6 +278,18 @@ def test_sse_example_carries_valid_messages(text: str) -> None:
         assert check_message(fields["data"]) == fields["event"]
 
 
+def test_batch_examples() -> None:
+    """A ``?batch=1`` WebSocket message is an array of valid server messages."""
+    batches = [b.text for b in BLOCKS if b.info == "json batch"]
+    assert batches
+    for text in batches:
+        items = json.loads(text)
+        assert isinstance(items, list) and len(items) > 1
+        assert [check_message(json.dumps(item)) for item in items] == [
+            tag_of(type(m)) for m in decode_server_batch(text)
+        ]
+
+
 def test_rest_examples() -> None:
     """REST arrays hold protocol messages (events) or market summaries, exactly."""
     listings = [json.loads(b.text) for b in BLOCKS if b.info == "json rest"]
@@ -305,7 +318,7 @@ def test_every_message_type_has_an_example() -> None:
 
 
 def test_no_unchecked_code_blocks() -> None:
-    assert {b.info for b in BLOCKS} <= {"json", "json rest", "text", "python", "sh"}
+    assert {b.info for b in BLOCKS} <= {"json", "json batch", "json rest", "text", "python", "sh"}
 
 
 def test_error_and_close_codes_are_documented() -> None:
