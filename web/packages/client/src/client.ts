@@ -170,6 +170,14 @@ export interface ClientOptions {
   readonly url?: string;
   /** "auto" (default): WebSocket, falling back to SSE when WebSocket cannot connect. */
   readonly transport?: "auto" | "websocket" | "sse";
+  /**
+   * WebSocket only: ask for batches (`/ws?batch=1`, default true). The server then sends
+   * every WebSocket message as an array of one or more messages, which the client applies
+   * in order exactly as if they had arrived one by one; a browser handles one `message`
+   * event for many deltas. `false` opens `/ws` as before (one message per WebSocket
+   * message). SSE is unaffected.
+   */
+  readonly batch?: boolean;
   readonly backoff?: BackoffOptions;
   /** The server's heartbeat interval (default 15 000 ms). */
   readonly heartbeatMs?: number;
@@ -387,6 +395,7 @@ export class OddsClient {
       const Ctor = this.opts.WebSocket ?? (globalThis.WebSocket as unknown as WebSocketConstructor);
       const url = new URL("ws", this.base);
       url.protocol = url.protocol === "https:" ? "wss:" : "ws:";
+      if (this.opts.batch !== false) url.searchParams.set("batch", "1");
       this.transport = openWebSocket(Ctor, url.href, handler);
     } else {
       const url = this.sseUrl();

@@ -1,7 +1,12 @@
 /**
  * Transports behind one small interface: a WebSocket (commands both ways) and Server-Sent
  * Events (read-only; the subscription is in the URL). Both hand decoded JSON messages up
- * and report one `closed` at most; after `close()` they report nothing at all.
+ * one at a time and report one `closed` at most; after `close()` they report nothing at all.
+ *
+ * A WebSocket opened with `?batch=1` (see `ClientOptions.batch`) receives every WebSocket
+ * message as a JSON array of one or more server messages; the decoder accepts either shape
+ * and the transport hands the elements up one by one, in order, exactly as if they had
+ * arrived unbatched.
  */
 import { serverMessageTypes, type ClientCommand, type ServerMessage } from "./generated/protocol.js";
 
@@ -47,17 +52,40 @@ export interface Transport {
   close(): void;
 }
 
-function decode(data: unknown): ServerMessage | undefined {
+function isMessage(value: unknown): value is ServerMessage {
+  return (
+    typeof value === "object" &&
+    value !== null &&
+    !Array.isArray(value) &&
+    typeof (value as { type?: unknown }).type === "string"
+  );
+}
+
+function parse(data: unknown): unknown {
   if (typeof data !== "string") return undefined;
   try {
-    const value: unknown = JSON.parse(data);
-    if (value && typeof value === "object" && typeof (value as { type?: unknown }).type === "string") {
-      return value as ServerMessage;
-    }
+    return JSON.parse(data) as unknown;
   } catch {
     // A frame that is not JSON is skipped like an unknown type: the protocol only grows.
+    return undefined;
   }
-  return undefined;
+}
+
+/** One server message (SSE: each event carries exactly one). */
+function decode(data: unknown): ServerMessage | undefined {
+  const value = parse(data);
+  return isMessage(value) ? value : undefined;
+}
+
+/**
+ * The server messages in one WebSocket message, in order: a single message object, or a
+ * batch (`?batch=1`): an array of them. An element that is not a message is skipped, just
+ * as an invalid unbatched message is; the rest of its batch still counts.
+ */
+export function decodeMessages(data: unknown): ServerMessage[] {
+  const value = parse(data);
+  if (Array.isArray(value)) return value.filter(isMessage);
+  return isMessage(value) ? [value] : [];
 }
 
 /** Close codes 4100-4199 mean "do not retry the same request". */
@@ -84,9 +112,12 @@ export function openWebSocket(
     handler.opened();
   };
   ws.onmessage = (ev) => {
-    if (done) return;
-    const message = decode(ev.data);
-    if (message) handler.message(message);
+    for (const message of decodeMessages(ev.data)) {
+      // A message may end the transport (e.g. `reconnect`): the rest of its batch is then
+      // dropped, as unbatched messages arriving after `close()` would be.
+      if (done) return;
+      handler.message(message);
+    }
   };
   ws.onclose = (ev) => finish(ev.code, ev.reason);
   ws.onerror = () => {

@@ -55,7 +55,7 @@ describe("connection state machine", () => {
     const { client, states } = make();
     client.connect();
     expect(client.state).toBe("connecting");
-    expect(FakeWebSocket.last.url).toBe("ws://gw.test/ws");
+    expect(FakeWebSocket.last.url).toBe("ws://gw.test/ws?batch=1");
     expect(FakeWebSocket.last.protocols).toEqual(["oddstream.v1.json"]);
     FakeWebSocket.last.accept();
     expect(states).toEqual(["connecting", "open"]);

@@ -47,6 +47,16 @@ export class FakeWebSocket implements WebSocketLike {
     this.onmessage?.({ data: JSON.stringify(message) });
   }
 
+  /** One WebSocket message holding `messages` as a batch (`?batch=1`). */
+  pushBatch(messages: readonly unknown[]): void {
+    this.onmessage?.({ data: JSON.stringify(messages) });
+  }
+
+  /** One WebSocket message with exactly this payload. */
+  pushRaw(data: unknown): void {
+    this.onmessage?.({ data });
+  }
+
   drop(code = 1006, reason = ""): void {
     this.readyState = 3;
     this.onclose?.({ code, reason });
