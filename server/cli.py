@@ -37,8 +37,10 @@ from feeds.model import FeedMessage
 from feeds.replay import ReadReport, write_jsonl
 from feeds.sources import SourceError, open_source
 from server.app import build_app
+from server.front import http_protocol
 from server.gateway import Gateway
 from server.settings import Settings, SettingsError
+from server.streams import Streams
 from server.webui import ensure_built
 from server.ws import websocket_protocol
 
@@ -356,11 +358,16 @@ async def _dead_letter_skipped(
 
 
 def server_config(app: Any, settings: Settings, gateway: Gateway | None = None) -> uvicorn.Config:
-    """uvicorn's configuration for a gateway app: HTTP (REST, SSE) through the ASGI app,
-    WebSocket upgrades straight to the gateway's own transport (server/ws.py)."""
+    """uvicorn's configuration for a gateway app: streams straight on the socket (a
+    connection opened by ``GET /sse``: server/front.py; WebSocket upgrades: server/ws.py),
+    everything else through uvicorn's HTTP and the ASGI app."""
+    if gateway is None:
+        return uvicorn.Config(app, ws="none", lifespan="on", log_level="warning")
+    streams = Streams(gateway)
     return uvicorn.Config(
         app,
-        ws=websocket_protocol(gateway) if gateway is not None else "none",
+        http=http_protocol(streams),
+        ws=websocket_protocol(streams),
         lifespan="on",
         log_level="warning",
         access_log=False,

@@ -136,13 +136,18 @@ class Gateway:
         self._idle.clear()
         return session
 
-    async def close_session(self, session: Session) -> None:
-        if not session.closed:
+    def forget_session(self, session: Session) -> None:
+        """Stop counting ``session`` as connected (the synchronous half of
+        :meth:`close_session`, for transports that close from a callback)."""
+        if session in self.sessions:
             self.stats.connections -= 1
             self.sessions.discard(session)
             if not self.sessions:
                 self._idle.set()
-            await session.close()
+
+    async def close_session(self, session: Session) -> None:
+        self.forget_session(session)
+        await session.close()
 
     async def drain(self, deadline_s: float, batches: int = 10) -> None:
         """Graceful drain (SIGTERM): refuse new clients (``/readyz`` turns 503 so the load

@@ -15,20 +15,36 @@ client stops reading ends when one write stays blocked past ``send_timeout_s``.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import asyncio
+from collections.abc import AsyncIterator, Mapping
+from http import HTTPStatus
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
 
+import msgspec
 from sse_starlette import EventSourceResponse
 from sse_starlette.sse import SendTimeoutError
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
+from channels.frame import Frame
 from channels.store import StoreError
-from protocol import Delta, ErrorCode, Position, ProtocolError, Resume, Snapshot, Subscribe
+from protocol import (
+    CloseCode,
+    Delta,
+    ErrorCode,
+    Position,
+    ProtocolError,
+    Resume,
+    Snapshot,
+    Subscribe,
+)
 from server.gateway import Gateway
 from server.rest import error_response, split_names
 from server.resume_token import PositionTracker, TokenError, decode_token, legacy_token
 from server.session import Session
+from server.streams import StreamConnection, Streams
 
 
 def positions_of(token: str | None) -> list[Position]:
@@ -42,35 +58,75 @@ def positions_of(token: str | None) -> list[Position]:
         return []
 
 
-async def sse_endpoint(request: Request) -> Response:
-    gateway: Gateway = request.app.state.gateway
-    query = request.query_params
+class StreamRefused(Exception):
+    """The stream cannot start: HTTP ``status`` with a protocol error body."""
+
+    def __init__(self, code: str, message: str, status: int):
+        super().__init__(message)
+        self.code = code
+        self.message = message
+        self.status = status
+
+
+async def open_stream(
+    gateway: Gateway, session: Session, query: Mapping[str, str], token: str | None
+) -> PositionTracker:
+    """Subscribe ``session`` as the query string asks, resuming what ``token`` (from
+    ``Last-Event-ID`` or ``?last_event_id=``) positions. Returns the tracker of the
+    stream's positions. Raises :class:`StreamRefused`; the caller closes the session."""
     markets, events, lobbies = (split_names(query.get(k)) for k in ("markets", "events", "lobbies"))
     if not (markets or events or lobbies):
-        return error_response(ErrorCode.INVALID, "give markets=, events= or lobbies=", 400)
+        raise StreamRefused(ErrorCode.INVALID, "give markets=, events= or lobbies=", 400)
     conflate_ms = query.get("conflate_ms")
     if conflate_ms is not None and not (conflate_ms.isascii() and conflate_ms.isdigit()):
-        return error_response(ErrorCode.INVALID, "conflate_ms must be an integer", 400)
-    # A browser's EventSource sends Last-Event-ID itself on its own reconnects; a client
-    # opening a fresh stream cannot set headers, so the query string may carry it too.
-    token = request.headers.get("last-event-id") or query.get("last_event_id")
-    session = gateway.open_session()
+        raise StreamRefused(ErrorCode.INVALID, "conflate_ms must be an integer", 400)
     try:
         if conflate_ms is not None:
             session.conflate(int(conflate_ms))
         resumed = await _open(session, gateway, positions_of(token), markets, events, lobbies)
     except ProtocolError as exc:
-        await gateway.close_session(session)
-        return error_response(exc.code, exc.message, 404 if exc.code.startswith("unknown") else 400)
+        status = 404 if exc.code.startswith("unknown") else 400
+        raise StreamRefused(exc.code, exc.message, status) from None
     except StoreError as exc:
-        await gateway.close_session(session)
-        return error_response(ErrorCode.UNAVAILABLE, str(exc), 503)
-    except BaseException:
-        await gateway.close_session(session)
-        raise
+        raise StreamRefused(ErrorCode.UNAVAILABLE, str(exc), 503) from None
     tracker = PositionTracker(budget=gateway.limits.token_budget)
     for p in resumed:
         tracker.update(p.market_id, p.epoch, p.seq)
+    return tracker
+
+
+def sse_chunk(frames: list[Frame], tracker: PositionTracker) -> bytes:
+    """The SSE events of ``frames``, in one piece: each market message carries the
+    token of the books the client holds once it has applied that message."""
+    chunk = bytearray()
+    for frame in frames:
+        message = frame.message
+        if isinstance(message, Snapshot | Delta):
+            tracker.update(message.market_id, message.epoch, message.seq)
+            token = tracker.token() or legacy_token(message.market_id, message.epoch, message.seq)
+            chunk += b"id: " + token.encode() + b"\n"
+        chunk += frame.sse
+    return bytes(chunk)
+
+
+async def sse_endpoint(request: Request) -> Response:
+    """The ASGI route: streams that do not start a connection (a keep-alive connection
+    that served REST first). A connection whose first request is ``GET /sse`` is served
+    by :class:`SseConnection` instead, straight on the socket."""
+    gateway: Gateway = request.app.state.gateway
+    # A browser's EventSource sends Last-Event-ID itself on its own reconnects; a client
+    # opening a fresh stream cannot set headers, so the query string may carry it too.
+    query = request.query_params
+    token = request.headers.get("last-event-id") or query.get("last_event_id")
+    session = gateway.open_session()
+    try:
+        tracker = await open_stream(gateway, session, query, token)
+    except StreamRefused as exc:
+        await gateway.close_session(session)
+        return error_response(exc.code, exc.message, exc.status)
+    except BaseException:
+        await gateway.close_session(session)
+        raise
     return _EventStream(gateway, _stream(session, gateway, tracker))
 
 
@@ -121,19 +177,7 @@ async def _stream(
                 if outbox.closed:
                     return
                 frames = [gateway.heartbeat()]
-            # One write per batch; each market message carries the token of the books
-            # the client holds once it has applied that message.
-            chunk = bytearray()
-            for frame in frames:
-                message = frame.message
-                if isinstance(message, Snapshot | Delta):
-                    tracker.update(message.market_id, message.epoch, message.seq)
-                    token = tracker.token() or legacy_token(
-                        message.market_id, message.epoch, message.seq
-                    )
-                    chunk += b"id: " + token.encode() + b"\n"
-                chunk += frame.sse
-            yield bytes(chunk)
+            yield sse_chunk(frames, tracker)
     finally:
         await gateway.close_session(session)
 
@@ -156,3 +200,101 @@ class _EventStream(EventSourceResponse):
             await super().__call__(scope, receive, send)
         except SendTimeoutError:
             self._gateway.stats.dead_client_closes += 1
+
+
+_HEAD = (
+    b"HTTP/1.1 200 OK\r\n"
+    b"content-type: text/event-stream; charset=utf-8\r\n"
+    b"cache-control: no-store\r\n"
+    b"x-accel-buffering: no\r\n"
+    b"transfer-encoding: chunked\r\n"
+    b"connection: close\r\n"
+    b"\r\n"
+)
+
+
+class SseConnection(StreamConnection):
+    """A connection whose first request is ``GET /sse`` (see :mod:`server.front`): the
+    stream is written straight on the socket, coalesced like the WebSocket's (one chunk
+    per client per flush), with no task per connection once it is open."""
+
+    def __init__(
+        self, streams: Streams, server_state: Any, target: str, headers: Mapping[str, str]
+    ):
+        super().__init__(streams, server_state)
+        self._target = target
+        self._headers = headers
+        self._tracker: PositionTracker | None = None
+        self._opening: asyncio.Task[None] | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        super().connection_made(transport)
+        self._opening = asyncio.get_running_loop().create_task(self._open())
+
+    def data_received(self, data: bytes) -> None:
+        pass  # Nothing is expected from an SSE client after its request.
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self._opening is not None:
+            self._opening.cancel()
+        super().connection_lost(exc)
+
+    async def _open(self) -> None:
+        url = urlsplit(self._target)
+        query = {k: v[-1] for k, v in parse_qs(url.query, keep_blank_values=True).items()}
+        token = self._headers.get("last-event-id") or query.get("last_event_id")
+        gateway = self.gateway
+        # Frames queue in the outbox while the stream opens; the flush writes nothing
+        # before ``self.session`` is set, which happens once the head is written.
+        session = gateway.open_session(waker=self.wake)
+        try:
+            tracker = await open_stream(gateway, session, query, token)
+        except StreamRefused as exc:
+            await gateway.close_session(session)
+            self._refuse(exc)
+            return
+        except BaseException:
+            await gateway.close_session(session)
+            raise
+        finally:
+            self._opening = None
+        transport = self.transport
+        if self.closing or transport is None or transport.is_closing():
+            await gateway.close_session(session)
+            return
+        self._tracker = tracker
+        transport.write(_HEAD)
+        self.session = session
+        self.wake()
+
+    def _refuse(self, exc: StreamRefused) -> None:
+        transport = self.transport
+        if transport is None or transport.is_closing():
+            return
+        body = msgspec.json.encode({"type": "error", "code": exc.code, "message": exc.message})
+        phrase = HTTPStatus(exc.status).phrase
+        transport.write(
+            f"HTTP/1.1 {exc.status} {phrase}\r\ncontent-type: application/json\r\n"
+            f"content-length: {len(body)}\r\nconnection: close\r\n\r\n".encode()
+            + body
+        )
+        self.closing = True
+        transport.close()
+        self.abort_later()
+
+    def write(self, frames: list[Frame]) -> None:
+        assert self.transport is not None
+        assert self._tracker is not None
+        chunk = sse_chunk(frames, self._tracker)
+        self.transport.write(b"%x\r\n" % len(chunk) + chunk + b"\r\n")
+
+    def end(self, code: CloseCode) -> None:
+        """End the stream (the client reconnects with its last event id)."""
+        transport = self.transport
+        if self.closing or transport is None:
+            return
+        self.closing = True
+        if self.session is not None and not transport.is_closing():
+            transport.write(b"0\r\n\r\n")
+        transport.close()
+        self.abort_later()

@@ -8,19 +8,14 @@ per connection and no await per frame are involved:
   :class:`websockets.server.ServerProtocol` (validation, subprotocol, ping/pong, close
   handshake, ``max_frame_bytes``);
 * frames *to* the client are the shared, pre-framed bytes of each message
-  (:attr:`channels.frame.Frame.ws_text`, made once for all clients). Fan-out only puts a
-  frame in the client's :class:`~server.outbox.Outbox` and marks the connection dirty;
-  :class:`WebSockets` flushes every dirty connection once per event-loop turn (or after
-  ``coalesce_ms``), writing all its queued frames in one ``write`` — per-client write
-  coalescing, one system call however many deltas arrived in the turn;
-* while the kernel buffer of a client is full (the transport paused writing), nothing is
-  taken from its outbox, so the backlog stays where it can be conflated.
+  (:attr:`channels.frame.Frame.ws_text`, made once for all clients), written by the
+  coalescing flush of :mod:`server.streams` (one write per client per event-loop turn);
+  with ``?batch=1`` one WebSocket message carries them all as an array.
 
 Liveness: the protocol's heartbeat is server to client only, so a client that sends
 nothing at all after subscribing is normal and is never dropped for it. A client that
 stops *reading* is: its outbox overflows (closed with 4001) or, when conflation keeps
 its outbox small, its socket stays unwritable past ``send_timeout_s`` (closed with 4002).
-A connection with nothing to send for a heartbeat interval gets a ``heartbeat``.
 """
 
 from __future__ import annotations
@@ -29,7 +24,7 @@ import asyncio
 import collections
 import logging
 import struct
-from typing import Any, cast
+from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 from websockets.frames import Frame as WsFrame
@@ -41,8 +36,7 @@ from websockets.typing import Subprotocol
 
 from channels.frame import OP_BINARY, OP_TEXT, Frame, ws_frame
 from protocol import SUBPROTOCOL_JSON, SUBPROTOCOL_MSGPACK, CloseCode, ErrorCode, ProtocolError
-from server.gateway import Gateway
-from server.session import Session
+from server.streams import REASONS, StreamConnection, Streams
 
 log = logging.getLogger(__name__)
 
@@ -52,22 +46,15 @@ _DATA = (Opcode.TEXT, Opcode.BINARY)
 #: Commands queued from one client before its socket stops being read (back-pressure).
 _COMMANDS_QUEUED = 64
 
-_REASONS = {
-    CloseCode.SLOW_CONSUMER: "too far behind; resume",
-    CloseCode.HEARTBEAT_TIMEOUT: "not reading; resume",
-}
 
-
-def websocket_protocol(gateway: Gateway) -> Any:
-    """The ``ws`` protocol class to give uvicorn: it builds one connection per upgrade,
-    all sharing this gateway's :class:`WebSockets` (a factory where uvicorn's types say
-    class: it only ever calls it with keyword arguments)."""
-    sockets = WebSockets(gateway)
+def websocket_protocol(streams: Streams) -> Any:
+    """The ``ws`` protocol class to give uvicorn: it builds one connection per upgrade
+    (a factory where uvicorn's types say class: it only calls it with keywords)."""
 
     def build(
         config: Any = None, server_state: Any = None, app_state: Any = None, _loop: Any = None
     ) -> WebSocketConnection:
-        return WebSocketConnection(sockets, server_state)
+        return WebSocketConnection(streams, server_state)
 
     return build
 
@@ -78,109 +65,23 @@ def _select_subprotocol(protocol: ServerProtocol, offered: Any) -> Any:
     return next((p for p in offered if p in _SUPPORTED), None)
 
 
-class WebSockets:
-    """The node's WebSocket connections: the flush of dirty ones and the heartbeat."""
-
-    def __init__(self, gateway: Gateway):
-        self.gateway = gateway
-        self.connections: set[WebSocketConnection] = set()
-        self._dirty: list[WebSocketConnection] = []
-        self._scheduled = False
-        self._window_s = gateway.settings.coalesce_ms / 1000
-        self._heartbeat: asyncio.TimerHandle | None = None
-        self._closing: set[asyncio.Task[None]] = set()
-
-    def wake(self, conn: WebSocketConnection) -> None:
-        """``conn`` has frames to write: flush it in this turn's flush."""
-        if conn.dirty:
-            return
-        conn.dirty = True
-        self._dirty.append(conn)
-        if not self._scheduled:
-            self._scheduled = True
-            loop = asyncio.get_running_loop()
-            if self._window_s:
-                loop.call_later(self._window_s, self._flush)
-            else:
-                loop.call_soon(self._flush)
-
-    def _flush(self) -> None:
-        self._scheduled = False
-        dirty, self._dirty = self._dirty, []
-        now = asyncio.get_running_loop().time()
-        for conn in dirty:
-            conn.dirty = False
-            conn.flush(now)
-
-    def add(self, conn: WebSocketConnection) -> None:
-        self.connections.add(conn)
-        if self._heartbeat is None:
-            self._schedule_heartbeat()
-
-    def remove(self, conn: WebSocketConnection) -> None:
-        self.connections.discard(conn)
-
-    def close_session(self, session: Session) -> None:
-        task = asyncio.get_running_loop().create_task(self.gateway.close_session(session))
-        self._closing.add(task)
-        task.add_done_callback(self._closing.discard)
-
-    def _schedule_heartbeat(self) -> None:
-        loop = asyncio.get_running_loop()
-        self._heartbeat = loop.call_later(self.gateway.settings.heartbeat_s / 4, self._beat)
-
-    def _beat(self) -> None:
-        """Every connection that sent nothing for a heartbeat interval gets a heartbeat
-        (one frame, encoded once, shared). Checked every quarter interval, so a quiet
-        client hears from the server at least every 1.25 intervals."""
-        frame: Frame | None = None
-        quiet_since = asyncio.get_running_loop().time() - self.gateway.settings.heartbeat_s
-        for conn in self.connections:
-            if conn.sent_at <= quiet_since and conn.session is not None:
-                frame = frame or self.gateway.heartbeat()
-                conn.session.offer(frame)
-        if self.connections:
-            self._schedule_heartbeat()
-        else:
-            self._heartbeat = None
-
-
-class WebSocketConnection(asyncio.Protocol):
+class WebSocketConnection(StreamConnection):
     """One client: handshake, commands in, the outbox out (see the module doc)."""
 
-    def __init__(self, sockets: WebSockets, server_state: Any = None):
-        self._sockets = sockets
-        self._gateway = sockets.gateway
-        self._server_state = server_state
-        settings = self._gateway.settings
+    def __init__(self, streams: Streams, server_state: Any = None):
+        super().__init__(streams, server_state)
         self._ws = ServerProtocol(
             subprotocols=[Subprotocol(p) for p in _SUPPORTED],
             select_subprotocol=_select_subprotocol,
-            max_size=settings.max_frame_bytes,
+            max_size=self.gateway.settings.max_frame_bytes,
         )
-        self._transport: asyncio.Transport | None = None
-        self.session: Session | None = None
         self._binary = False
         self._batch = False
-        self.dirty = False
-        self.sent_at = asyncio.get_running_loop().time()
-        self._paused = False
-        self._closing = False
-        self._stuck: asyncio.TimerHandle | None = None
-        self._timer: asyncio.TimerHandle | None = None
-        self._abort: asyncio.TimerHandle | None = None
         self._commands: collections.deque[bytes] = collections.deque()
         self._runner: asyncio.Task[None] | None = None
         self._reading = True
 
     # -- asyncio.Protocol -------------------------------------------------------------------
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        # uvloop's transports are not asyncio.Transport subclasses; same interface.
-        self._transport = cast(asyncio.Transport, transport)
-        if self._server_state is not None:
-            self._server_state.connections.add(self)
-        self._sockets.add(self)
 
     def data_received(self, data: bytes) -> None:
         ws = self._ws
@@ -197,36 +98,10 @@ class WebSocketConnection(asyncio.Protocol):
         self._send_pending()
         return None
 
-    def pause_writing(self) -> None:
-        self._paused = True
-        if self._stuck is None and self.session is not None:
-            loop = asyncio.get_running_loop()
-            timeout = self._gateway.limits.send_timeout_s
-            self._stuck = loop.call_later(timeout, self._not_reading)
-
-    def resume_writing(self) -> None:
-        self._paused = False
-        if self._stuck is not None:
-            self._stuck.cancel()
-            self._stuck = None
-        self.wake()
-
     def connection_lost(self, exc: Exception | None) -> None:
-        if self._server_state is not None:
-            self._server_state.connections.discard(self)
-        self._sockets.remove(self)
-        for timer in (self._stuck, self._timer, self._abort):
-            if timer is not None:
-                timer.cancel()
         if self._runner is not None:
             self._runner.cancel()
-        self._closing = True
-        if self.session is not None:
-            self._sockets.close_session(self.session)
-
-    def shutdown(self) -> None:
-        """uvicorn's server is stopping (after our drain): close what is left."""
-        self._close(CloseCode.GOING_AWAY, "server closing")
+        super().connection_lost(exc)
 
     # -- handshake --------------------------------------------------------------------------
 
@@ -248,7 +123,7 @@ class WebSocketConnection(asyncio.Protocol):
                 "supported subprotocols: " + ", ".join(_SUPPORTED),
             )
             return
-        gateway = self._gateway
+        gateway = self.gateway
         if gateway.draining:
             self._close(CloseCode.GOING_AWAY, "draining; reconnect elsewhere")
             return
@@ -272,12 +147,12 @@ class WebSocketConnection(asyncio.Protocol):
     # -- commands ---------------------------------------------------------------------------
 
     def _command(self, data: bytes) -> None:
-        if self.session is None or self._closing:
+        if self.session is None or self.closing:
             return
         self._commands.append(data)
-        if len(self._commands) >= _COMMANDS_QUEUED and self._reading and self._transport:
+        if len(self._commands) >= _COMMANDS_QUEUED and self._reading and self.transport:
             self._reading = False
-            self._transport.pause_reading()
+            self.transport.pause_reading()
         if self._runner is None:
             self._runner = asyncio.get_running_loop().create_task(self._run_commands())
 
@@ -291,88 +166,46 @@ class WebSocketConnection(asyncio.Protocol):
                 await session.handle(commands.popleft())
                 if not self._reading and len(commands) < _COMMANDS_QUEUED // 2:
                     self._reading = True
-                    if self._transport is not None and not self._closing:
-                        self._transport.resume_reading()
+                    if self.transport is not None and not self.closing:
+                        self.transport.resume_reading()
         finally:
             self._runner = None
 
     # -- writing ----------------------------------------------------------------------------
 
-    def wake(self) -> None:
-        """The outbox has something (or changed state): flush in this turn's flush."""
-        if not self._closing:
-            self._sockets.wake(self)
+    def write(self, frames: list[Frame]) -> None:
+        transport = self.transport
+        assert transport is not None
+        if self._batch:
+            transport.write(batch_frame(frames, binary=self._binary))
+        elif self._binary:
+            transport.write(b"".join([f.ws_binary for f in frames]))
+        else:
+            transport.write(b"".join([f.ws_text for f in frames]))
+        stats = self.gateway.stats
+        stats.ws_writes += 1
+        stats.ws_messages += len(frames)
 
-    def flush(self, now: float) -> None:
-        """Write everything the outbox lets go now (up to a batch), in one write."""
-        session = self.session
-        if self._closing or session is None:
-            return
-        outbox = session.outbox
-        if outbox.overflowed:
-            self._gateway.stats.slow_consumer_closes += 1
-            self._close(CloseCode.SLOW_CONSUMER, _REASONS[CloseCode.SLOW_CONSUMER])
-            return
-        if self._paused:
-            return  # resume_writing wakes us; the backlog conflates in the outbox.
-        frames = outbox.take_now()
-        if frames:
-            transport = self._transport
-            assert transport is not None
-            if self._batch:
-                transport.write(batch_frame(frames, binary=self._binary))
-            elif self._binary:
-                transport.write(b"".join([f.ws_binary for f in frames]))
-            else:
-                transport.write(b"".join([f.ws_text for f in frames]))
-            self.sent_at = now
-            stats = self._gateway.stats
-            stats.ws_writes += 1
-            stats.ws_messages += len(frames)
-        if outbox.closed:
-            self._close(CloseCode.GOING_AWAY, "server closing")
-            return
-        due = outbox.due_s()
-        if due is None:
-            return
-        if due == 0:
-            self.wake()  # More than one batch: the rest in the next turn.
-        elif self._timer is None or self._timer.cancelled():
-            self._timer = asyncio.get_running_loop().call_later(due, self._due)
-
-    def _due(self) -> None:
-        self._timer = None
-        self.wake()
-
-    def _not_reading(self) -> None:
-        """The socket stayed unwritable past the send timeout: the client is gone or
-        stopped reading."""
-        self._stuck = None
-        if not self._closing:
-            self._gateway.stats.dead_client_closes += 1
-            self._close(CloseCode.HEARTBEAT_TIMEOUT, _REASONS[CloseCode.HEARTBEAT_TIMEOUT])
+    def end(self, code: CloseCode) -> None:
+        self._close(code, REASONS[code])
 
     def _close(self, code: int, reason: str) -> None:
         """Start the closing handshake; the connection is dropped if the client does not
         answer within ``close_timeout_s`` (it resumes either way)."""
-        if self._closing or self._transport is None:
+        if self.closing or self.transport is None:
             return
-        self._closing = True
-        if self.session is not None:
-            self.session.outbox.close()
+        self.closing = True
+        self.release()
         if self._ws.state is State.OPEN:
             self._ws.send_close(code, reason)
         self._send_pending()
-        if not self._transport.is_closing():
-            loop = asyncio.get_running_loop()
-            self._abort = loop.call_later(
-                self._gateway.settings.close_timeout_s, self._transport.abort
-            )
+        if not self.transport.is_closing():
+            self.abort_later()
 
     def _send_pending(self) -> None:
         """Write what the protocol has to say (handshake, pong, close) and close the
         socket when it says so."""
-        transport = self._transport
+        transport = self.transport
         if transport is None or transport.is_closing():
             return
         for data in self._ws.data_to_send():

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 
 import httpx
+import pytest
 
 import protocol
 from server.resume_token import decode_token
@@ -24,9 +25,30 @@ M1 = "fb-1:1x2"
 M2 = "fb-1:ou_2.5"
 
 
-async def test_sse_event_stream_rebuilds_books_equal_to_rest() -> None:
+async def test_the_first_request_picks_the_stream_path() -> None:
+    """``GET /sse`` opening a connection is served on the socket (chunked, then close);
+    on a keep-alive connection that served REST first, by the ASGI route."""
+    async with running_stack() as stack, httpx.AsyncClient(base_url=stack.url) as http:
+        await stack.feed.send(event(), match_result())
+        async with http.stream("GET", "/sse?events=fb-1") as direct:
+            assert direct.status_code == 200
+            assert direct.headers["connection"] == "close"
+            assert "server" not in direct.headers
+            assert direct.headers["content-type"] == "text/event-stream; charset=utf-8"
+        assert (await http.get("/healthz")).status_code == 200
+        async with http.stream("GET", "/sse?events=fb-1") as routed:
+            assert routed.status_code == 200
+            assert routed.headers["server"] == "uvicorn"
+            assert routed.headers["connection"] == "keep-alive"
+            assert routed.headers["content-type"].startswith("text/event-stream")
+
+
+@pytest.mark.parametrize("path", ["direct", "asgi"])
+async def test_sse_event_stream_rebuilds_books_equal_to_rest(path: str) -> None:
     async with running_stack() as stack, httpx.AsyncClient(base_url=stack.url) as http:
         await stack.feed.send(event(), match_result(), over_under())
+        if path == "asgi":
+            assert (await http.get("/healthz")).status_code == 200  # Keep-alive: reused.
         books = Books()
         kinds: list[str] = []
         ids: list[str | None] = []
@@ -89,15 +111,22 @@ async def test_sse_last_event_id_resumes_exactly() -> None:
         assert books.markets[M1] == stack.feed.book(M1)
 
 
-async def test_sse_errors_are_json() -> None:
+@pytest.mark.parametrize("path", ["direct", "asgi"])
+async def test_sse_errors_are_json(path: str) -> None:
     async with running_stack() as stack, httpx.AsyncClient(base_url=stack.url) as http:
         await stack.feed.send(event(), match_result())
-        missing = await http.get("/sse?markets=nope")
-        assert missing.status_code == 404
-        assert missing.json()["code"] == "unknown_market"
-        empty = await http.get("/sse")
-        assert empty.status_code == 400
-        assert empty.json()["type"] == "error"
+        for url, status_code, code in [
+            ("/sse?markets=nope", 404, "unknown_market"),
+            ("/sse", 400, "invalid"),
+            ("/sse?markets=fb-1:1x2&conflate_ms=x", 400, "invalid"),
+        ]:
+            if path == "asgi":
+                assert (await http.get("/healthz")).status_code == 200
+            response = await http.get(url)
+            assert response.status_code == status_code
+            assert response.headers["content-type"] == "application/json"
+            body = response.json()
+            assert (body["type"], body["code"]) == ("error", code)
 
 
 async def test_rest_listing_and_errors() -> None:
