@@ -11,6 +11,9 @@ from typing import Protocol
 
 from channels.frame import Frame
 
+#: Distinct reason sets kept for sharing.
+_INTERNED = 65_536
+
 
 class Subscriber(Protocol):
     """A local consumer of frames (a client session)."""
@@ -29,10 +32,13 @@ class Hub:
     """
 
     def __init__(self) -> None:
-        self._markets: dict[str, dict[Subscriber, set[str]]] = {}
-        self._by_sub: dict[Subscriber, dict[str, set[str]]] = {}
+        # Reasons are interned frozensets: thousands of clients attached for the same
+        # reason share one object instead of holding a set each (memory per connection).
+        self._markets: dict[str, dict[Subscriber, frozenset[str]]] = {}
+        self._by_sub: dict[Subscriber, dict[str, frozenset[str]]] = {}
         self._events: dict[str, set[Subscriber]] = {}
         self._lobbies: dict[str, set[Subscriber]] = {}
+        self._interned: dict[frozenset[str], frozenset[str]] = {}
         self.delivered = 0
 
     # -- markets ---------------------------------------------------------------------------
@@ -43,19 +49,19 @@ class Hub:
         subs = self._markets.setdefault(market_id, {})
         reasons = subs.get(sub)
         if reasons is None:
-            reasons = subs[sub] = set()
-            self._by_sub.setdefault(sub, {})[market_id] = reasons
-        fresh = not reasons
-        reasons.add(reason)
-        return fresh
+            self._set(market_id, sub, frozenset((reason,)))
+            return True
+        if reason not in reasons:
+            self._set(market_id, sub, reasons | {reason})
+        return False
 
     def detach(self, market_id: str, sub: Subscriber, reason: str) -> bool:
         """Release one reason; True when ``sub`` is no longer attached to the market."""
         reasons = self._markets.get(market_id, {}).get(sub)
         if reasons is None or reason not in reasons:
             return False
-        reasons.discard(reason)
-        if reasons:
+        if len(reasons) > 1:
+            self._set(market_id, sub, reasons - {reason})
             return False
         self._forget(market_id, sub)
         return True
@@ -65,11 +71,21 @@ class Hub:
         left = []
         for market_id, reasons in tuple(self._by_sub.get(sub, {}).items()):
             if reason in reasons:
-                reasons.discard(reason)
-                if not reasons:
+                if len(reasons) > 1:
+                    self._set(market_id, sub, reasons - {reason})
+                else:
                     self._forget(market_id, sub)
                     left.append(market_id)
         return left
+
+    def _set(self, market_id: str, sub: Subscriber, reasons: frozenset[str]) -> None:
+        interned = self._interned.get(reasons)
+        if interned is None:
+            if len(self._interned) >= _INTERNED:
+                self._interned.clear()  # Bounded; a miss only costs a set.
+            interned = self._interned[reasons] = reasons
+        self._markets[market_id][sub] = interned
+        self._by_sub.setdefault(sub, {})[market_id] = interned
 
     def drop(self, sub: Subscriber) -> list[str]:
         """Forget ``sub`` entirely (it disconnected); returns the markets it left."""
@@ -93,7 +109,7 @@ class Hub:
 
     def reasons(self, market_id: str, sub: Subscriber) -> frozenset[str]:
         """Why ``sub`` is attached to the market (empty when it is not)."""
-        return frozenset(self._markets.get(market_id, {}).get(sub, ()))
+        return self._markets.get(market_id, {}).get(sub, frozenset())
 
     def is_attached(self, market_id: str, sub: Subscriber) -> bool:
         return sub in self._markets.get(market_id, ())

@@ -38,7 +38,6 @@ class Outbox:
         "_wake",
         "closed",
         "closing",
-        "overflow",
         "overflowed",
     )
 
@@ -65,14 +64,12 @@ class Outbox:
         self._clock = clock or asyncio.get_running_loop().time
         self._batch = batch
         self._holding = False
-        self._ready = asyncio.Event()
-        self._wake = self._ready.set if waker is None else waker
+        # An awaiting writer needs an event; a called-back one does not (memory).
+        self._ready = asyncio.Event() if waker is None else None
+        self._wake = waker or self._ready.set  # type: ignore[union-attr]
         self.overflowed = False
         self.closed = False
         self.closing = False
-        # Set on overflow, so the transport can act even while its writer is stuck in a
-        # send to a client that stopped reading.
-        self.overflow = asyncio.Event()
 
     @property
     def interval_s(self) -> float:
@@ -99,7 +96,6 @@ class Outbox:
         if not queue.offer(frame):
             self.overflowed = True
             queue.clear()
-            self.overflow.set()
             self._wake()
         elif not waiting or (self._holding and queue.wait_s(self._clock()) == 0.0):
             self._wake()
@@ -126,6 +122,9 @@ class Outbox:
     async def take(self, wait_s: float) -> list[Frame]:
         """The next batch of frames, waiting up to ``wait_s`` s for one; [] on timeout,
         on overflow or on close (check the flags)."""
+        ready = self._ready
+        if ready is None:
+            raise RuntimeError("this outbox calls its waker; use take_now")
         clock = self._clock
         deadline = clock() + wait_s
         while not (self.overflowed or self.closed):
@@ -139,10 +138,10 @@ class Outbox:
             if remaining <= 0:
                 return []
             due = self._queue.wait_s(now)
-            self._ready.clear()
+            ready.clear()
             try:
                 async with asyncio.timeout(remaining if due is None else min(remaining, due)):
-                    await self._ready.wait()
+                    await ready.wait()
             except TimeoutError:
                 pass  # Deadline or flush time: look again.
         return []

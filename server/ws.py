@@ -77,7 +77,7 @@ class WebSocketConnection(StreamConnection):
         )
         self._binary = False
         self._batch = False
-        self._commands: collections.deque[bytes] = collections.deque()
+        self._commands: collections.deque[bytes] | None = None  # Made on the first command.
         self._runner: asyncio.Task[None] | None = None
         self._reading = True
 
@@ -149,6 +149,8 @@ class WebSocketConnection(StreamConnection):
     def _command(self, data: bytes) -> None:
         if self.session is None or self.closing:
             return
+        if self._commands is None:
+            self._commands = collections.deque()
         self._commands.append(data)
         if len(self._commands) >= _COMMANDS_QUEUED and self._reading and self.transport:
             self._reading = False
@@ -159,8 +161,9 @@ class WebSocketConnection(StreamConnection):
     async def _run_commands(self) -> None:
         """Commands run one at a time, in order (a subscribe may wait on storage)."""
         session = self.session
-        assert session is not None
         commands = self._commands
+        assert session is not None
+        assert commands is not None
         try:
             while commands:
                 await session.handle(commands.popleft())
@@ -170,6 +173,7 @@ class WebSocketConnection(StreamConnection):
                         self.transport.resume_reading()
         finally:
             self._runner = None
+            self._commands = None  # Idle connections hold no queue.
 
     # -- writing ----------------------------------------------------------------------------
 
