@@ -55,7 +55,7 @@ def fanout_table(report: dict[str, Any]) -> str:
             continue
         ceiling = (systems.get("ceiling") or {}).get("delivered_per_s")
         odd = (systems.get("oddstream") or {}).get("delivered_per_s")
-        for system in (*SYSTEMS, "oddstream_gc_tuned", "ceiling_packed10"):
+        for system in (*SYSTEMS, "oddstream_batched", "ceiling_packed10", "oddstream_gc_tuned"):
             v = systems.get(system)
             if v is None:
                 continue
@@ -66,7 +66,7 @@ def fanout_table(report: dict[str, Any]) -> str:
                 )
                 continue
             delivered = v.get("delivered_per_s")
-            packed = system == "ceiling_packed10"
+            packed = system in ("ceiling_packed10", "oddstream_batched")
             x_ceiling = delivered / ceiling if delivered and ceiling and not packed else None
             compared = odd and delivered and not system.startswith("oddstream") and not packed
             x_it = odd / delivered if compared else None
