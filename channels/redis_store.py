@@ -30,7 +30,13 @@ the batch's deltas are added, exactly like ``MemoryStore``: deltas written in th
 batch that changes the epoch are dropped too, and the caller takes a snapshot instead
 (safe). A write is idempotent (SET, SADD, ZADD of the same members, HSET), so redis-py
 may retry it after a dropped connection. Commands are grouped (one MSET of snapshots,
-one SADD per index key) to keep the transaction short.
+one ZADD per market, one SADD per index key) to keep the transaction short.
+
+:meth:`RedisStore.write_and_publish` adds the batch's messages to the same transaction,
+published by a second script in order (each distinct set of channels sent once). The
+transaction is packed by hiredis into one write and its replies read straight off the
+connection: a processor writes tens of thousands of deltas a second, and redis-py's
+pipeline spent more per command (packing, a timeout per reply) than Redis did.
 
 Redis transactions are isolated, not rolled back: a command failing *inside* EXEC (only
 possible if someone stored a key of the wrong type under the prefix) leaves the others
@@ -51,16 +57,16 @@ keys would need a hash tag (e.g. per Kafka partition) and batches split per slot
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 from urllib.parse import urlparse, urlsplit, urlunsplit
 
+import hiredis
 import msgspec
 import redis.asyncio as aioredis
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff
-from redis.exceptions import RedisError
-from redis.typing import EncodableT, FieldT
+from redis.exceptions import RedisError, ResponseError
 
 import protocol
 from channels.store import Batch, MarketSummary, StoreError
@@ -71,6 +77,9 @@ __all__ = ["RedisStore", "describe", "ping", "redact_url", "redis_client"]
 #: Keys per MGET in bulk reads: large enough to amortise round trips, small enough not
 #: to block Redis (single-threaded) on one huge reply.
 MGET_CHUNK = 1000
+
+Arg = str | int | bytes
+"""One argument of a Redis command."""
 
 _snapshot_decoder = msgspec.json.Decoder(Snapshot)
 _event_decoder = msgspec.json.Decoder(EventState)
@@ -104,6 +113,29 @@ for i = 1, #ARGV - 1 do
   redis.call('ZREMRANGEBYRANK', hist, 0, -size - 1)
 end
 return #ARGV - 1
+"""
+
+# Runs inside write_and_publish()'s transaction: PUBLISHes its messages, in order. One
+# command however many messages (redis-py and hiredis spend far more per command and
+# per argument than Redis spends per PUBLISH). A batch's messages go to few distinct
+# sets of channels (a market's are always the same), so each set is sent once: ARGV[1]
+# is the number of sets, then each set as its size k and its k channels; then, per
+# message, the number of its set (from 1) and its payload.
+_PUBLISH_SCRIPT = """
+local sets, a = {}, 2
+for s = 1, tonumber(ARGV[1]) do
+  local k, set = tonumber(ARGV[a]), {}
+  for j = 1, k do set[j] = ARGV[a + j] end
+  sets[s] = set
+  a = a + k + 1
+end
+local n = #ARGV
+while a <= n do
+  local set, payload = sets[tonumber(ARGV[a])], ARGV[a + 1]
+  for j = 1, #set do redis.call('PUBLISH', set[j], payload) end
+  a = a + 2
+end
+return n
 """
 
 
@@ -235,74 +267,131 @@ class RedisStore:
             return False
         return _server_of(broker.where) == _server_of(self._where)
 
+    signals_sent = True
+    """:meth:`write_and_publish` takes ``sent`` (``feeds.processor.SignallingStore``)."""
+
     async def write_and_publish(
-        self, batch: Batch, publications: Sequence[tuple[Sequence[str], bytes]]
+        self,
+        batch: Batch,
+        publications: Sequence[tuple[Sequence[str], bytes]],
+        *,
+        sent: asyncio.Event | None = None,
     ) -> None:
         """Write a batch and PUBLISH its messages in one MULTI/EXEC. Redis runs it as a
         unit, so a processor that dies mid-step leaves either none of it or all of it
-        stored *and* published: no stored delta that no gateway was told about."""
-        if not batch and not batch.partitions and not publications:
-            return
-        tx = self._client.pipeline(transaction=True)
-        self._add_batch(tx, batch)
-        for channels, payload in publications:
-            for channel in channels:
-                tx.publish(channel, payload)
-        await self._run(tx.execute(), "write")
+        stored *and* published: no stored delta that no gateway was told about.
 
-    def _add_batch(self, tx: Any, batch: Batch) -> None:
-        if not batch and not batch.partitions:
+        ``sent``, when given, is set once the transaction is on its way to Redis (or
+        the call ends without having sent it): a caller with other work to do may go
+        on with it then, while Redis runs the transaction."""
+        if not batch and not batch.partitions and not publications:
+            if sent is not None:
+                sent.set()
             return
+        commands = self._batch_commands(batch)
+        if publications:
+            commands.append(_publish_command(publications))
+        try:
+            await self._run(self._transaction(commands, sent), "write")
+        finally:
+            if sent is not None:
+                sent.set()
+
+    def _batch_commands(self, batch: Batch) -> list[list[Arg]]:
+        commands: list[list[Arg]] = []
+        if not batch and not batch.partitions:
+            return commands
         p = self._p
         # Deltas first, then the epoch check: the same order as MemoryStore.
-        deltas: dict[str, dict[bytes, int]] = {}
+        deltas: dict[str, list[Arg]] = {}
         for market_id, seq, payload in batch.history:
-            deltas.setdefault(market_id, {})[payload] = seq
-        for market_id, members in deltas.items():
-            tx.zadd(self._hist(market_id), members)
-        touched = dict.fromkeys([*deltas, *batch.snapshots])
+            pairs = deltas.get(market_id)
+            if pairs is None:
+                pairs = deltas[market_id] = ["ZADD", f"{p}hist:{market_id}"]
+            pairs += (seq, payload)
+        commands += deltas.values()
+        snapshots = batch.snapshots
+        touched = dict.fromkeys([*deltas, *snapshots])
         if touched:
-            keys: list[str] = []
-            args: list[str | int] = [self._history_size]
+            keys: list[Arg] = []
+            args: list[Arg] = [self._history_size]
             for market_id in touched:
-                keys += (self._hepoch(market_id), self._hist(market_id))
-                snap = batch.snapshots.get(market_id)
+                keys += (f"{p}hepoch:{market_id}", f"{p}hist:{market_id}")
+                snap = snapshots.get(market_id)
                 args.append("" if snap is None else "+" + snap.epoch)
-            tx.eval(_HISTORY_SCRIPT, len(keys), *keys, *args)
-        if batch.snapshots:
-            tx.mset({self._snap(m): protocol.encode(s) for m, s in batch.snapshots.items()})
-            tx.sadd(f"{p}markets", *batch.snapshots)
-            by_event: dict[str, list[str]] = {}
-            lobbies: dict[str, list[str]] = {}
-            for market_id, snap in batch.snapshots.items():
+            commands.append(["EVAL", _HISTORY_SCRIPT, len(keys), *keys, *args])
+        if snapshots:
+            mset: list[Arg] = ["MSET"]
+            for market_id, snap in snapshots.items():
+                mset += (f"{p}snap:{market_id}", protocol.encode(snap))
+            commands.append(mset)
+            commands.append(["SADD", f"{p}markets", *snapshots])
+            by_event: dict[str, list[Arg]] = {}
+            lobbies: dict[str, list[Arg]] = {}
+            for market_id, snap in snapshots.items():
                 by_event.setdefault(snap.event_id, []).append(market_id)
                 if snap.main:
                     lobbies.setdefault(snap.sport, []).append(market_id)
             for event_id, ids in by_event.items():
-                tx.sadd(f"{p}event-markets:{event_id}", *ids)
+                commands.append(["SADD", f"{p}event-markets:{event_id}", *ids])
             for sport, ids in lobbies.items():
-                tx.sadd(f"{p}lobby:{sport}", *ids)
+                commands.append(["SADD", f"{p}lobby:{sport}", *ids])
         if batch.events:
-            tx.mset({self._event(e): protocol.encode(s) for e, s in batch.events.items()})
-            tx.sadd(f"{p}events", *batch.events)
-            by_sport: dict[str, list[str]] = {}
+            mset = ["MSET"]
+            for event_id, state in batch.events.items():
+                mset += (f"{p}event:{event_id}", protocol.encode(state))
+            commands.append(mset)
+            commands.append(["SADD", f"{p}events", *batch.events])
+            by_sport: dict[str, list[Arg]] = {}
             for event_id, state in batch.events.items():
                 by_sport.setdefault(state.sport, []).append(event_id)
             for sport, ids in by_sport.items():
-                tx.sadd(f"{p}sport-events:{sport}", *ids)
+                commands.append(["SADD", f"{p}sport-events:{sport}", *ids])
         if batch.offsets:
-            offsets: dict[FieldT, EncodableT] = {
-                f"{t}:{n}": offset for (t, n), offset in batch.offsets.items()
-            }
-            tx.hset(f"{p}offsets", mapping=offsets)
+            hset: list[Arg] = ["HSET", f"{p}offsets"]
+            for (topic, partition), offset in batch.offsets.items():
+                hset += (f"{topic}:{partition}", offset)
+            commands.append(hset)
         if batch.partitions:
-            partitions: dict[FieldT, EncodableT] = dict(batch.partitions.items())
-            tx.hset(f"{p}event-partition", mapping=partitions)
-            by_partition: dict[int, list[str]] = {}
+            hset = ["HSET", f"{p}event-partition"]
+            by_partition: dict[int, list[Arg]] = {}
             for event_id, partition in batch.partitions.items():
+                hset += (event_id, partition)
                 by_partition.setdefault(partition, []).append(event_id)
+            commands.append(hset)
             for partition, ids in by_partition.items():
-                tx.sadd(f"{p}partition-events:{partition}", *ids)
+                commands.append(["SADD", f"{p}partition-events:{partition}", *ids])
+        return commands
+
+    async def _transaction(
+        self, commands: Sequence[Sequence[Arg]], sent: asyncio.Event | None = None
+    ) -> None:
+        """Run ``commands`` in one MULTI/EXEC, sent in one write.
+
+        The commands are packed by hiredis and their replies read straight off the
+        connection, not through a redis-py pipeline, whose per-command bookkeeping
+        costs more than the commands themselves. Like a pipeline, a dropped connection
+        is retried on a fresh one (the writes are idempotent, a repeated PUBLISH is
+        dropped by ``seq``); raises the first error Redis reported. Sets ``sent`` once
+        the transaction is written to the connection."""
+        packed = b"".join([_MULTI, *[_pack(tuple(c)) for c in commands], _EXEC])
+        pool = self._client.connection_pool
+        conn = await pool.get_connection()  # type: ignore[no-untyped-call]
+        try:
+
+            async def fail(_error: Exception) -> None:
+                await conn.disconnect()
+
+            await conn.retry.call_with_retry(
+                lambda: _exchange(conn, packed, len(commands), sent), fail
+            )
+        except BaseException:
+            # Replies may be left unread (cancelled, or failed mid-way): the connection
+            # must not go back to the pool as it is.
+            await conn.disconnect()
+            raise
+        finally:
+            await pool.release(conn)
 
     # -- reads ---------------------------------------------------------------------------------
 
@@ -428,6 +517,56 @@ class RedisStore:
             return await pending
         except (RedisError, OSError) as exc:
             raise StoreError(f"Redis at {self._where}: {op} failed: {describe(exc)}") from exc
+
+
+def _publish_command(publications: Sequence[tuple[Sequence[str], bytes]]) -> list[Arg]:
+    """The EVAL of :data:`_PUBLISH_SCRIPT` that publishes ``publications`` in order."""
+    numbers: dict[tuple[str, ...], int] = {}
+    sets: list[Arg] = []
+    messages: list[Arg] = []
+    append = messages.append
+    for channels, payload in publications:
+        if type(channels) is not tuple:
+            channels = tuple(channels)  # A dict key (processors pass tuples).
+        number = numbers.get(channels)
+        if number is None:
+            number = numbers[channels] = len(numbers) + 1
+            sets.append(len(channels))
+            sets += channels
+        append(number)
+        append(payload)
+    return ["EVAL", _PUBLISH_SCRIPT, 0, len(numbers), *sets, *messages]
+
+
+_MULTI = hiredis.pack_command(("MULTI",))
+_EXEC = hiredis.pack_command(("EXEC",))
+# The stub types the argument as a 1-tuple; it takes a tuple of any length.
+_pack: Callable[[tuple[Arg, ...]], bytes] = hiredis.pack_command  # type: ignore[assignment]
+
+
+async def _exchange(conn: Any, packed: bytes, count: int, sent: asyncio.Event | None) -> None:
+    """Send a packed MULTI, ``count`` commands and EXEC (then set ``sent``); read every
+    reply."""
+    await conn.send_packed_command(packed)
+    if sent is not None:
+        sent.set()
+    errors: list[ResponseError] = []
+    # +OK for MULTI, then +QUEUED (or the error that refused it) per command: every
+    # reply is read, so the connection stays in step whatever happens.
+    for _ in range(count + 1):
+        try:
+            await conn.read_response()
+        except ResponseError as exc:
+            errors.append(exc)
+    try:
+        replies = await conn.read_response()
+    except ResponseError as exc:  # EXECABORT (a command was refused), or one failed.
+        raise (errors[0] if errors else exc) from None
+    if errors:
+        raise errors[0]
+    for reply in replies or ():
+        if isinstance(reply, Exception):
+            raise reply
 
 
 def _server_of(where: str) -> str:

@@ -25,6 +25,7 @@ from feeds.model import (
     FeedMarketStatus,
     FeedMessage,
     FeedOdds,
+    FeedPrice,
     FeedResult,
     FeedSelection,
 )
@@ -82,10 +83,13 @@ class FeedRejected(Exception):
 class MarketBook:
     """Authoritative state of one market, advancing one ``seq`` per change."""
 
-    __slots__ = ("_snapshot",)
+    __slots__ = ("_positions", "_snapshot")
 
     def __init__(self, snapshot: Snapshot):
-        self._snapshot = msgspec.structs.replace(snapshot, reset=False)
+        self._snapshot = msgspec.structs.replace(snapshot, reset=False, conflated=False)
+        self._positions: dict[str, int] | None = None
+        """Selection id -> index in the snapshot's selections (built when first needed;
+        dropped whenever a change may add selections)."""
 
     @property
     def snapshot(self) -> Snapshot:
@@ -127,6 +131,8 @@ class MarketBook:
         rollback (a :class:`FeedResult` with ``rollback``), which takes it back to
         ``suspended`` with its selections active again.
         """
+        if isinstance(message, FeedOdds):
+            return self._apply_odds(message)
         current = self._snapshot
         if message.event_id != current.event_id:
             raise FeedRejected(
@@ -164,12 +170,6 @@ class MarketBook:
                 _refuse_final_by_status(message.status, current.market_id)
                 status, reason = message.status, message.reason
                 changes = []
-            case FeedOdds():
-                self._refuse_if_closed()
-                status, reason = None, current.reason
-                changes = self._odds_changes(message)
-                volume = message.volume
-                _check_volume(volume, current.market_id, "market")
             case FeedResult() if message.rollback:
                 status, reason = "suspended", message.reason or "rollback"
                 changes = self._rollback_changes(message)
@@ -211,6 +211,102 @@ class MarketBook:
             volume=new_volume,
         )
         self._snapshot = protocol.apply(current, delta)
+        self._positions = None
+        return delta
+
+    def _apply_odds(self, message: FeedOdds) -> Delta | None:
+        """:meth:`apply` for prices, the bulk of any feed, without the generic path's
+        intermediate objects: the same checks in the same order, the same delta, and the
+        same book ``protocol.apply`` would give (the property tests hold both to it)."""
+        current = self._snapshot
+        market_id = current.market_id
+        if message.event_id != current.event_id:
+            raise FeedRejected(
+                "event_mismatch",
+                f"{market_id} belongs to {current.event_id}, not {message.event_id}",
+            )
+        if current.status in FINAL_MARKET_STATES:
+            raise FeedRejected(
+                "market_final", f"{market_id} is {current.status}; no change allowed"
+            )
+        self._refuse_if_closed()
+        prices = message.prices
+        if len(prices) == 2:
+            if prices[0].selection_id == prices[1].selection_id:
+                _refuse_duplicates([p.selection_id for p in prices], market_id)
+        elif len(prices) > 2:
+            _refuse_duplicates([p.selection_id for p in prices], market_id)
+        positions = self._positions
+        if positions is None:
+            positions = self._positions = {
+                s.selection_id: i for i, s in enumerate(current.selections)
+            }
+        selections: list[Selection] | None = None
+        changes: list[SelectionChange] = []
+        for fp in prices:
+            price = fp.price
+            selection_id = fp.selection_id
+            if price is not None and not (price.is_finite() and price >= MIN_PRICE):
+                _check_price(price, market_id, selection_id)
+            position = positions.get(selection_id)
+            if position is None:
+                raise FeedRejected(
+                    "unknown_selection", f"{market_id} has no selection {selection_id!r}"
+                )
+            old = current.selections[position]
+            status = fp.status
+            if status == old.status:
+                status = None
+            if status is None and _astuple(fp)[3:] == _NO_PRICE_DATA:
+                # The common case, a new price and nothing else, without the field map.
+                if price == old.price:
+                    continue
+                change = SelectionChange(selection_id, price=price)
+                new = msgspec.structs.replace(old, price=price)
+            else:
+                fields: dict[str, object] = {}
+                if price != old.price:
+                    fields["price"] = price
+                if status is not None:
+                    fields["status"] = status
+                data = False
+                for field in _FEED_PRICE_DATA:
+                    value = getattr(fp, field)
+                    if value is not UNSET and value != getattr(old, field):
+                        fields[field] = value
+                        data = True
+                if not fields:
+                    continue
+                change = SelectionChange(selection_id, **fields)  # type: ignore[arg-type]
+                if data:
+                    # What the book holds was checked when it came in: check what changes.
+                    _check_market_data(change, market_id, selection_id)
+                new = msgspec.structs.replace(old, **fields)
+            changes.append(change)
+            if selections is None:
+                selections = list(current.selections)
+            selections[position] = new
+        volume = message.volume
+        _check_volume(volume, market_id, "market")
+        new_volume = UNSET if volume is UNSET or volume == current.volume else volume
+        if selections is None and new_volume is UNSET:
+            return None
+        delta = Delta(
+            market_id=market_id,
+            event_id=current.event_id,
+            seq=current.seq + 1,
+            epoch=current.epoch,
+            ts=message.ts,
+            selections=tuple(changes),
+            volume=new_volume,
+        )
+        self._snapshot = msgspec.structs.replace(
+            current,
+            seq=delta.seq,
+            ts=message.ts,
+            selections=current.selections if selections is None else tuple(selections),
+            volume=current.volume if new_volume is UNSET else new_volume,
+        )
         return delta
 
     def _refuse_if_closed(self) -> None:
@@ -231,32 +327,6 @@ class MarketBook:
                 continue
             change = _diff(old, new)
             if change is not None:
-                changes.append(change)
-        return changes
-
-    def _odds_changes(self, odds: FeedOdds) -> list[SelectionChange]:
-        known = {s.selection_id: s for s in self._snapshot.selections}
-        _refuse_duplicates([p.selection_id for p in odds.prices], odds.market_id)
-        changes = []
-        for fp in odds.prices:
-            _check_price(fp.price, odds.market_id, fp.selection_id)
-            old = known.get(fp.selection_id)
-            if old is None:
-                raise FeedRejected(
-                    "unknown_selection",
-                    f"{odds.market_id} has no selection {fp.selection_id!r}",
-                )
-            updates: dict[str, object] = {"price": fp.price}
-            if fp.status is not None:
-                updates["status"] = fp.status
-            for field in _FEED_PRICE_DATA:
-                value = getattr(fp, field)
-                if value is not UNSET:
-                    updates[field] = value
-            change = _diff(old, msgspec.structs.replace(old, **updates))
-            if change is not None:
-                # What the book holds was checked when it came in: check what changes.
-                _check_market_data(change, odds.market_id, fp.selection_id)
                 changes.append(change)
         return changes
 
@@ -322,6 +392,12 @@ class MarketBook:
 
 #: FeedPrice fields that update the book's optional market data when present.
 _FEED_PRICE_DATA = ("back", "lay", "ltp", "volume", "bsp", "adjustment", "removed_at")
+#: A FeedPrice's fields after selection_id, price and status when it carries no market
+#: data (one tuple comparison skips the field-by-field check).
+_NO_PRICE_DATA = (UNSET,) * len(_FEED_PRICE_DATA)
+_astuple = msgspec.structs.astuple
+if FeedPrice.__struct_fields__[3:] != _FEED_PRICE_DATA:  # pragma: no cover - a model edit
+    raise ImportError("FeedPrice's market data fields must follow selection_id, price, status")
 
 
 def _selection_of(fs: FeedSelection) -> Selection:

@@ -9,9 +9,10 @@ one atomic write), then publication, then the Kafka commit by the caller.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 import msgspec
 
@@ -24,9 +25,10 @@ from feeds.staleness import StalenessGuard
 from protocol import Delta, EventState, Snapshot
 
 
-@dataclass(frozen=True, slots=True)
-class FeedRecord:
-    """One record of a feed topic, as consumed (Kafka or the in-memory bus)."""
+class FeedRecord(msgspec.Struct, frozen=True, gc=False):
+    """One record of a feed topic, as consumed (Kafka or the in-memory bus). A Struct
+    rather than a frozen dataclass: one is made per record, and a Struct is made
+    several times faster."""
 
     topic: str
     partition: int
@@ -72,38 +74,50 @@ class Processor:
         self.skip_until: dict[tuple[str, int], int] = {}
         self.skipped = 0
         self.staleness = StalenessGuard(stale_after_s) if stale_after_s else None
+        self._channels: dict[str, tuple[bool, tuple[str, ...]]] = {}
+        """Per market: whether it is main, and the channels that gives it."""
 
     def process(self, records: Sequence[FeedRecord], *, now: float | None = None) -> Step:
         """Apply a batch of records. ``now`` (monotonic seconds) is when they arrived;
         without it the staleness guard, if any, does not hear them."""
         step = Step()
         batch = step.batch
+        offsets = batch.offsets
+        partitions = batch.partitions
+        dead_letters = step.dead_letters
+        skip_until = self.skip_until
+        apply = self.books.apply
+        emit = self._emit
         guard = self.staleness if now is not None else None
+        heard_at = 0.0 if now is None else now
+        applied = 0
         for record in records:
             tp = (record.topic, record.partition)
-            if record.offset < self.skip_until.get(tp, 0):
+            offset = record.offset
+            if skip_until and offset < skip_until.get(tp, 0):
                 self.skipped += 1
                 continue
-            batch.offsets[tp] = record.offset + 1
+            offsets[tp] = offset + 1
             try:
                 message = decode_feed(record.value)
             except msgspec.DecodeError as exc:
-                step.dead_letters.append(DeadLetter(record, f"malformed: {exc}"))
+                dead_letters.append(DeadLetter(record, f"malformed: {exc}"))
                 continue
             # Anything about the event, even a message refused below, shows its feed is
             # alive; the markets the guard suspended reopen after the message is applied.
-            returned = guard is not None and now is not None and guard.heard(message.event_id, now)
+            returned = guard is not None and guard.heard(message.event_id, heard_at)
             try:
-                output = self.books.apply(message)
+                output = apply(message)
             except FeedRejected as exc:
-                step.dead_letters.append(DeadLetter(record, f"{exc.reason}: {exc.message}"))
+                dead_letters.append(DeadLetter(record, f"{exc.reason}: {exc.message}"))
             else:
-                step.applied += 1
-                batch.partitions[message.event_id] = record.partition
+                applied += 1
+                partitions[message.event_id] = record.partition
                 if output is not None:
-                    self._emit(step, output)
+                    emit(step, output)
             if returned and guard is not None:
                 self._apply_own(step, guard.reopenings(message.event_id, self.books, message.ts))
+        step.applied += applied
         return step
 
     def tick(self, now: float, ts: int, owned: Callable[[str], bool] | None = None) -> Step:
@@ -133,6 +147,7 @@ class Processor:
 
     def forget(self, event_ids: Iterable[str]) -> None:
         """Events whose books were dropped (their partition went elsewhere)."""
+        self._channels.clear()  # Rebuilt as markets are seen again.
         if self.staleness is not None:
             self.staleness.forget(event_ids)
 
@@ -173,29 +188,63 @@ class Processor:
             step.batch.events[output.event_id] = output
             step.publications.append((channels_for_event(output.event_id, output.sport), payload))
             return
-        book = self.books.markets[output.market_id].snapshot
-        step.batch.snapshots[output.market_id] = book
-        if isinstance(output, Delta):
-            step.batch.history.append((output.market_id, output.seq, payload))
-        channels = channels_for_market(book.market_id, book.event_id, book.sport, book.main)
-        step.publications.append((channels, payload))
-        step.deltas.append((output.market_id, payload))
+        market_id = output.market_id
+        book = self.books.markets[market_id].snapshot
+        step.batch.snapshots[market_id] = book
+        if type(output) is Delta:
+            step.batch.history.append((market_id, output.seq, payload))
+        # A market's channels change only when it joins or leaves its sport's lobby.
+        cached = self._channels.get(market_id)
+        if cached is None or cached[0] is not book.main:
+            channels = channels_for_market(market_id, book.event_id, book.sport, book.main)
+            cached = self._channels[market_id] = (book.main, channels)
+        step.publications.append((cached[1], payload))
+        step.deltas.append((market_id, payload))
 
 
 class Publisher(Protocol):
     async def publish(self, channels: Sequence[str], payload: bytes) -> None: ...
 
 
-async def commit_step(step: Step, store: Store, broker: Publisher) -> None:
+async def commit_step(
+    step: Step, store: Store, broker: Publisher, *, sent: asyncio.Event | None = None
+) -> None:
     """Store, then publish; in one atomic step when the store can publish on the broker's
     server (Redis), so a crash never leaves stored deltas unannounced. Otherwise a crash
     between the two loses only publications, which gateways heal from storage by
     ``seq``. A crash before the store is written replays the records from the offsets
-    the store last recorded."""
-    if isinstance(store, PublishingStore) and store.shares_server_with(broker):
-        await store.write_and_publish(step.batch, step.publications)
-        return
-    if step.batch:
-        await store.write(step.batch)
-    for channels, payload in step.publications:
-        await broker.publish(channels, payload)
+    the store last recorded.
+
+    ``sent``, when given, is set as soon as the store has the writes on their way (a
+    :class:`SignallingStore`), or when this returns: the caller may apply the next
+    records meanwhile."""
+    try:
+        if isinstance(store, PublishingStore) and store.shares_server_with(broker):
+            if sent is not None and isinstance(store, SignallingStore):
+                await store.write_and_publish(step.batch, step.publications, sent=sent)
+            else:
+                await store.write_and_publish(step.batch, step.publications)
+            return
+        if step.batch:
+            await store.write(step.batch)
+        for channels, payload in step.publications:
+            await broker.publish(channels, payload)
+    finally:
+        if sent is not None:
+            sent.set()
+
+
+@runtime_checkable
+class SignallingStore(Protocol):
+    """A :class:`~channels.store.PublishingStore` that says when a write is on its way
+    (:class:`~channels.redis_store.RedisStore`)."""
+
+    signals_sent: bool
+
+    async def write_and_publish(
+        self,
+        batch: Batch,
+        publications: Sequence[tuple[Sequence[str], bytes]],
+        *,
+        sent: asyncio.Event | None = None,
+    ) -> None: ...

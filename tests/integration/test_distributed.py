@@ -240,7 +240,10 @@ async def run_pipeline(
                 else:
                     assert client.resets > 0, "the new epochs must reach the client"
                 for market_id, snap in final.items():
-                    assert client.books.markets[market_id] == snap
+                    # A client that fell behind may hold a conflated snapshot: the same
+                    # book, marked as such.
+                    book = client.books.markets[market_id]
+                    assert msgspec.structs.replace(book, conflated=False) == snap
             # Both clients saw the same sequence numbers from where both were watching
             # (unless one of them was sent a snapshot in place of deltas).
             for market_id in final:
