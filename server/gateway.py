@@ -20,7 +20,7 @@ from channels.relay import Relay
 from channels.store import Store
 from protocol import Heartbeat, Snapshot
 from server.outbox import Outbox
-from server.resume_token import TOKEN_BUDGET
+from server.resume_token import TOKEN_BUDGET, TokenCache
 from server.session import MAX_CONFLATE_MS, Session
 from server.settings import Settings
 
@@ -96,6 +96,7 @@ class Gateway:
         self.stats = GatewayStats()
         self.conflation = ConflationStats()
         self._snapshot_frames: dict[str, tuple[Snapshot, Frame]] = {}
+        self.tokens = TokenCache()  # SSE resume tokens shared between streams.
         self.ready = False
         self.draining = False
         self.sessions: set[Session] = set()

@@ -277,6 +277,16 @@ class PositionTracker:
             self._token = self._head + _b64(b"".join(groups))
         return self._token if len(self._token) <= self._budget else None
 
+    def current(self) -> str | None:
+        """The token last made or adopted, unless a position moved since (then None)."""
+        return self._token
+
+    def adopt(self, token: str) -> None:
+        """Take ``token`` as the token of the current positions: one made by another
+        tracker holding the same positions (tokens are canonical: the same positions
+        always give the same token)."""
+        self._token = token
+
     def _relayout(self) -> None:
         order = sorted(self._epochs)
         self._index = {m: i for i, m in enumerate(order)}
@@ -287,3 +297,25 @@ class PositionTracker:
 
     def __len__(self) -> int:
         return len(self._epochs)
+
+
+class TokenCache:
+    """Tokens shared between streams. A stream's next token depends only on its previous
+    token (which holds all its positions) and the message it sends, so streams that follow
+    the same markets through the same messages — a lobby's thousands of clients — make
+    each token once: ``(previous token, frame) -> (token, its id: line)``. Bounded; a miss
+    only costs making the token."""
+
+    __slots__ = ("_entries", "_size")
+
+    def __init__(self, size: int = 8_192) -> None:
+        self._entries: dict[tuple[str, object], tuple[str, bytes]] = {}
+        self._size = size
+
+    def get(self, previous: str, frame: object) -> tuple[str, bytes] | None:
+        return self._entries.get((previous, frame))
+
+    def put(self, previous: str, frame: object, token: str, line: bytes) -> None:
+        if len(self._entries) >= self._size:
+            self._entries.clear()
+        self._entries[(previous, frame)] = (token, line)

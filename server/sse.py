@@ -42,7 +42,13 @@ from protocol import (
 )
 from server.gateway import Gateway
 from server.rest import error_response, split_names
-from server.resume_token import PositionTracker, TokenError, decode_token, legacy_token
+from server.resume_token import (
+    PositionTracker,
+    TokenCache,
+    TokenError,
+    decode_token,
+    legacy_token,
+)
 from server.session import Session
 from server.streams import StreamConnection, Streams
 
@@ -95,16 +101,32 @@ async def open_stream(
     return tracker
 
 
-def sse_chunk(frames: list[Frame], tracker: PositionTracker) -> bytes:
+def sse_chunk(
+    frames: list[Frame], tracker: PositionTracker, cache: TokenCache | None = None
+) -> bytes:
     """The SSE events of ``frames``, in one piece: each market message carries the
-    token of the books the client holds once it has applied that message."""
+    token of the books the client holds once it has applied that message (from
+    ``cache`` when another stream already made it)."""
     chunk = bytearray()
     for frame in frames:
         message = frame.message
         if isinstance(message, Snapshot | Delta):
+            previous = tracker.current()
             tracker.update(message.market_id, message.epoch, message.seq)
-            token = tracker.token() or legacy_token(message.market_id, message.epoch, message.seq)
-            chunk += b"id: " + token.encode() + b"\n"
+            hit = None if cache is None or previous is None else cache.get(previous, frame)
+            if hit is not None:
+                tracker.adopt(hit[0])
+                chunk += hit[1]
+            else:
+                token = tracker.token()
+                if token is None:
+                    legacy = legacy_token(message.market_id, message.epoch, message.seq)
+                    chunk += b"id: " + legacy.encode() + b"\n"
+                else:
+                    line = b"id: " + token.encode() + b"\n"
+                    if cache is not None and previous is not None:
+                        cache.put(previous, frame, token, line)
+                    chunk += line
         chunk += frame.sse
     return bytes(chunk)
 
@@ -177,7 +199,7 @@ async def _stream(
                 if outbox.closed:
                     return
                 frames = [gateway.heartbeat()]
-            yield sse_chunk(frames, tracker)
+            yield sse_chunk(frames, tracker, gateway.tokens)
     finally:
         await gateway.close_session(session)
 
@@ -285,7 +307,7 @@ class SseConnection(StreamConnection):
     def write(self, frames: list[Frame]) -> None:
         assert self.transport is not None
         assert self._tracker is not None
-        chunk = sse_chunk(frames, self._tracker)
+        chunk = sse_chunk(frames, self._tracker, self.gateway.tokens)
         self.transport.write(b"%x\r\n" % len(chunk) + chunk + b"\r\n")
 
     def end(self, code: CloseCode) -> None:

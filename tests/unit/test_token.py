@@ -170,3 +170,35 @@ def test_a_deflate_bomb_is_refused() -> None:
     varint.append(n)
     with pytest.raises(TokenError):
         decode_token(_b64(head + bytes(varint) + bomb))
+
+
+def test_token_cache_gives_every_stream_the_tokens_it_would_make() -> None:
+    """Streams sharing a TokenCache write byte for byte what they write alone, and a
+    lobby's streams (same positions, same messages) make each token once."""
+    from channels.frame import Frame
+    from protocol import Delta
+    from server.resume_token import TokenCache
+    from server.sse import sse_chunk
+
+    markets = [f"fb-{i}:1x2" for i in range(12)]
+    frames = [
+        Frame(Delta(market_id=markets[n % 12], event_id="fb", seq=2 + n // 12, epoch="e1", ts=n))
+        for n in range(240)
+    ]
+    chunks = [frames[i : i + 7] for i in range(0, len(frames), 7)]
+
+    def stream(cache: TokenCache | None, start: int) -> list[bytes]:
+        tracker = PositionTracker()
+        for i, m in enumerate(markets):
+            tracker.update(m, "e1", 1 if i != 3 else start)
+        tracker.token()
+        return [sse_chunk(c, tracker, cache) for c in chunks]
+
+    cache = TokenCache()
+    alone = [stream(None, 1), stream(None, 0)]
+    shared = [stream(cache, 1) for _ in range(3)] + [stream(cache, 0)]
+    assert shared[:3] == [alone[0]] * 3
+    assert shared[3] == alone[1]
+    # Four streams, two position histories until market 3's first delta (the 4th
+    # message) makes them equal: one token per message, plus the 4 of the other history.
+    assert len(cache._entries) == len(frames) + 4
