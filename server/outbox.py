@@ -158,7 +158,8 @@ class Outbox:
 
     def due_s(self) -> float | None:
         """Seconds until :meth:`take_now` has frames: 0 now, None when the queue is empty."""
-        return self._queue.wait_s(self._clock())
+        queue = self._queue
+        return queue.wait_s(self._clock()) if queue else None  # No clock read when idle.
 
     def __len__(self) -> int:
         return len(self._queue)

@@ -8,7 +8,7 @@ A transport (WebSocket, SSE) feeds the session decoded commands and drains its
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 import protocol
 from channels.frame import Frame
@@ -55,17 +55,13 @@ class Session:
         self._store = store
         self.outbox = outbox
         # The hub calls ``offer`` once per frame per subscriber: straight to the outbox.
-        self.offer = outbox.offer  # type: ignore[method-assign]
+        self.offer: Callable[[Frame], None] = outbox.offer
         self._max = max_subscriptions
         self._max_conflate_ms = max_conflate_ms
         self.markets: set[str] = set()
         self.events: set[str] = set()
         self.lobbies: set[str] = set()
         self.closed = False
-
-    # Hub subscriber (bound to the outbox's offer in ``__init__``).
-    def offer(self, frame: Frame) -> None:
-        self.outbox.offer(frame)
 
     def send(self, message: protocol.ServerMessage) -> None:
         self.outbox.offer(Frame(message))
