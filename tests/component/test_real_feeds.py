@@ -1,13 +1,14 @@
 """Real recordings replayed at speed 0 through the embedded pipeline into a running server.
 
-Betfair: for every recording and envelope in ``../shared/data/betfair``, the books served
+Betfair: for every recording and envelope in ``tests/data/feeds/betfair``, the books served
 over REST equal the final state this module computes on its own from the raw JSON (a
 small fold, independent of ``feeds.betfair``), and a WebSocket client sees exactly the
 recording's OPEN->SUSPENDED and SUSPENDED->OPEN transitions, each with the board the
 recording shows at that moment. UOF: the real messages, and a story built around them,
 produce the transitions documented in ``docs/feeds.md`` with contiguous ``seq``.
 
-The data lives beside the repository; a missing file fails these tests, never skips them.
+The recordings are in the repository (``tests/data/feeds``, README and licences there); a
+missing file fails these tests, never skips them.
 """
 
 from __future__ import annotations
@@ -36,8 +37,8 @@ from feeds.replay import ReadReport, paced
 from feeds.sources import open_source
 from feeds.uof import read_uof
 from tests.component.stack import Books, Stack, running_stack
+from tests.data import FEEDS as DATA
 
-DATA = Path(__file__).parents[2].parent / "shared" / "data"
 BETFAIR = DATA / "betfair"
 UOF = DATA / "uof"
 

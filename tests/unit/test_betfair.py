@@ -27,8 +27,8 @@ from feeds.model import (
 )
 from feeds.replay import ReadReport
 from feeds.sources import READERS, check_spec
+from tests.data import FEEDS as DATA
 
-DATA = Path(__file__).parents[2].parent / "shared" / "data"
 ENVELOPES = DATA / "betfair" / "envelope"
 
 MARKET = "1.100"

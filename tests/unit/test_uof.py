@@ -26,8 +26,9 @@ from feeds.replay import ReadReport
 from feeds.sources import READERS, check_spec
 from feeds.uof import MAX_MESSAGE_BYTES, UofAdapter, UofError, parse, read_uof
 from protocol import Clock
+from tests.data import FEEDS
 
-DATA = Path(__file__).parents[2].parent / "shared" / "data" / "uof"
+DATA = FEEDS / "uof"
 
 EVENT = "sr:match:1"
 M1X2 = f"{EVENT}/1"
