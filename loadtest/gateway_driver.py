@@ -1,7 +1,7 @@
 """The oddstream gateway under test, fed at a controlled rate through its broker seam.
 
 One process: the real :class:`server.gateway.Gateway` and starlette app, served by the
-real ``server.cli.serve`` (uvicorn, websockets-sansio, uvloop; the production settings),
+real ``server.serve.serve`` (uvicorn, websockets-sansio, uvloop; the production settings),
 over a :class:`channels.store.MemoryStore` seeded with the benchmark's markets and a
 :class:`channels.broker.MemoryBroker`. The benchmark publisher encodes each delta once
 and publishes it on the market's channel, exactly as a book processor does; from there
@@ -34,8 +34,8 @@ from loadtest.publisher import drive
 
 async def run(board: Board, args: argparse.Namespace) -> None:
     from server.app import build_app
-    from server.cli import serve
     from server.gateway import Gateway
+    from server.serve import serve
     from server.settings import Settings
 
     flags = {

@@ -34,7 +34,7 @@ def build_app(
     ``oddstream dev``) run for the app's lifetime, owned by its lifespan. ``web_dist`` is
     the built web shell (React board + Angular bet slip) served at ``/``; without it,
     the plain demo page. WebSocket upgrades (``/ws``) never reach this app: the server
-    hands them to :mod:`server.ws` (see :func:`server.cli.serve`)."""
+    hands them to :mod:`server.ws` (see :func:`server.serve.serve`)."""
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:

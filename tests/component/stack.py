@@ -35,8 +35,8 @@ from feeds.model import (
 )
 from feeds.processor import FeedRecord, Processor, commit_step
 from server.app import build_app
-from server.cli import server_config
 from server.gateway import DeliveryLimits, Gateway
+from server.serve import server_config
 from server.settings import Settings
 
 
@@ -84,7 +84,7 @@ async def running_stack(
     gateway_hook: Any = None,
     **overrides: Any,
 ) -> AsyncIterator[Stack]:
-    """A gateway served as in production (``server.cli.server_config``) over a memory
+    """A gateway served as in production (``server.serve.server_config``) over a memory
     store and broker. ``limits``: delivery limits the settings do not carry;
     ``gateway_hook(store, broker)``: background coroutines for the app's lifetime."""
     settings = Settings(**{"heartbeat_s": 5.0, **overrides})
