@@ -52,7 +52,7 @@ from aiokafka.errors import CommitFailedError, IllegalStateError
 
 from channels.broker import BrokerError
 from channels.store import Store, StoreError
-from feeds.embedded import STALE_AFTER_S, epoch_minter, now_ms, tick_interval
+from feeds.embedded import epoch_minter, now_ms, tick_interval
 from feeds.kafka_feed import (
     DEFAULT_TOPICS,
     ORDER_HEADER,
@@ -64,6 +64,7 @@ from feeds.kafka_feed import (
     new_producer,
 )
 from feeds.processor import DeadLetter, FeedRecord, Processor, Publisher, Step, commit_step
+from feeds.staleness import STALE_AFTER_S
 
 log = logging.getLogger(__name__)
 

@@ -16,13 +16,9 @@ from channels.store import Store
 from feeds.bus import MemoryBus
 from feeds.model import FeedMessage
 from feeds.processor import Processor, Publisher, commit_step
+from feeds.staleness import STALE_AFTER_S
 
 log = logging.getLogger(__name__)
-
-
-#: Default bound (seconds) on the feed's silence about an event before its open markets
-#: are suspended with reason ``feed_stale`` (see :mod:`feeds.staleness`).
-STALE_AFTER_S = 10.0
 
 
 def now_ms() -> int:

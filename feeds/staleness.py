@@ -34,6 +34,9 @@ from protocol import EventState, Snapshot
 
 #: The suspension reason the guard gives (and the only one it takes back).
 REASON = "feed_stale"
+#: Default bound (seconds) on the feed's silence about an event before its open markets
+#: are suspended.
+STALE_AFTER_S = 10.0
 
 
 class StalenessGuard:

@@ -51,7 +51,7 @@ async def run(rate: float, clients: int, seconds: float) -> dict[str, float]:
     proc = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
-        "server.cli",
+        "oddstream.cli",
         "dev",
         "--port",
         "0",

@@ -128,7 +128,7 @@ def _get_json(url: str, timeout_s: float = 5) -> Any:
 
 
 def _oddstream(*args: str) -> list[str]:
-    return procs.python("server.cli", *args)
+    return procs.python("oddstream.cli", *args)
 
 
 def _delete_topics(kafka: str, prefix: str) -> None:

@@ -33,10 +33,10 @@ from loadtest.publisher import drive
 
 
 async def run(board: Board, args: argparse.Namespace) -> None:
+    from oddstream.options import DevSettings, load
     from server.app import build_app
     from server.gateway import Gateway
     from server.serve import serve
-    from server.settings import Settings
 
     flags = {
         "host": "127.0.0.1",
@@ -46,7 +46,7 @@ async def run(board: Board, args: argparse.Namespace) -> None:
         "queue_frames": args.queue_frames,
         "coalesce_ms": args.coalesce_ms,
     }
-    settings = Settings.load({k: v for k, v in flags.items() if v is not None})
+    settings = load(DevSettings, {k: v for k, v in flags.items() if v is not None}).server
     markets = market_ids(args.markets)
     ts = now_ms()
     store = MemoryStore(history_size=settings.history_size)

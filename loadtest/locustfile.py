@@ -409,10 +409,10 @@ class MatchDayShape(LoadTestShape):
     def _start_feed(self) -> None:
         argv: list[str] | None = None
         if FEED == "dev":
-            argv = [sys.executable, "-m", "server.cli", "dev", "--feed", f"jsonl:{self.path}"]
+            argv = [sys.executable, "-m", "oddstream.cli", "dev", "--feed", f"jsonl:{self.path}"]
             argv += ["--speed", "1", "--port", str(DEV_PORT), "--web", "off"]
         elif FEED == "kafka":
-            argv = [sys.executable, "-m", "server.cli", "feed", "replay", str(self.path)]
+            argv = [sys.executable, "-m", "oddstream.cli", "feed", "replay", str(self.path)]
             argv += ["--speed", "1", "--kafka", os.environ["ODDSTREAM_KAFKA"]]
             if os.environ.get("LOADTEST_TOPIC_PREFIX"):
                 argv += ["--topic-prefix", os.environ["LOADTEST_TOPIC_PREFIX"]]

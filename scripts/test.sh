@@ -22,6 +22,8 @@ echo "test: mypy --strict" >&2
 .venv/bin/mypy
 echo "test: schema is current" >&2
 .venv/bin/python -m protocol.schema --check
+echo "test: docs/configuration.md is current" >&2
+.venv/bin/python -m oddstream.options --check
 echo "test: web (types, build, SDK unit tests, browser tests)" >&2
 web/scripts/test.sh
 echo "test: pytest" >&2

@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from server.settings import Settings, SettingsError
+from oddstream.options import DevSettings, FeedSettings, SettingsError, load
 
 
 @pytest.mark.parametrize(
@@ -17,14 +17,17 @@ from server.settings import Settings, SettingsError
         (["dev", "--rate", "-1"], {}, "--rate"),
         (["dev"], {"ODDSTREAM_EVENTS": "many"}, "ODDSTREAM_EVENTS"),
         (["dev"], {"ODDSTREAM_HEARTBEAT_S": "0"}, "ODDSTREAM_HEARTBEAT_S"),
-        (["dev"], {"ODDSTREAM_REDIS": "http://x"}, "ODDSTREAM_REDIS"),
+        (["gateway"], {"ODDSTREAM_REDIS": "http://x"}, "ODDSTREAM_REDIS"),
+        (["gateway"], {}, "--redis"),
+        (["books", "--redis", "redis://127.0.0.1:1/0"], {}, "--kafka"),
+        (["dev", "--queue-frames", "64", "--conflate-after-frames", "64"], {}, "--conflate"),
     ],
 )
 def test_bad_setting_stops_startup_naming_it(
     args: list[str], env: dict[str, str], named: str
 ) -> None:
     result = subprocess.run(
-        [sys.executable, "-m", "server.cli", *args],
+        [sys.executable, "-m", "oddstream.cli", *args],
         capture_output=True,
         text=True,
         timeout=60,
@@ -37,7 +40,7 @@ def test_bad_setting_stops_startup_naming_it(
 
 def test_unknown_flag_is_refused() -> None:
     result = subprocess.run(
-        [sys.executable, "-m", "server.cli", "dev", "--colour", "red"],
+        [sys.executable, "-m", "oddstream.cli", "dev", "--colour", "red"],
         capture_output=True,
         text=True,
         timeout=60,
@@ -47,7 +50,8 @@ def test_unknown_flag_is_refused() -> None:
 
 
 def test_flags_override_environment() -> None:
-    settings = Settings.load({"port": 9001}, {"ODDSTREAM_PORT": "9000", "ODDSTREAM_SEED": "7"})
-    assert (settings.port, settings.seed) == (9001, 7)
+    env = {"ODDSTREAM_PORT": "9000", "ODDSTREAM_SEED": "7"}
+    settings = load(DevSettings, {"port": "9001"}, env)
+    assert (settings.server.port, settings.seed) == (9001, 7)
     with pytest.raises(SettingsError, match="ODDSTREAM_KAFKA"):
-        Settings.load({}, {"ODDSTREAM_KAFKA": "nohostport"})
+        load(FeedSettings, {}, {"ODDSTREAM_KAFKA": "nohostport"})

@@ -20,7 +20,7 @@ async def test_sigterm_drains_clients_with_positions_and_exits_zero() -> None:
     proc = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
-        "server.cli",
+        "oddstream.cli",
         "dev",
         "--port",
         "0",

@@ -12,7 +12,6 @@ at the end of the run.
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import functools
 import itertools
 import signal
@@ -27,7 +26,6 @@ from feeds.books_runner import BooksConfig
 from feeds.kafka_feed import KafkaFeedProducer, TopicNames, ensure_topics
 from feeds.model import FeedMessage
 from feeds.synthetic import MatchDay
-from server.settings import Settings
 from tests.faults.checker import STALE, Expectation
 from tests.faults.client import ResilientClient, WsClient, now_ms, percentile
 from tests.faults.deploy import Deployment, Scale, assert_passed, feed_done, owner
@@ -337,14 +335,9 @@ async def test_slow_client(deployment: Deployment) -> None:
 
 def stale_bound() -> tuple[float, dict[str, str]]:
     """The staleness bound the book processors will use, and the environment that sets
-    it: 3 s where the settings take one (``ODDSTREAM_STALE_AFTER_S``), else the
-    processor's built-in default. (3 s: the other events' longest natural pause in this
-    feed is about 1 s, so a loaded machine does not suspend them too.)"""
-    if "stale_after_s" in {f.name for f in dataclasses.fields(Settings)}:
-        return 3.0, {"ODDSTREAM_STALE_AFTER_S": "3"}
-    default = BooksConfig().stale_after_s
-    assert default is not None, "the book processor guards no staleness by default"
-    return default, {}
+    it. (3 s: the other events' longest natural pause in this feed is about 1 s, so a
+    loaded machine does not suspend them too.)"""
+    return 3.0, {"ODDSTREAM_STALE_AFTER_S": "3"}
 
 
 @dataclass

@@ -91,7 +91,7 @@ async def start(
     proc = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
-        "server.cli",
+        "oddstream.cli",
         *args,
         stdout=asyncio.subprocess.PIPE,
         stderr=subprocess.STDOUT,

@@ -1,0 +1,22 @@
+"""``oddstream gateway``: Redis snapshots, history and pub/sub in; WebSocket, SSE and
+REST out. Imports nothing of the feeds or Kafka."""
+
+from __future__ import annotations
+
+from channels.redis_broker import RedisBroker
+from channels.redis_store import RedisStore
+from oddstream.options import GatewaySettings
+from server.app import build_app
+from server.gateway import Gateway
+from server.serve import serve
+
+
+async def main(settings: GatewaySettings) -> None:
+    store = await RedisStore.connect(settings.redis, history_size=settings.server.history_size)
+    broker = await RedisBroker.connect(settings.redis)
+    node = Gateway(settings.server, broker, store)
+    try:
+        await serve(build_app(node), settings.server, node)
+    finally:
+        await broker.close()
+        await store.close()

@@ -1,0 +1,459 @@
+"""Every setting of every process role, declared once: :data:`OPTIONS`.
+
+A row names the setting; its flag (``--name-with-dashes``) and variable
+(``ODDSTREAM_NAME``) follow from the name. It says which roles take it, its default, what
+a valid value is, and the line that documents it. From this one table come the
+``oddstream`` flags of each role, the loading of each role's frozen settings type (flags
+win over the environment; nothing else reads the environment), the start-up error that
+names a wrong setting, and ``docs/configuration.md``::
+
+    python -m oddstream.options            # write docs/configuration.md
+    python -m oddstream.options --check    # exit 1 if it is not what the table generates
+
+The gateway's own settings type is :class:`server.settings.Settings` (``server`` cannot
+import this package): a row without a ``default`` is one of its fields and takes the
+field's default, so a gateway default is written once, on the type. Adding a setting is
+one row here (and, for a gateway setting, its field on ``Settings``); a unit test fails
+naming any ``Settings`` field without a row.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import sys
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal, TypeVar
+from urllib.parse import urlparse
+
+from feeds.staleness import STALE_AFTER_S
+from server.settings import Settings
+
+Role = Literal["dev", "gateway", "books", "feed"]
+ROLES: tuple[Role, ...] = ("dev", "gateway", "books", "feed")
+_SERVING: frozenset[Role] = frozenset({"dev", "gateway"})
+_DISTRIBUTED_IN: frozenset[Role] = frozenset({"books", "feed"})
+_SYNTH: frozenset[Role] = frozenset({"dev", "feed"})
+_ALL: frozenset[Role] = frozenset(ROLES)
+
+DOC = Path(__file__).resolve().parent.parent / "docs" / "configuration.md"
+
+
+@dataclass(frozen=True, slots=True)
+class Check:
+    """What a valid value is: ``ok(value)`` and the words that say so in an error."""
+
+    ok: Callable[[Any], bool]
+    expected: str
+
+
+def at_least(low: float, note: str = "") -> Check:
+    return Check(lambda v: v >= low, f">= {low:g}{note}")
+
+
+def above(low: float) -> Check:
+    return Check(lambda v: v > low, f"> {low:g}")
+
+
+def between(low: float, high: float, note: str = "") -> Check:
+    return Check(lambda v: low <= v <= high, f"{low:g}-{high:g}{note}")
+
+
+def one_of(*choices: str) -> Check:
+    return Check(lambda v: v in choices, "one of " + ", ".join(choices))
+
+
+def _kafka_ok(value: str) -> bool:
+    servers = [s.strip().rpartition(":") for s in value.split(",")]
+    return all(host and port.isdigit() for host, _, port in servers)
+
+
+def _redis_ok(value: str) -> bool:
+    url = urlparse(value)
+    return url.scheme in {"redis", "rediss", "unix"} and bool(url.hostname or url.path)
+
+
+def _feed_ok(spec: str) -> bool:
+    from feeds.sources import SourceError, check_spec
+
+    try:
+        check_spec(spec)
+    except SourceError:
+        return False
+    return True
+
+
+#: Required settings have no default and must name something.
+KAFKA = Check(_kafka_ok, "host:port[,host:port] (required)")
+REDIS = Check(_redis_ok, "a redis://host:port/db URL (required)")
+
+
+@dataclass(frozen=True, slots=True)
+class Option:
+    """One setting. ``default`` None: a field of :class:`server.settings.Settings`,
+    whose default it takes."""
+
+    name: str
+    doc: str
+    roles: frozenset[Role]
+    check: Check | None = None
+    default: Any = None
+
+    @property
+    def flag(self) -> str:
+        return "--" + self.name.replace("_", "-")
+
+    @property
+    def variable(self) -> str:
+        return f"ODDSTREAM_{self.name.upper()}"
+
+    @property
+    def value(self) -> Any:
+        """The default."""
+        if self.default is not None:
+            return self.default
+        return _GATEWAY_DEFAULTS[self.name]
+
+
+class SettingsError(ValueError):
+    """A setting is invalid; the message names it (flag and environment variable)."""
+
+
+_GATEWAY_DEFAULTS: dict[str, Any] = {f.name: f.default for f in dataclasses.fields(Settings)}
+
+#: The table. Order is the order of ``--help`` and of ``docs/configuration.md``.
+OPTIONS: tuple[Option, ...] = (
+    Option("host", "listen address of the gateway", _SERVING),
+    Option(
+        "port",
+        "listen port (`0` picks a free one; the URL is printed)",
+        _SERVING,
+        between(0, 65535),
+    ),
+    Option(
+        "max_frame_bytes",
+        "largest client frame; a larger one closes the WebSocket with 1009",
+        _SERVING,
+        at_least(256),
+    ),
+    Option(
+        "max_subscriptions",
+        "markets + events + lobbies one connection may hold; past it `too_many_subscriptions`",
+        _SERVING,
+        at_least(1),
+    ),
+    Option(
+        "queue_frames",
+        "per-client outbox bound; past it the client is closed with 4001 (reconnect and resume)",
+        _SERVING,
+        at_least(16),
+    ),
+    Option(
+        "conflate_after_frames",
+        "queued messages from which a client's updates are conflated (latest book per "
+        "market, state changes kept; `docs/guarantees.md`); `0`: a quarter of `queue_frames`",
+        _SERVING,
+        at_least(0, " and < queue_frames"),
+    ),
+    Option(
+        "send_timeout_s",
+        "a client whose write stays blocked this long is dropped (WebSocket 4002; the SSE "
+        "stream ends)",
+        _SERVING,
+        above(0),
+    ),
+    Option(
+        "send_buffer_bytes",
+        "kernel send buffer per client socket (Linux doubles it): bounds what a client that "
+        "stopped reading can hold before its outbox sees back-pressure",
+        _SERVING,
+        at_least(4096),
+    ),
+    Option(
+        "heartbeat_s",
+        "a client that was sent nothing for this long gets a `heartbeat` (WebSocket: checked "
+        "every interval, so silence lasts at most twice this)",
+        _SERVING,
+        above(0),
+    ),
+    Option(
+        "coalesce_ms",
+        "WebSocket writes: frames queued for a client are written together once per "
+        "event-loop turn (0) or after this many ms; larger windows mean fewer system calls "
+        "and later frames",
+        _SERVING,
+        between(0, 50, " (0: write once per event-loop turn)"),
+    ),
+    Option(
+        "close_timeout_s",
+        "how long a close frame to a stuck client may take before the connection is dropped",
+        _SERVING,
+        above(0),
+    ),
+    Option(
+        "drain_s",
+        "on SIGTERM, the deadline to `reconnect` every client and close (batches spread over "
+        "half of it)",
+        _SERVING,
+        above(0),
+    ),
+    Option(
+        "history_size",
+        "deltas kept per market for resume and gap healing",
+        frozenset({"dev", "gateway", "books"}),
+        at_least(1),
+    ),
+    Option(
+        "stale_after_s",
+        "an event's open markets are suspended with reason `feed_stale` after its feed is "
+        "silent this long, and reopen when it speaks again (`0`: never)",
+        frozenset({"dev", "books"}),
+        at_least(0, " (0: never)"),
+        STALE_AFTER_S,
+    ),
+    Option("seed", "synthetic feed seed", _SYNTH, None, 1),
+    Option("events", "concurrent synthetic events", _SYNTH, at_least(1), 12),
+    Option("rate", "synthetic feed messages per second", _SYNTH, above(0), 200.0),
+    Option(
+        "feed",
+        "`synth`, or `FORMAT:PATH` to replay a recording (`jsonl`, and the adapters' formats)",
+        frozenset({"dev"}),
+        Check(_feed_ok, "synth or FORMAT:PATH (jsonl, betfair, uof)"),
+        "synth",
+    ),
+    Option(
+        "speed",
+        "replay speed, x the recording's own pace; `0` = as fast as possible",
+        _SYNTH,
+        at_least(0, " (0: as fast as possible)"),
+        1.0,
+    ),
+    Option(
+        "web",
+        "`auto`: build and serve the web shell at `/`; `off`: the plain demo page",
+        frozenset({"dev"}),
+        one_of("auto", "off"),
+        "auto",
+    ),
+    Option("kafka", "Kafka bootstrap servers `host:port[,host:port]`", _DISTRIBUTED_IN, KAFKA, ""),
+    Option("redis", "Redis URL `redis://host:port/db`", frozenset({"gateway", "books"}), REDIS, ""),
+    Option(
+        "partitions",
+        "partitions of the feed topics when `oddstream feed` or `books` creates them (`books` "
+        "keeps the count of topics that exist)",
+        _DISTRIBUTED_IN,
+        at_least(1),
+        6,
+    ),
+    Option(
+        "group",
+        "consumer group of the book processors",
+        frozenset({"books"}),
+        None,
+        "oddstream-books",
+    ),
+    Option(
+        "topic_prefix",
+        "prefix of every topic name (`markets`, `odds`, `results`, `deltas`, `deadletter`)",
+        _DISTRIBUTED_IN,
+        None,
+        "",
+    ),
+    Option("log_level", "log level", _ALL, one_of("debug", "info", "warning", "error"), "info"),
+)
+
+
+# -- the role settings types -----------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class GatewaySettings:
+    """``oddstream gateway``: Redis in; WebSocket, SSE and REST out."""
+
+    server: Settings
+    redis: str
+    log_level: str
+
+
+@dataclass(frozen=True, slots=True)
+class DevSettings:
+    """``oddstream dev``: everything in one process."""
+
+    server: Settings
+    stale_after_s: float
+    seed: int
+    events: int
+    rate: float
+    feed: str
+    speed: float
+    web: str
+    log_level: str
+
+
+@dataclass(frozen=True, slots=True)
+class BooksSettings:
+    """``oddstream books``: a book processor, Kafka in; Redis and Kafka out."""
+
+    history_size: int
+    stale_after_s: float
+    kafka: str
+    redis: str
+    partitions: int
+    group: str
+    topic_prefix: str
+    log_level: str
+
+
+@dataclass(frozen=True, slots=True)
+class FeedSettings:
+    """``oddstream feed ...``: produce a feed to Kafka, or record one from it."""
+
+    seed: int
+    events: int
+    rate: float
+    speed: float
+    kafka: str
+    partitions: int
+    topic_prefix: str
+    log_level: str
+
+
+RoleSettings = GatewaySettings | DevSettings | BooksSettings | FeedSettings
+TYPES: dict[Role, type[RoleSettings]] = {
+    "dev": DevSettings,
+    "gateway": GatewaySettings,
+    "books": BooksSettings,
+    "feed": FeedSettings,
+}
+R = TypeVar("R", GatewaySettings, DevSettings, BooksSettings, FeedSettings)
+
+
+def of(role: Role) -> tuple[Option, ...]:
+    return tuple(o for o in OPTIONS if role in o.roles)
+
+
+def add_flags(parser: argparse.ArgumentParser, role: Role) -> None:
+    """``role``'s flags; values stay text until :func:`load` parses and checks them."""
+    for o in of(role):
+        parser.add_argument(o.flag, dest=o.name, metavar=o.name.upper(), help=o.doc)
+
+
+def load(
+    kind: type[R], flags: Mapping[str, Any] | None = None, env: Mapping[str, str] | None = None
+) -> R:
+    """The settings of a role from its flags (non-None values) over ``ODDSTREAM_*``
+    variables over the defaults.
+
+    Raises :class:`SettingsError` naming the flag and the variable when a value does not
+    parse or is not valid."""
+    role = next(r for r, t in TYPES.items() if t is kind)
+    return kind(**_values(role, flags or {}, os.environ if env is None else env))
+
+
+def load_role(role: Role, flags: Mapping[str, Any]) -> RoleSettings:
+    """:func:`load` for a role named on the command line."""
+    return TYPES[role](**_values(role, flags, os.environ))
+
+
+def _values(role: Role, flags: Mapping[str, Any], env: Mapping[str, str]) -> dict[str, Any]:
+    values = {o.name: _value(o, flags, env) for o in of(role)}
+    gateway = {k: values.pop(k) for k in _GATEWAY_DEFAULTS.keys() & values.keys()}
+    if "server" in {f.name for f in dataclasses.fields(TYPES[role])}:
+        _check_pair(gateway)
+        values["server"] = Settings(**gateway)
+    else:
+        values.update(gateway)
+    return values
+
+
+def _value(option: Option, flags: Mapping[str, Any], env: Mapping[str, str]) -> Any:
+    default = option.value
+    raw, source = flags.get(option.name), option.flag
+    if raw is None:
+        raw, source = env.get(option.variable), option.variable
+    if raw is None:
+        value = default
+    else:
+        kind: type[Any] = type(default)
+        try:
+            value = raw if isinstance(raw, kind) else kind(raw)
+        except (TypeError, ValueError):
+            raise SettingsError(f"invalid {source}={raw!r}: expected {kind.__name__}") from None
+    if option.check is not None and not option.check.ok(value):
+        raise SettingsError(
+            f"invalid setting {option.name} ({option.flag} / {option.variable}) = {value!r}: "
+            f"expected {option.check.expected}"
+        )
+    return value
+
+
+def _check_pair(gateway: Mapping[str, Any]) -> None:
+    """The one check across two settings."""
+    if gateway["conflate_after_frames"] >= gateway["queue_frames"]:
+        raise SettingsError(
+            "invalid setting conflate_after_frames (--conflate-after-frames / "
+            f"ODDSTREAM_CONFLATE_AFTER_FRAMES) = {gateway['conflate_after_frames']}: "
+            "expected < queue_frames"
+        )
+
+
+# -- docs/configuration.md ------------------------------------------------------------
+
+_HEAD = """\
+# Configuration
+
+<!-- Generated by `python -m oddstream.options` from the table in oddstream/options.py;
+edit the table, not this file (`scripts/test.sh` checks they agree). -->
+
+Every setting is a flag of the `oddstream` command and an `ODDSTREAM_<NAME>` environment
+variable (flags win). Each process role reads the settings it takes once at start-up
+into one frozen settings type (the gateway's is `server.settings.Settings`); a value that
+does not parse or is out of range stops start-up with exit status 2 and a message naming
+the flag and the variable, e.g.
+
+```
+oddstream: invalid setting port (--port / ODDSTREAM_PORT) = 70000: expected 0-65535
+```
+
+| setting | flag | variable | default | roles | valid | meaning |
+|---|---|---|---|---|---|---|
+"""
+
+
+def render() -> str:
+    rows = []
+    for o in OPTIONS:
+        roles = ", ".join(r for r in ROLES if r in o.roles)
+        shown = f"{o.value:g}" if isinstance(o.value, float) else str(o.value)
+        default = f"`{shown}`" if shown else ""
+        valid = o.check.expected if o.check else ""
+        rows.append(
+            f"| {o.name} | `{o.flag}` | `{o.variable}` | {default} | {roles} | {valid} | {o.doc} |"
+        )
+    return _HEAD + "\n".join(rows) + "\n"
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m oddstream.options", description=f"Write or check {DOC.name}."
+    )
+    parser.add_argument("--check", action="store_true", help="write nothing; exit 1 if stale")
+    args = parser.parse_args(argv)
+    text = render()
+    current = DOC.read_text(encoding="utf-8") if DOC.is_file() else ""
+    if args.check:
+        if current != text:
+            print(f"{DOC} is stale; regenerate it: python -m oddstream.options", file=sys.stderr)
+            return 1
+        print(f"{DOC}: current ({len(OPTIONS)} settings)")
+        return 0
+    if current != text:
+        DOC.write_text(text, encoding="utf-8")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
