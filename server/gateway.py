@@ -26,21 +26,17 @@ from server.settings import Settings
 
 log = logging.getLogger(__name__)
 
-#: Default of the send timeout, which :class:`Settings` does not carry yet.
-SEND_TIMEOUT_S = 30.0
 #: Conflated snapshot frames kept for sharing between clients.
 _SNAPSHOT_FRAMES = 4_096
-#: Whether the protocol's snapshot has the ``conflated`` marker yet (a proposed field).
-_MARKS_CONFLATED = "conflated" in Snapshot.__struct_fields__
 
 
 @dataclass(frozen=True, slots=True)
 class DeliveryLimits:
-    """Per-connection delivery limits (see ``docs/guarantees.md``).
+    """Per-connection delivery limits (see ``docs/guarantees.md``), as a gateway applies
+    them: made from its :class:`Settings` by :meth:`of`, which owns their values.
 
     ``queue_frames``: frames queued for one client before it is closed with 4001.
-    ``conflate_after_frames``: queued frames past which a client's backlog is conflated
-    (default: a quarter of ``queue_frames``).
+    ``conflate_after_frames``: queued frames past which a client's backlog is conflated.
     ``send_timeout_s``: longest one write to a client may block before the client is
     dropped as dead (4002 on the WebSocket; the SSE stream ends).
     ``max_conflate_ms``: largest conflation interval a client may ask for.
@@ -48,21 +44,20 @@ class DeliveryLimits:
     to single-market tokens.
     """
 
-    queue_frames: int = 4_096
-    conflate_after_frames: int = 1_024
-    send_timeout_s: float = SEND_TIMEOUT_S
+    queue_frames: int
+    conflate_after_frames: int
+    send_timeout_s: float
     max_conflate_ms: int = MAX_CONFLATE_MS
     token_budget: int = TOKEN_BUDGET
 
     @classmethod
     def of(cls, settings: Settings) -> DeliveryLimits:
-        """The limits of ``settings``. The settings object gains ``conflate_after_frames``
-        and ``send_timeout_s`` in ``server/settings.py``; until then, the defaults here."""
-        conflate_after = getattr(settings, "conflate_after_frames", None)
+        """The limits of ``settings``; ``conflate_after_frames`` 0 means a quarter of
+        ``queue_frames``."""
         return cls(
             queue_frames=settings.queue_frames,
-            conflate_after_frames=int(conflate_after or settings.queue_frames // 4),
-            send_timeout_s=float(getattr(settings, "send_timeout_s", SEND_TIMEOUT_S)),
+            conflate_after_frames=settings.conflate_after_frames or settings.queue_frames // 4,
+            send_timeout_s=settings.send_timeout_s,
         )
 
 
@@ -85,11 +80,9 @@ class Gateway:
         settings: Settings,
         broker: Broker,
         store: Store,
-        *,
-        limits: DeliveryLimits | None = None,
     ):
         self.settings = settings
-        self.limits = limits or DeliveryLimits.of(settings)
+        self.limits = DeliveryLimits.of(settings)
         self.store = store
         self.hub = Hub()
         self.relay = Relay(broker, store, self.hub)
@@ -175,15 +168,14 @@ class Gateway:
             log.warning("drain deadline passed with %d connections left", len(self.sessions))
 
     def _snapshot_frame(self, book: Snapshot) -> Frame:
-        """The frame of a conflated snapshot (marked ``conflated`` once the protocol has
-        the field), shared by every client conflated to the same book (encode once): the
-        books come from the relay, which makes one object per version of a market, so
-        the last frame made of a market is reused while its book is the same object."""
+        """The frame of a conflated snapshot (marked ``conflated``), shared by every
+        client conflated to the same book (encode once): the books come from the relay,
+        which makes one object per version of a market, so the last frame made of a
+        market is reused while its book is the same object."""
         cached = self._snapshot_frames.get(book.market_id)
         if cached is not None and cached[0] is book:
             return cached[1]
-        marked = msgspec.structs.replace(book, conflated=True) if _MARKS_CONFLATED else book
-        frame = Frame(marked)
+        frame = Frame(msgspec.structs.replace(book, conflated=True))
         if len(self._snapshot_frames) >= _SNAPSHOT_FRAMES:
             self._snapshot_frames.clear()  # Bounded; a miss only costs an encode.
         self._snapshot_frames[book.market_id] = (book, frame)

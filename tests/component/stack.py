@@ -35,7 +35,7 @@ from feeds.model import (
 )
 from feeds.processor import FeedRecord, Processor, commit_step
 from server.app import build_app
-from server.gateway import DeliveryLimits, Gateway
+from server.gateway import Gateway
 from server.serve import server_config
 from server.settings import Settings
 
@@ -80,17 +80,16 @@ class Stack:
 
 @contextlib.asynccontextmanager
 async def running_stack(
-    limits: DeliveryLimits | None = None,
     gateway_hook: Any = None,
     **overrides: Any,
 ) -> AsyncIterator[Stack]:
     """A gateway served as in production (``server.serve.server_config``) over a memory
-    store and broker. ``limits``: delivery limits the settings do not carry;
-    ``gateway_hook(store, broker)``: background coroutines for the app's lifetime."""
+    store and broker, with ``overrides`` of its settings; ``gateway_hook(store, broker)``:
+    background coroutines for the app's lifetime."""
     settings = Settings(**{"heartbeat_s": 5.0, **overrides})
     store = MemoryStore(history_size=settings.history_size)
     broker = MemoryBroker()
-    gateway = Gateway(settings, broker, store, limits=limits)
+    gateway = Gateway(settings, broker, store)
     app = build_app(gateway, background=gateway_hook(store, broker) if gateway_hook else ())
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))

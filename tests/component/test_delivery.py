@@ -26,7 +26,6 @@ from feeds.model import FeedMarket, FeedMessage, FeedSelection
 from feeds.staleness import REASON
 from protocol import Ack, CloseCode, Delta, Position, Reconnect, Snapshot
 from server import rest
-from server.gateway import DeliveryLimits
 from server.resume_token import decode_token
 from tests.component.stack import (
     T0,
@@ -79,8 +78,7 @@ def position(snap: Snapshot) -> Position:
 
 
 async def test_a_client_behind_gets_conflated_exact_books_and_every_state_change() -> None:
-    limits = DeliveryLimits(conflate_after_frames=4)
-    async with running_stack(limits) as stack:
+    async with running_stack(conflate_after_frames=4) as stack:
         await stack.feed.send(event(), match_result(), over_under())
         async with ws_client(stack) as client:
             await client.send({"type": "subscribe", "events": ["fb-1"]})
@@ -250,8 +248,7 @@ async def flood_until(stack: Stack, done: Any) -> None:
 
 
 async def test_a_websocket_client_that_stops_reading_is_dropped_with_4002() -> None:
-    limits = DeliveryLimits(send_timeout_s=0.3)
-    async with running_stack(limits, close_timeout_s=5.0) as stack:
+    async with running_stack(send_timeout_s=0.3, close_timeout_s=5.0) as stack:
         await stack.feed.send(event(), match_result(), over_under())
         client = StuckClient(stack)
         try:
@@ -268,8 +265,7 @@ async def test_a_websocket_client_that_stops_reading_is_dropped_with_4002() -> N
 
 
 async def test_an_sse_client_that_stops_reading_is_dropped() -> None:
-    limits = DeliveryLimits(send_timeout_s=0.3)
-    async with running_stack(limits) as stack:
+    async with running_stack(send_timeout_s=0.3) as stack:
         await stack.feed.send(event(), match_result(), over_under())
         client = StuckClient(stack)
         try:
