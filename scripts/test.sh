@@ -20,6 +20,8 @@ echo "test: ruff" >&2
 .venv/bin/ruff format --check .
 echo "test: mypy --strict" >&2
 .venv/bin/mypy
+echo "test: import contracts (lint-imports)" >&2
+.venv/bin/lint-imports
 echo "test: schema is current" >&2
 .venv/bin/python -m protocol.schema --check
 echo "test: docs/configuration.md is current" >&2
