@@ -25,11 +25,15 @@ that window needs the store to keep a step's deltas until they are acknowledged 
 outbox the next owner re-sends).
 
 Pipelining: a step's I/O runs in a task while the loop fetches, merges and applies the
-next records; the next step's I/O starts once this one is stored, and its ``deltas``
-and commit once this one's are done. So the phases above still happen one step at a
-time and in step order, and each step's order (1) to (4) is as stated; at most two
-steps are in flight, and a rebalance, a staleness tick, a store check or a stop waits
-for both first (see :meth:`BooksRunner._step`).
+next records; when each step may do what is decided, without I/O, by
+:class:`feeds.steps.StepPipeline` (the rules, and what a rebase does to a step in
+flight, are in :mod:`feeds.steps`). Each phase runs one step at a time, in step order;
+at most two steps do I/O at once, and a rebalance, a staleness tick, a store check or a
+stop waits for the pipeline to empty first. The records a step applies come in send
+order from :class:`feeds.merge.CrossTopicMerge`.
+
+This module is the shell around aiokafka: partition lifecycle (assignment, restore,
+seek, revocation), fetching, and performing each step's I/O.
 """
 
 from __future__ import annotations
@@ -38,14 +42,11 @@ import asyncio
 import contextlib
 import gc
 import logging
-import math
 import time
-from collections import deque
-from collections.abc import Callable, Container, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-import msgspec
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.coordinator.assignors.range import RangePartitionAssignor
 from aiokafka.errors import CommitFailedError, IllegalStateError
@@ -63,212 +64,12 @@ from feeds.kafka_feed import (
     kafka_partition,
     new_producer,
 )
+from feeds.merge import TP, CrossTopicMerge, MergeItem
 from feeds.processor import DeadLetter, FeedRecord, Processor, Publisher, Step, commit_step
 from feeds.staleness import STALE_AFTER_S
+from feeds.steps import Flight, StepPipeline
 
 log = logging.getLogger(__name__)
-
-TP = tuple[str, int]
-"""(topic, partition)."""
-MergeKey = tuple[int, int, int]
-"""(record timestamp ms, producer sequence or 0, topic rank): the watermark order."""
-
-
-# ---------------------------------------------------------------------------
-# Cross-topic merge (sans-I/O)
-# ---------------------------------------------------------------------------
-
-
-class MergeItem(msgspec.Struct, frozen=True, gc=False):
-    """One fetched record with what the merge orders it by."""
-
-    record: FeedRecord
-    key: MergeKey
-    producer: bytes | None
-    seq: int
-
-
-class _Queue:
-    __slots__ = ("items", "last_key", "next_offset", "tp")
-
-    def __init__(self, tp: TP, next_offset: int | None):
-        self.tp = tp
-        self.items: deque[MergeItem] = deque()
-        self.last_key: MergeKey | None = None
-        self.next_offset = next_offset
-
-
-class CrossTopicMerge:
-    """Puts the records of the feed topics of each partition number back in send order.
-
-    Kafka orders records within one partition only. ``markets``, ``odds`` and
-    ``results`` are separate partitions, written and fetched independently: a full
-    ``odds`` batch is sent before a lingering ``markets`` batch, and a fetch can return
-    a market's prices before the definition sent just before them, or a price after the
-    close that followed it. An event's messages share a partition number on every feed
-    topic, so order matters only among the (three) queues of one partition number, and
-    this merge restores it there. Each queue stays in offset order; the queues are merged
-    by, in turn:
-
-    1. **The producer's sequence.** :class:`~feeds.kafka_feed.KafkaFeedProducer` numbers
-       the records it sends to each partition number (``oddstream-order`` header). Once
-       the merge knows the next number of a producer, it releases exactly that record
-       next (and holds a later one until the gap is filled). A producer's number 1 is
-       always next, so a feed written by producers started while this runner tails the
-       topics is applied in exactly the order it was sent.
-    2. **A watermark**, for a record whose producer's next number is not known (the
-       first record after a restore or a hand-over, in mid-stream) or that has no header
-       (another producer): by (record timestamp, sequence number, topic rank: ``markets``
-       first), and only when no other queue of the partition number can still deliver
-       an earlier record: each holds a record, has reached the high watermark of its
-       last fetch, or already delivered a later key. That is reliable for a backlog
-       (what was written before the restore); for records still in flight from the
-       producer it is a best effort.
-    3. **A deadline**: when a partition number has been stuck for ``max_hold_s`` (nothing
-       releasable), its earliest record is released anyway, so a missing record (a
-       producer that died between two sends, a topic that stalls) delays its partition
-       number but never stops it. Counted in :attr:`forced`; a record of a producer that
-       arrives after its successors were forced out is applied as soon as it arrives.
-
-    Limits: an event fed by two producers is ordered between them by their clocks only;
-    records of different events are interleaved but never reordered within a queue.
-    Records below a queue's ``next_offset`` (already applied, or fetched again after a
-    seek) are dropped on entry.
-    """
-
-    def __init__(self, topics: Sequence[str], max_hold_s: float):
-        self._rank = {t: i for i, t in enumerate(topics)}
-        self._max_hold_s = max_hold_s
-        self._queues: dict[TP, _Queue] = {}
-        self._by_partition: dict[int, list[_Queue]] = {}
-        self._next: dict[int, dict[bytes, int]] = {}
-        """Per partition number: the next sequence number of each producer."""
-        self._blocked_since: dict[int, float] = {}
-        self.forced = 0
-        """Records released by the deadline rather than by order."""
-
-    def rank(self, topic: str) -> int | None:
-        return self._rank.get(topic)
-
-    def expect(self, tp: TP, next_offset: int | None) -> None:
-        """(Re)start a queue empty, dropping records below ``next_offset`` from now on."""
-        queue = _Queue(tp, next_offset)
-        old = self._queues.get(tp)
-        self._queues[tp] = queue
-        queues = self._by_partition.setdefault(tp[1], [])
-        if old is not None:
-            queues.remove(old)
-        queues.append(queue)
-
-    def clear(self) -> None:
-        """Drop every queue (partitions revoked). The producers' sequence numbers are
-        kept: they stay valid for partitions whose books are kept."""
-        self._queues.clear()
-        self._by_partition.clear()
-        self._blocked_since.clear()
-
-    def forget(self, partition: int) -> None:
-        """Forget the producers' sequence numbers of a partition number (its books were
-        dropped or restored from the store)."""
-        self._next.pop(partition, None)
-
-    def add(self, tp: TP, items: Iterable[MergeItem]) -> None:
-        """Append fetched records of ``tp``, in offset order."""
-        queue = self._queues.get(tp)
-        if queue is None:
-            self.expect(tp, None)
-            queue = self._queues[tp]
-        fresh = list(items)
-        floor = queue.next_offset
-        if floor is not None and fresh and fresh[0].record.offset < floor:
-            fresh = [item for item in fresh if item.record.offset >= floor]
-        if fresh:
-            queue.items.extend(fresh)
-            last = fresh[-1]
-            queue.last_key = last.key
-            queue.next_offset = last.record.offset + 1
-
-    def pending(self, tp: TP) -> int:
-        queue = self._queues.get(tp)
-        return 0 if queue is None else len(queue.items)
-
-    @property
-    def held(self) -> int:
-        return sum(len(q.items) for q in self._queues.values())
-
-    def tps(self) -> list[TP]:
-        return list(self._queues)
-
-    def release(self, caught_up: Container[TP], now: float, limit: int) -> list[FeedRecord]:
-        """Records that may be applied now, in send order per partition number; at most
-        ``limit`` (the rest stay queued). ``caught_up`` names the queues whose consumer
-        position has reached the partition's high watermark."""
-        out: list[FeedRecord] = []
-        for partition, queues in self._by_partition.items():
-            nexts = self._next.setdefault(partition, {})
-            while len(out) < limit:
-                heads = [q for q in queues if q.items]
-                if not heads:
-                    break
-                if len(heads) > 1:
-                    heads.sort(key=_head_key)
-                chosen = self._choose(heads, queues, nexts, caught_up)
-                if chosen is None:
-                    # The deadline runs from when the partition number got stuck, not
-                    # from when its records arrived: in a backlog they wait for
-                    # throughput, which is no reason to give up on order.
-                    since = self._blocked_since.setdefault(partition, now)
-                    if now - since < self._max_hold_s:
-                        break
-                    chosen = heads[0]
-                    self.forced += 1
-                self._blocked_since.pop(partition, None)
-                item = chosen.items.popleft()
-                out.append(item.record)
-                producer = item.producer
-                if producer is None:
-                    continue
-                expected = nexts[producer] = max(nexts.get(producer, 0), item.seq + 1)
-                # A run, without sorting and choosing again for each record: while the
-                # chosen queue's next record is this producer's next number, and every
-                # other head is a later record of the same producer (so none of them may
-                # go first), _choose would pick the chosen queue again.
-                bound = _run_bound(heads, chosen, producer)
-                if bound <= expected:
-                    continue
-                items = chosen.items
-                while items and len(out) < limit and expected < bound:
-                    head = items[0]
-                    if head.seq != expected or head.producer != producer:
-                        break
-                    out.append(items.popleft().record)
-                    expected += 1
-                nexts[producer] = expected
-        return out
-
-    @staticmethod
-    def _choose(
-        heads: Sequence[_Queue],
-        queues: Sequence[_Queue],
-        nexts: Mapping[bytes, int],
-        caught_up: Container[TP],
-    ) -> _Queue | None:
-        watermark_ok: bool | None = None
-        for queue in heads:
-            item = queue.items[0]
-            if item.producer is not None:
-                expected = nexts.get(item.producer)
-                if expected is not None:
-                    if item.seq <= expected:
-                        return queue  # Its turn (or late, after a deadline: apply it now).
-                    continue  # An earlier record of this producer is still to come.
-                if item.seq == 1:
-                    return queue  # A new producer's first record.
-            if watermark_ok is None:
-                watermark_ok = _below_watermark(item.key, queues, caught_up)
-            if watermark_ok:
-                return queue
-        return None
 
 
 def _freeze_heap(stack: contextlib.ExitStack | contextlib.AsyncExitStack) -> None:
@@ -282,38 +83,6 @@ def _freeze_heap(stack: contextlib.ExitStack | contextlib.AsyncExitStack) -> Non
     gc.collect()
     gc.freeze()
     stack.callback(gc.unfreeze)
-
-
-def _head_key(queue: _Queue) -> MergeKey:
-    return queue.items[0].key
-
-
-def _run_bound(heads: Sequence[_Queue], chosen: _Queue, producer: bytes) -> int | float:
-    """The lowest number among the other heads if all are records of ``producer`` (the
-    chosen queue's records may run up to it); 0 if another head is not."""
-    bound: int | float = math.inf
-    for queue in heads:
-        if queue is not chosen:
-            head = queue.items[0]
-            if head.producer != producer:
-                return 0
-            bound = min(bound, head.seq)
-    return bound
-
-
-def _below_watermark(key: MergeKey, queues: Sequence[_Queue], caught_up: Container[TP]) -> bool:
-    # No empty queue that is still catching up may deliver a record ordered before key.
-    for queue in queues:
-        if queue.items or queue.tp in caught_up:
-            continue
-        if queue.last_key is None or not key < queue.last_key:
-            return False
-    return True
-
-
-# ---------------------------------------------------------------------------
-# The runner
-# ---------------------------------------------------------------------------
 
 
 @dataclass(frozen=True, slots=True)
@@ -391,10 +160,6 @@ class BooksStats:
         )
 
 
-class RunnerStopped(Exception):
-    """The runner stopped (or failed) before the awaited condition held."""
-
-
 class BooksRunner:
     """One book processor: Kafka feed topics in; store, pub/sub and ``deltas`` out.
 
@@ -453,18 +218,16 @@ class BooksRunner:
         # -> commit, see _step) with the rebalance callbacks, which aiokafka runs in its
         # coordinator task, and which settle the I/O in flight before going on.
         self._lock = asyncio.Lock()
-        self._inflight: asyncio.Task[None] | None = None
-        """The I/O of the last step (store, publish, produce, commit), still running while
-        the loop fetches, merges and applies the next records; see :meth:`_step`."""
-        self._earlier: asyncio.Task[None] | None = None
-        """The step before it, if still in flight (producing and committing)."""
-        self._stored: asyncio.Event | None = None
-        """Set once the last step in flight is stored."""
+        self._pipeline = StepPipeline()
+        """The steps applied and not yet done, and when each may do what
+        (:mod:`feeds.steps`)."""
+        self._moved = asyncio.Event()
+        """Set (and replaced) whenever a step in the pipeline moves on or fails."""
         self._tasks: set[asyncio.Task[None]] = set()
-        """Every step in flight (the last one and, in its Kafka phase, the one before)."""
-        self._generation = 0
-        """Rebases so far: a step applied before the last rebase is stored by it."""
-        self._changed = asyncio.Condition()
+        """The I/O task of every step in the pipeline that started it."""
+        self.observers: list[Callable[[], None]] = []
+        """Called after every step, rebalance and loop turn, and when :meth:`run` ends
+        (progress reports, metrics, tests waiting for a condition on :attr:`stats`)."""
         self._stopping = asyncio.Event()
         self._done = asyncio.Event()
         self._started = False
@@ -500,8 +263,9 @@ class BooksRunner:
                 _freeze_heap(stack)
                 checked = ticked = time.monotonic()
                 while not self._stopping.is_set():
-                    if self._failure is not None:
-                        raise self._failure
+                    failure = self._failure or self._pipeline.failure
+                    if failure is not None:
+                        raise failure
                     if time.monotonic() - checked > self._config.store_check_s:
                         checked = time.monotonic()
                         await self.check_store()
@@ -509,8 +273,6 @@ class BooksRunner:
                     # merged and applied (see _step).
                     fetched = await self._fetch()
                     async with self._lock:
-                        if self._inflight is not None and self._inflight.done():
-                            await self._settle()  # Its error, if any, now.
                         self._buffer(fetched)
                         records = await self._release()
                         if records:
@@ -521,7 +283,7 @@ class BooksRunner:
                             ticked = now
                             await self._settle()
                             await self._tick(now)
-                    await self._notify()
+                    self._observe()
                 async with self._lock:
                     await self._settle()
         except BaseException as exc:
@@ -530,7 +292,7 @@ class BooksRunner:
         finally:
             self._owned = self.stats.partitions = frozenset()
             self._done.set()
-            await self._notify()
+            self._observe()
 
     async def stop(self) -> None:
         """Finish the step in progress, commit, leave the group and return when
@@ -539,22 +301,14 @@ class BooksRunner:
         if self._started:
             await self._done.wait()
 
-    async def wait_until(self, predicate: Callable[[BooksStats], bool]) -> None:
-        """Wait until ``predicate(stats)`` holds; re-checked after every step and
-        rebalance. Raises :class:`RunnerStopped` if the runner ends first. The caller
-        bounds the wait (``asyncio.timeout``)."""
-        async with self._changed:
-            await self._changed.wait_for(lambda: self._done.is_set() or predicate(self.stats))
-        if not predicate(self.stats):
-            raise RunnerStopped(f"runner ended: {self._failure!r}")
-
     @property
-    def owned_partitions(self) -> frozenset[int]:
-        return self._owned
+    def ended(self) -> bool:
+        """:meth:`run` has returned or raised."""
+        return self._done.is_set()
 
-    async def _notify(self) -> None:
-        async with self._changed:
-            self._changed.notify_all()
+    def _observe(self) -> None:
+        for observer in self.observers:
+            observer()
 
     async def _open(self, stack: contextlib.AsyncExitStack) -> None:
         config = self._config
@@ -660,109 +414,101 @@ class BooksRunner:
         return position >= highwater
 
     async def _step(self, records: Sequence[FeedRecord]) -> None:
-        """Apply records to the books and start the step's I/O (:meth:`_finish`) once
-        the previous step is stored and the one before that complete. The caller holds
-        the lock.
+        """Apply records to the books and start the step's I/O (:meth:`_finish`) when the
+        pipeline allows (:meth:`StepPipeline.may_store`). The caller holds the lock.
 
-        So a step is applied while the one before is being stored, and stored while the
-        one before is being produced and committed: at most two steps are in flight,
-        and the counts (:attr:`stats`) trail the books by at most that much. That is
-        safe: each phase runs one step at a time, in order (storage, then the
-        ``deltas`` topic and the Kafka commit), and the books and ``_processed`` move
-        together, between awaits. The one interaction is a rebase (storage lost its
-        data) while the previous step is stored: it stores the books as they are, this
-        step included, under new epochs; this step then must not store its own
-        (old-epoch) snapshots and deltas over them, which the generation it was applied
-        in tells (:meth:`_store_step`)."""
+        The books and ``_processed`` move together, between awaits; the counts
+        (:attr:`stats`) trail them by the steps in the pipeline."""
         skipped_before = self.processor.skipped
         step = self.processor.process(records, now=self._monotonic())
         skipped = self.processor.skipped - skipped_before
         self._processed.update(step.batch.offsets)
         self._event_partition.update(step.batch.partitions)
-        generation = self._generation
-        if self._stored is not None:
-            await self._stored.wait()
-        previous, earlier = self._inflight, self._earlier
-        if earlier is not None:
-            await earlier  # Its error, if it failed, now.
-        if previous is not None and previous.done():
-            await previous  # Likewise.
+        pipeline = self._pipeline
+        flight = pipeline.apply(step, len(records) - skipped, skipped)
+        await self._until(lambda: pipeline.may_store(flight))
         sent = asyncio.Event()
-        stored = self._stored = asyncio.Event()
-        task = asyncio.create_task(
-            self._finish(step, generation, previous, sent, stored, len(records) - skipped, skipped)
-        )
-        self._inflight, self._earlier = task, previous
+        task = asyncio.create_task(self._finish(flight, sent))
         self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        task.add_done_callback(self._step_ended)
         # Storage works on the step while the next records are fetched and applied, but
         # only once it has been sent all of it, which takes a few turns of the loop that
         # nothing else on the way would give it.
         await sent.wait()
 
-    async def _finish(
-        self,
-        step: Step,
-        generation: int,
-        previous: asyncio.Task[None] | None,
-        sent: asyncio.Event,
-        stored: asyncio.Event,
-        records: int,
-        skipped: int,
-    ) -> None:
+    async def _finish(self, flight: Flight, sent: asyncio.Event) -> None:
         """A step's I/O, in the order that makes a crash at any point safe (see the
-        module docstring): dead letters and storage (``sent`` is set once the writes
-        are on their way, ``stored`` once they are done), then, once the ``previous``
-        step's I/O is complete, the ``deltas`` topic and the Kafka commit."""
+        module docstring and :mod:`feeds.steps`): dead letters and storage (``sent`` is
+        set once the writes are on their way), then, once every earlier step is done, the
+        ``deltas`` topic and the Kafka commit."""
+        pipeline, step = self._pipeline, flight.step
         try:
+            try:
+                store = pipeline.storing(flight)
+                async with asyncio.timeout(self._io_timeout):
+                    if step.dead_letters:
+                        await self._produce_dead_letters(step.dead_letters)
+                if store:
+                    await self._store_step(step, sent)
+            finally:
+                sent.set()
+            pipeline.stored(flight)
+            self._move()
+            await self._until(lambda: pipeline.may_send(flight))
+            pipeline.sending(flight)
             async with asyncio.timeout(self._io_timeout):
-                if step.dead_letters:
-                    await self._produce_dead_letters(step.dead_letters)
-            await self._store_step(step, generation, sent)
+                if step.deltas:
+                    await self._produce_deltas(step.deltas)
+                if step.batch.offsets:
+                    await self._commit(step.batch.offsets)
+            pipeline.done(flight)
+        except BaseException as exc:
+            pipeline.fail(exc)
+            raise
         finally:
-            sent.set()
-            stored.set()
-        if previous is not None:
-            await previous
-        async with asyncio.timeout(self._io_timeout):
-            if step.deltas:
-                await self._produce_deltas(step.deltas)
-            if step.batch.offsets:
-                await self._commit(step.batch.offsets)
-        # Counted once the step is complete, so a waiter that sees the counts also sees
+            self._move()
+        # Counted once the step is done, so an observer that sees the counts also sees
         # everything the step wrote.
         stats = self.stats
-        stats.records += records
-        stats.skipped += skipped
+        stats.records += flight.records
+        stats.skipped += flight.skipped
         stats.dead_letters += len(step.dead_letters)
         stats.publications += len(step.publications)
         stats.deltas += len(step.deltas)
         stats.steps += 1
-        await self._notify()
+        self._observe()
+
+    def _move(self) -> None:
+        moved, self._moved = self._moved, asyncio.Event()
+        moved.set()
+
+    async def _until(self, ready: Callable[[], bool]) -> None:
+        """Wait until ``ready()``; raise the pipeline's failure if it fails first."""
+        while not ready():
+            if self._pipeline.failure is not None:
+                raise self._pipeline.failure
+            await self._moved.wait()
+
+    def _step_ended(self, task: asyncio.Task[None]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.debug("step I/O ended with %r", task.exception())  # Kept by the pipeline.
 
     async def _settle(self) -> None:
-        """Wait until every step in flight is stored, published, produced and committed
-        (the last one waits for those before it); raise the error of one that failed.
-        Called with the lock held before anything else that writes storage or changes
-        which books are held (a staleness tick, a store check, a rebalance, the end)."""
-        task, self._inflight = self._inflight, None
-        self._earlier = self._stored = None
-        if task is not None:
-            await task
+        """Wait until every step in the pipeline is stored, published, produced and
+        committed; raise the error of one that failed. Called with the lock held before
+        anything else that writes storage or changes which books are held (a staleness
+        tick, a store check, a rebalance, the end)."""
+        await self._until(lambda: self._pipeline.settled)
 
     async def _abandon(self) -> None:
         """The run is ending on an error: cancel the steps in flight (a crash at that
         point is safe by design) and wait for them to end."""
-        self._inflight = self._earlier = self._stored = None
         tasks = list(self._tasks)
-        if not tasks:
-            return
         for task in tasks:
             task.cancel()
-        await asyncio.wait(tasks)
-        for task in tasks:
-            if not task.cancelled() and task.exception() is not None:
-                log.debug("step in flight ended with %r", task.exception())
+        if tasks:
+            await asyncio.wait(tasks)
 
     async def _tick(self, now: float) -> None:
         """The staleness guard's step for the events of the partitions owned now: store
@@ -792,26 +538,19 @@ class BooksRunner:
             len(step.batch.snapshots),
         )
 
-    async def _store_step(
-        self, step: Step, generation: int | None = None, sent: asyncio.Event | None = None
-    ) -> None:
+    async def _store_step(self, step: Step, sent: asyncio.Event | None = None) -> None:
         """Store and publish a step, retrying while storage is down (with capped backoff;
         the step is idempotent: snapshots overwrite, history is keyed by seq, gateways
         drop repeated messages). Once storage answers again, if it lost what this
         processor wrote (Redis restarted without its data), every book is re-stored
-        under a new epoch instead (:meth:`Processor.rebase`). A step applied in an
-        earlier ``generation`` than the current one (a rebase came in between) is
-        already in storage, as part of the rebase, and is not stored again."""
+        under a new epoch instead (:meth:`Processor.rebase`)."""
         delay = 0.1
         failed = False
         while True:
-            if generation is not None and generation != self._generation:
-                return
             try:
                 async with asyncio.timeout(self._io_timeout):
                     if failed and await self._store_lost():
                         step = self._rebase_step()
-                        generation = self._generation
                     await commit_step(step, self._store, self._broker, sent=sent)
                 return
             except (StoreError, BrokerError, TimeoutError) as exc:
@@ -834,7 +573,7 @@ class BooksRunner:
 
     def _rebase_step(self) -> Step:
         step = self.processor.rebase()
-        self._generation += 1
+        self._pipeline.rebase()
         owned = self._owned
         step.batch.offsets.update(
             {tp: off for tp, off in self._processed.items() if tp[1] in owned}
@@ -946,10 +685,10 @@ class BooksRunner:
                 # listener errors; keep it for run() to raise, so the member leaves.
                 log.error("the last step failed: %r", exc)
                 self._failure = self._failure or exc
-            self._owned = frozenset()
+            self._owned = self.stats.partitions = frozenset()
             self._merge.clear()
             self._paused.clear()
-        await self._notify()
+        self._observe()
 
     async def _on_assigned(self, assigned: Iterable[TP]) -> None:
         async with self._lock:
@@ -961,7 +700,7 @@ class BooksRunner:
                 # listener errors; keep it for run() to raise, so the member leaves.
                 log.error("partition assignment failed: %r", exc)
                 self._failure = self._failure or exc
-        await self._notify()
+        self._observe()
 
     async def _assign(self, assigned: Iterable[TP]) -> None:
         topics_of: dict[int, set[str]] = {}

@@ -8,9 +8,16 @@ skip would look like a pass).
 
 from __future__ import annotations
 
+import asyncio
 import os
+import uuid
+from collections.abc import AsyncIterator
+from typing import Any
 
 import pytest
+from aiokafka.admin import AIOKafkaAdminClient
+
+from feeds.kafka_feed import TopicNames
 
 _HOW = 'start the services with: set -a; eval "$(scripts/services.sh up)"; set +a'
 
@@ -36,3 +43,18 @@ def redis_url() -> str:
 def kafka_bootstrap() -> str:
     """Kafka bootstrap servers from ``ODDSTREAM_KAFKA``, e.g. ``127.0.0.1:19092``."""
     return _required("ODDSTREAM_KAFKA", "127.0.0.1:19092")
+
+
+@pytest.fixture
+async def topics(kafka_bootstrap: str) -> AsyncIterator[TopicNames]:
+    """Topic names of one test (a prefix of its own, so tests sharing a broker do not see
+    each other), deleted afterwards."""
+    names = TopicNames(prefix=f"t{uuid.uuid4().hex[:12]}-")
+    yield names
+    admin: Any = AIOKafkaAdminClient(bootstrap_servers=kafka_bootstrap)
+    async with asyncio.timeout(20):
+        await admin.start()
+        try:
+            await admin.delete_topics([*names.feed, names.deltas, names.deadletter])
+        finally:
+            await admin.close()

@@ -7,12 +7,9 @@ them. Checked against a real Kafka broker, with a store that forgets everything 
 from __future__ import annotations
 
 import asyncio
-import uuid
-from collections.abc import AsyncIterator, Iterable
-from typing import Any
+from collections.abc import Iterable
 
 import pytest
-from aiokafka.admin import AIOKafkaAdminClient
 
 from channels.broker import MemoryBroker
 from channels.store import Batch, MarketSummary, MemoryStore, StoreError
@@ -20,7 +17,6 @@ from feeds.books_runner import BooksRunner
 from feeds.kafka_feed import TopicNames, ensure_topics
 from protocol import EventState, Snapshot
 from tests.integration.test_kafka_books import (
-    WAIT_S,
     config,
     match_day,
     new_group,
@@ -32,19 +28,6 @@ from tests.integration.test_kafka_books import (
 )
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture
-async def topics(kafka_bootstrap: str) -> AsyncIterator[TopicNames]:
-    names = TopicNames(prefix=f"t{uuid.uuid4().hex[:12]}-")
-    yield names
-    admin: Any = AIOKafkaAdminClient(bootstrap_servers=kafka_bootstrap)
-    async with asyncio.timeout(WAIT_S):
-        await admin.start()
-        try:
-            await admin.delete_topics([*names.feed, names.deltas, names.deadletter])
-        finally:
-            await admin.close()
 
 
 class ForgetfulStore:

@@ -20,12 +20,11 @@ from typing import Any
 import msgspec
 import pytest
 from aiokafka import AIOKafkaConsumer, TopicPartition
-from aiokafka.admin import AIOKafkaAdminClient
 
 import protocol
 from channels.broker import MemoryBroker
 from channels.store import MemoryStore
-from feeds.books_runner import BooksConfig, BooksRunner, BooksStats, CrossTopicMerge, MergeItem
+from feeds.books_runner import BooksConfig, BooksRunner
 from feeds.embedded import epoch_minter
 from feeds.kafka_feed import (
     KafkaFeedProducer,
@@ -35,6 +34,7 @@ from feeds.kafka_feed import (
     partition_counts,
     produce,
 )
+from feeds.merge import CrossTopicMerge, MergeItem
 from feeds.model import (
     FeedEvent,
     FeedMarket,
@@ -57,19 +57,6 @@ WAIT_S = 20.0
 
 
 # -- fixtures and helpers ---------------------------------------------------------
-
-
-@pytest.fixture
-async def topics(kafka_bootstrap: str) -> AsyncIterator[TopicNames]:
-    names = TopicNames(prefix=f"t{uuid.uuid4().hex[:12]}-")
-    yield names
-    admin: Any = AIOKafkaAdminClient(bootstrap_servers=kafka_bootstrap)
-    async with asyncio.timeout(WAIT_S):
-        await admin.start()
-        try:
-            await admin.delete_topics([*names.feed, names.deltas, names.deadletter])
-        finally:
-            await admin.close()
 
 
 def config(topics: TopicNames, group: str, **overrides: Any) -> BooksConfig:
@@ -112,21 +99,20 @@ async def running(*runners: BooksRunner) -> AsyncIterator[Callable[[BooksRunner]
 
 async def wait_for(runners: Sequence[BooksRunner], predicate: Callable[[], bool]) -> None:
     """Wait until ``predicate`` holds, re-checking after every step or rebalance of any
-    of ``runners``."""
-
-    def check(_: BooksStats) -> bool:
-        return predicate()
-
-    async with asyncio.timeout(WAIT_S):
-        waiters = [asyncio.create_task(r.wait_until(check)) for r in runners]
-        try:
-            done, _ = await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            for waiter in waiters:
-                waiter.cancel()
-            await asyncio.gather(*waiters, return_exceptions=True)
-        for waiter in done:
-            waiter.result()
+    of ``runners`` (their ``observers``); fail if one of them ends first."""
+    moved = asyncio.Event()
+    for runner in runners:
+        runner.observers.append(moved.set)
+    try:
+        async with asyncio.timeout(WAIT_S):
+            while not predicate():
+                ended = [r for r in runners if r.ended]
+                assert not ended, f"a runner ended first: {ended[0].stats.line()}"
+                moved.clear()
+                await moved.wait()
+    finally:
+        for runner in runners:
+            runner.observers.remove(moved.set)
 
 
 async def send_all(bootstrap: str, topics: TopicNames, messages: Sequence[FeedMessage]) -> None:
@@ -350,13 +336,13 @@ async def test_two_runners_share_the_partitions_of_one_group(
     b = BooksRunner(kafka_bootstrap, store, broker, config=config(topics, group))
     async with running(a):
         await wait_for([a], lambda: a.stats.records >= len(first))
-        assert a.owned_partitions == {0, 1, 2, 3}
+        assert a.stats.partitions == {0, 1, 2, 3}
         async with running(b):
             # B joins: A hands two partitions over (B restores them from the store).
             await wait_for(
-                [a, b], lambda: bool(b.owned_partitions) and len(a.owned_partitions) == 2
+                [a, b], lambda: bool(b.stats.partitions) and len(a.stats.partitions) == 2
             )
-            assert a.owned_partitions | b.owned_partitions == {0, 1, 2, 3}
+            assert a.stats.partitions | b.stats.partitions == {0, 1, 2, 3}
             await send_all(kafka_bootstrap, topics, second)
             await wait_for([a, b], lambda: a.stats.records + b.stats.records >= len(messages))
 
@@ -388,11 +374,11 @@ async def test_a_live_feed_is_handed_over_between_runners_mid_stream(
             start(a)
             await wait_for([a], lambda: a.stats.records >= 1_000)
             start(b)
-            await wait_for([a, b], lambda: bool(b.owned_partitions))
+            await wait_for([a, b], lambda: bool(b.stats.partitions))
             await wait_for([a, b], lambda: a.stats.records + b.stats.records >= 3_000)
             async with asyncio.timeout(WAIT_S):
                 await a.stop()  # A leaves: B takes every partition.
-            await wait_for([b], lambda: len(b.owned_partitions) == 4)
+            await wait_for([b], lambda: len(b.stats.partitions) == 4)
             async with asyncio.timeout(WAIT_S):
                 assert await feed == len(messages)
             await wait_for([b], lambda: a.stats.records + b.stats.records >= len(messages))

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from feeds.books_runner import TP, CrossTopicMerge, MergeItem
+from feeds.merge import TP, CrossTopicMerge, MergeItem
 from feeds.processor import FeedRecord
 
 TOPICS = ("markets", "odds", "results")
