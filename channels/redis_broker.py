@@ -58,7 +58,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 
 from channels.broker import BrokerError, MessageHandler, ResyncHandler, Subscription
-from channels.redis_store import describe, ping, redact_url, redis_client
+from channels.redis_conn import RedisEndpoint, connect, describe, redact_url
 
 __all__ = ["RedisBroker", "SubscriptionStats"]
 
@@ -71,7 +71,7 @@ class SubscriptionStats(msgspec.Struct):
     handler_errors: int = 0
 
 
-class RedisBroker:
+class RedisBroker(RedisEndpoint):
     """Redis pub/sub broker; build it with :meth:`connect`.
 
     ``subscribe_timeout`` bounds the wait for a SUBSCRIBE confirmation (and for the
@@ -127,19 +127,13 @@ class RedisBroker:
         """Connect and verify with a PING. Raises :class:`BrokerError` naming the URL
         (password redacted) when Redis does not answer within ``connect_timeout``;
         :class:`ValueError` when the URL cannot be parsed."""
-        client = redis_client(
+        client = await connect(
             url,
             socket_timeout=socket_timeout,
             connect_timeout=connect_timeout,
             client_name="oddstream-broker",
+            error=BrokerError,
         )
-        try:
-            await ping(client, connect_timeout)
-        except (RedisError, OSError, TimeoutError) as exc:
-            await client.aclose()
-            raise BrokerError(
-                f"Redis at {redact_url(url)} is unreachable: {describe(exc)}"
-            ) from exc
         return cls(
             client,
             url=url,

@@ -59,20 +59,16 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
-from urllib.parse import urlparse, urlsplit, urlunsplit
 
 import hiredis
 import msgspec
 import redis.asyncio as aioredis
-from redis.asyncio.retry import Retry
-from redis.backoff import ExponentialBackoff
 from redis.exceptions import RedisError, ResponseError
 
 import protocol
+from channels.redis_conn import RedisEndpoint, connect, describe, ping, redact_url
 from channels.store import Batch, MarketSummary, StoreError
 from protocol import EventState, Snapshot
-
-__all__ = ["RedisStore", "describe", "ping", "redact_url", "redis_client"]
 
 #: Keys per MGET in bulk reads: large enough to amortise round trips, small enough not
 #: to block Redis (single-threaded) on one huge reply.
@@ -139,57 +135,7 @@ return n
 """
 
 
-def redact_url(url: str) -> str:
-    """``url`` with any password replaced by ``***``, fit for logs and error messages."""
-    try:
-        parts = urlsplit(url)
-        if parts.password is None:
-            return url
-        user = parts.username or ""
-        host = parts.hostname or ""
-        if parts.port is not None:
-            host = f"{host}:{parts.port}"
-        return urlunsplit(parts._replace(netloc=f"{user}:***@{host}"))
-    except ValueError:
-        return "<unparsable Redis URL>"
-
-
-def redis_client(
-    url: str, *, socket_timeout: float, connect_timeout: float, client_name: str
-) -> aioredis.Redis:
-    """A bytes-mode client whose every socket operation is bounded by a timeout.
-
-    redis-py retries a command twice, quickly, after a connection error or timeout, so
-    the first command after a Redis restart finds a fresh connection instead of failing;
-    our writes and publishes tolerate a repeat (idempotent, or deduplicated by ``seq``).
-    Raises :class:`ValueError` naming the URL when it cannot be parsed.
-    """
-    try:
-        return aioredis.Redis.from_url(
-            url,
-            decode_responses=False,
-            socket_timeout=socket_timeout,
-            socket_connect_timeout=connect_timeout,
-            retry=Retry(ExponentialBackoff(cap=0.2, base=0.02), retries=2),
-            client_name=client_name,
-        )
-    except ValueError as exc:
-        raise ValueError(f"invalid Redis URL {redact_url(url)!r}: {exc}") from exc
-
-
-def describe(exc: BaseException) -> str:
-    """``Type: message`` (redis-py's own repr of its errors hides the message)."""
-    text = str(exc)
-    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
-
-
-async def ping(client: aioredis.Redis, deadline: float) -> None:
-    """PING within ``deadline`` seconds; raises what redis-py raises, or TimeoutError."""
-    async with asyncio.timeout(deadline):
-        await client.ping()
-
-
-class RedisStore:
+class RedisStore(RedisEndpoint):
     """:class:`~channels.store.Store` over Redis; see the module docstring for the layout.
 
     Build it with :meth:`connect`. ``socket_timeout`` bounds every socket read and write,
@@ -207,7 +153,7 @@ class RedisStore:
         if history_size < 1:
             raise ValueError(f"history_size must be at least 1, not {history_size}")
         self._client = client
-        self._where = redact_url(url)
+        self.where = redact_url(url)
         self._history_size = history_size
         self._p = prefix
 
@@ -224,17 +170,13 @@ class RedisStore:
         """Connect and verify with a PING. Raises :class:`StoreError` naming the URL
         (password redacted) when Redis does not answer within ``connect_timeout``;
         :class:`ValueError` when the URL cannot be parsed."""
-        client = redis_client(
+        client = await connect(
             url,
             socket_timeout=socket_timeout,
             connect_timeout=connect_timeout,
             client_name="oddstream-store",
+            error=StoreError,
         )
-        try:
-            await ping(client, connect_timeout)
-        except (RedisError, OSError, TimeoutError) as exc:
-            await client.aclose()
-            raise StoreError(f"Redis at {redact_url(url)} is unreachable: {describe(exc)}") from exc
         return cls(client, url=url, history_size=history_size, prefix=prefix)
 
     # -- keys ----------------------------------------------------------------------------------
@@ -244,9 +186,6 @@ class RedisStore:
 
     def _hist(self, market_id: str) -> str:
         return f"{self._p}hist:{market_id}"
-
-    def _hepoch(self, market_id: str) -> str:
-        return f"{self._p}hepoch:{market_id}"
 
     def _event(self, event_id: str) -> str:
         return f"{self._p}event:{event_id}"
@@ -260,12 +199,8 @@ class RedisStore:
 
     def shares_server_with(self, broker: object) -> bool:
         """True when ``broker`` publishes on this store's Redis server, so a batch and its
-        publications can be one transaction (pub/sub ignores the database number)."""
-        from channels.redis_broker import RedisBroker
-
-        if not isinstance(broker, RedisBroker):
-            return False
-        return _server_of(broker.where) == _server_of(self._where)
+        publications can be one transaction."""
+        return self.same_server(broker)
 
     signals_sent = True
     """:meth:`write_and_publish` takes ``sent`` (``feeds.processor.SignallingStore``)."""
@@ -491,7 +426,7 @@ class RedisStore:
         try:
             await self._client.aclose()
         except (RedisError, OSError) as exc:
-            raise StoreError(f"closing Redis at {self._where}: {describe(exc)}") from exc
+            raise StoreError(f"closing Redis at {self.where}: {describe(exc)}") from exc
 
     # -- plumbing ------------------------------------------------------------------------------
 
@@ -516,7 +451,7 @@ class RedisStore:
         try:
             return await pending
         except (RedisError, OSError) as exc:
-            raise StoreError(f"Redis at {self._where}: {op} failed: {describe(exc)}") from exc
+            raise StoreError(f"Redis at {self.where}: {op} failed: {describe(exc)}") from exc
 
 
 def _publish_command(publications: Sequence[tuple[Sequence[str], bytes]]) -> list[Arg]:
@@ -567,9 +502,3 @@ async def _exchange(conn: Any, packed: bytes, count: int, sent: asyncio.Event | 
     for reply in replies or ():
         if isinstance(reply, Exception):
             raise reply
-
-
-def _server_of(where: str) -> str:
-    """``host:port`` of a (redacted) Redis URL, without the database number."""
-    url = urlparse(where)
-    return f"{url.hostname}:{url.port or 6379}"

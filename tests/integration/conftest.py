@@ -15,9 +15,14 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
+import redis.asyncio as aioredis
 from aiokafka.admin import AIOKafkaAdminClient
 
+from channels.redis_store import RedisStore
 from feeds.kafka_feed import TopicNames
+
+HISTORY = 4
+"""History size of the Redis stores under test: small, so trimming is easy to reach."""
 
 _HOW = 'start the services with: set -a; eval "$(scripts/services.sh up)"; set +a'
 
@@ -58,3 +63,30 @@ async def topics(kafka_bootstrap: str) -> AsyncIterator[TopicNames]:
             await admin.delete_topics([*names.feed, names.deltas, names.deadletter])
         finally:
             await admin.close()
+
+
+@pytest.fixture
+def prefix() -> str:
+    """A key prefix of one test's own."""
+    return f"oddstream-test:{uuid.uuid4().hex}:"
+
+
+@pytest.fixture
+async def redis_store(redis_url: str, prefix: str) -> AsyncIterator[RedisStore]:
+    store = await RedisStore.connect(redis_url, history_size=HISTORY, prefix=prefix)
+    try:
+        yield store
+    finally:
+        await store.close()
+        await purge(redis_url, prefix)
+
+
+async def purge(url: str, prefix: str) -> None:
+    """Delete every key under ``prefix``."""
+    client = aioredis.Redis.from_url(url)
+    try:
+        keys = [k async for k in client.scan_iter(match=f"{prefix}*", count=1000)]
+        if keys:
+            await client.delete(*keys)
+    finally:
+        await client.aclose()

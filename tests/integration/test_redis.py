@@ -24,11 +24,10 @@ from channels.redis_broker import RedisBroker
 from channels.redis_store import RedisStore
 from channels.store import Batch, MarketSummary, MemoryStore, Store, StoreError
 from protocol import Delta, EventState, Selection, SelectionChange, Snapshot
+from tests.integration.conftest import HISTORY, purge
 
 pytestmark = pytest.mark.integration
 
-HISTORY = 4
-"""History size of the stores under test: small, so trimming is easy to reach."""
 E1 = "e1"
 WAIT = 10.0
 """Upper bound on any wait for a message or a resync (never reached when things work)."""
@@ -135,16 +134,6 @@ def closed_port() -> int:
     return port
 
 
-async def purge(url: str, prefix: str) -> None:
-    client = aioredis.Redis.from_url(url)
-    try:
-        keys = [k async for k in client.scan_iter(match=f"{prefix}*", count=1000)]
-        if keys:
-            await client.delete(*keys)
-    finally:
-        await client.aclose()
-
-
 async def server_command(client: aioredis.Redis, *args: str | int) -> Any:
     """Run a raw command (CLIENT KILL, CLIENT PAUSE) through ``client``."""
     return await client.execute_command(*args)  # type: ignore[no-untyped-call]
@@ -156,11 +145,6 @@ async def admin(redis_url: str) -> AsyncIterator[aioredis.Redis]:
     client = aioredis.Redis.from_url(redis_url)
     yield client
     await client.aclose()
-
-
-@pytest.fixture
-def prefix() -> str:
-    return f"oddstream-test:{uuid.uuid4().hex}:"
 
 
 @pytest.fixture(params=["memory", "redis"])
@@ -175,16 +159,6 @@ async def store(request: pytest.FixtureRequest, prefix: str) -> AsyncIterator[St
     finally:
         await redis_store.close()
         await purge(url, prefix)
-
-
-@pytest.fixture
-async def redis_store(redis_url: str, prefix: str) -> AsyncIterator[RedisStore]:
-    store = await RedisStore.connect(redis_url, history_size=HISTORY, prefix=prefix)
-    try:
-        yield store
-    finally:
-        await store.close()
-        await purge(redis_url, prefix)
 
 
 @pytest.fixture(params=["memory", "redis"])

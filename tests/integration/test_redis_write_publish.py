@@ -15,26 +15,12 @@ import redis.asyncio as aioredis
 
 from channels.redis_store import RedisStore
 from channels.store import Batch, StoreError
-from tests.integration.test_redis import E1, HISTORY, advance, create, purge, snapshot
+from tests.integration.conftest import HISTORY
+from tests.integration.test_redis import E1, advance, create, snapshot
 
 pytestmark = pytest.mark.integration
 
 WAIT = 10.0
-
-
-@pytest.fixture
-def prefix() -> str:
-    return f"oddstream-test:{uuid.uuid4().hex}:"
-
-
-@pytest.fixture
-async def redis_store(redis_url: str, prefix: str) -> AsyncIterator[RedisStore]:
-    store = await RedisStore.connect(redis_url, history_size=HISTORY, prefix=prefix)
-    try:
-        yield store
-    finally:
-        await store.close()
-        await purge(redis_url, prefix)
 
 
 @pytest.fixture

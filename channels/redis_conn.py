@@ -1,0 +1,105 @@
+"""What the Redis store (:mod:`channels.redis_store`) and broker
+(:mod:`channels.redis_broker`) share: clients bounded by timeouts and verified at
+connection, URLs fit for logs, errors worth reading, and which server a client talks to."""
+
+from __future__ import annotations
+
+import asyncio
+from urllib.parse import urlparse, urlsplit, urlunsplit
+
+import redis.asyncio as aioredis
+from redis.asyncio.retry import Retry
+from redis.backoff import ExponentialBackoff
+from redis.exceptions import RedisError
+
+
+def redact_url(url: str) -> str:
+    """``url`` with any password replaced by ``***``, fit for logs and error messages."""
+    try:
+        parts = urlsplit(url)
+        if parts.password is None:
+            return url
+        user = parts.username or ""
+        host = parts.hostname or ""
+        if parts.port is not None:
+            host = f"{host}:{parts.port}"
+        return urlunsplit(parts._replace(netloc=f"{user}:***@{host}"))
+    except ValueError:
+        return "<unparsable Redis URL>"
+
+
+def redis_client(
+    url: str, *, socket_timeout: float, connect_timeout: float, client_name: str
+) -> aioredis.Redis:
+    """A bytes-mode client whose every socket operation is bounded by a timeout.
+
+    redis-py retries a command twice, quickly, after a connection error or timeout, so
+    the first command after a Redis restart finds a fresh connection instead of failing;
+    our writes and publishes tolerate a repeat (idempotent, or deduplicated by ``seq``).
+    Raises :class:`ValueError` naming the URL when it cannot be parsed.
+    """
+    try:
+        return aioredis.Redis.from_url(
+            url,
+            decode_responses=False,
+            socket_timeout=socket_timeout,
+            socket_connect_timeout=connect_timeout,
+            retry=Retry(ExponentialBackoff(cap=0.2, base=0.02), retries=2),
+            client_name=client_name,
+        )
+    except ValueError as exc:
+        raise ValueError(f"invalid Redis URL {redact_url(url)!r}: {exc}") from exc
+
+
+def describe(exc: BaseException) -> str:
+    """``Type: message`` (redis-py's own repr of its errors hides the message)."""
+    text = str(exc)
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+async def ping(client: aioredis.Redis, deadline: float) -> None:
+    """PING within ``deadline`` seconds; raises what redis-py raises, or TimeoutError."""
+    async with asyncio.timeout(deadline):
+        await client.ping()
+
+
+def _server_of(where: str) -> str:
+    """``host:port`` of a (redacted) Redis URL, without the database number."""
+    url = urlparse(where)
+    return f"{url.hostname}:{url.port or 6379}"
+
+
+async def connect(
+    url: str,
+    *,
+    socket_timeout: float,
+    connect_timeout: float,
+    client_name: str,
+    error: type[Exception],
+) -> aioredis.Redis:
+    """A client (:func:`redis_client`) that answered a PING within ``connect_timeout``.
+    Raises ``error`` naming the URL (password redacted) when Redis does not answer;
+    :class:`ValueError` when the URL cannot be parsed."""
+    client = redis_client(
+        url, socket_timeout=socket_timeout, connect_timeout=connect_timeout, client_name=client_name
+    )
+    try:
+        await ping(client, connect_timeout)
+    except (RedisError, OSError, TimeoutError) as exc:
+        await client.aclose()
+        raise error(f"Redis at {redact_url(url)} is unreachable: {describe(exc)}") from exc
+    return client
+
+
+class RedisEndpoint:
+    """Something holding a Redis client: ``where`` is its (redacted) URL."""
+
+    where: str
+
+    def same_server(self, other: object) -> bool:
+        """True when ``other`` talks to the same Redis server (pub/sub ignores the
+        database number, so a store and a broker on two databases of one server can
+        still share a transaction)."""
+        return isinstance(other, RedisEndpoint) and _server_of(other.where) == _server_of(
+            self.where
+        )
