@@ -36,8 +36,8 @@ class CloseCode(IntEnum):
     """The gateway is draining; reconnect elsewhere and resume."""
     SLOW_CONSUMER = 4001
     """The client fell too far behind; reconnect and resume."""
-    HEARTBEAT_TIMEOUT = 4002
-    """The client stopped answering; reconnect and resume."""
+    NOT_READING = 4002
+    """A write to the client stayed blocked past the send timeout; reconnect and resume."""
     # Do not retry.
     PROTOCOL_VIOLATION = 4100
     UNSUPPORTED_SUBPROTOCOL = 4101

@@ -26,7 +26,7 @@ from server.session import Session
 
 REASONS = {
     CloseCode.SLOW_CONSUMER: "too far behind; resume",
-    CloseCode.HEARTBEAT_TIMEOUT: "not reading; resume",
+    CloseCode.NOT_READING: "not reading; resume",
     CloseCode.GOING_AWAY: "server closing",
 }
 
@@ -231,4 +231,4 @@ class StreamConnection(asyncio.Protocol):
         self._stuck = None
         if not self.closing:
             self.gateway.stats.dead_client_closes += 1
-            self.end(CloseCode.HEARTBEAT_TIMEOUT)
+            self.end(CloseCode.NOT_READING)

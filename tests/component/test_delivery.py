@@ -260,7 +260,7 @@ async def test_a_websocket_client_that_stops_reading_is_dropped_with_4002() -> N
         finally:
             client.close()
         assert stack.gateway.stats.slow_consumer_closes == 0, "conflation kept it small"
-        assert (code, reason) == (CloseCode.HEARTBEAT_TIMEOUT, b"not reading; resume")
+        assert (code, reason) == (CloseCode.NOT_READING, b"not reading; resume")
         assert CloseCode(code).retriable
 
 

@@ -756,7 +756,7 @@ def test_error_code_values_are_the_wire_contract() -> None:
     [
         (CloseCode.GOING_AWAY, 4000, True),
         (CloseCode.SLOW_CONSUMER, 4001, True),
-        (CloseCode.HEARTBEAT_TIMEOUT, 4002, True),
+        (CloseCode.NOT_READING, 4002, True),
         (CloseCode.PROTOCOL_VIOLATION, 4100, False),
         (CloseCode.UNSUPPORTED_SUBPROTOCOL, 4101, False),
         (CloseCode.UNAUTHORIZED, 4102, False),
