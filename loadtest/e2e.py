@@ -131,6 +131,17 @@ def _oddstream(*args: str) -> list[str]:
     return procs.python("oddstream.cli", *args)
 
 
+def _books(kafka: str, redis: str, group: str, prefix: str) -> procs.Child:
+    """An ``oddstream books`` process of the benchmark's topics and group."""
+    return procs.Child(
+        "books",
+        _oddstream(
+            "books", "--kafka", kafka, "--redis", redis, "--group", group,
+            "--topic-prefix", prefix, "--partitions", "4", "--log-level", "warning",
+        ),
+    )  # fmt: skip
+
+
 def _delete_topics(kafka: str, prefix: str) -> None:
     from aiokafka.admin import AIOKafkaAdminClient
 
@@ -204,24 +215,7 @@ def e2e_scenario(
     servers: list[procs.Child] = []
     work = Path(tempfile.mkdtemp(prefix="oddstream-e2e-"))
     try:
-        books = procs.Child(
-            "books",
-            _oddstream(
-                "books",
-                "--kafka",
-                kafka,
-                "--redis",
-                redis,
-                "--group",
-                group,
-                "--topic-prefix",
-                prefix,
-                "--partitions",
-                "4",
-                "--log-level",
-                "warning",
-            ),
-        )
+        books = _books(kafka, redis, group, prefix)
         servers.append(books)
         if books.wait_line("books in group", timeout_s=60) is None:
             return _failed("e2e", f"books did not start: {books.tail(5)!r}", log)
@@ -499,24 +493,7 @@ def books_scenario(
             return _failed("books", f"feed did not finish: {producer.tail(5)!r}", log)
         producer.stop(10)
         log(f"  produced {total:,} messages in {time.monotonic() - started:.1f} s")
-        books = procs.Child(
-            "books",
-            _oddstream(
-                "books",
-                "--kafka",
-                kafka,
-                "--redis",
-                redis,
-                "--group",
-                group,
-                "--topic-prefix",
-                prefix,
-                "--partitions",
-                "4",
-                "--log-level",
-                "warning",
-            ),
-        )
+        books = _books(kafka, redis, group, prefix)
         books_started = time.monotonic()
         children.append(books)
         cpu0 = procs.cpu_seconds(procs.tree(books.pid))
