@@ -124,16 +124,11 @@ class RedisBroker(RedisEndpoint):
         backoff_base: float = 0.05,
         backoff_max: float = 5.0,
     ) -> RedisBroker:
-        """Connect and verify with a PING. Raises :class:`BrokerError` naming the URL
-        (password redacted) when Redis does not answer within ``connect_timeout``;
-        :class:`ValueError` when the URL cannot be parsed."""
-        client = await connect(
-            url,
-            socket_timeout=socket_timeout,
-            connect_timeout=connect_timeout,
-            client_name="oddstream-broker",
-            error=BrokerError,
-        )
+        """A broker publishing through a client that answered a PING
+        (:func:`channels.redis_conn.connect`; raises :class:`BrokerError` or
+        :class:`ValueError`)."""
+        timeouts = {"socket_timeout": socket_timeout, "connect_timeout": connect_timeout}
+        client = await connect(url, "oddstream-broker", BrokerError, **timeouts)
         return cls(
             client,
             url=url,

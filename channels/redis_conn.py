@@ -71,11 +71,11 @@ def _server_of(where: str) -> str:
 
 async def connect(
     url: str,
+    client_name: str,
+    error: type[Exception],
     *,
     socket_timeout: float,
     connect_timeout: float,
-    client_name: str,
-    error: type[Exception],
 ) -> aioredis.Redis:
     """A client (:func:`redis_client`) that answered a PING within ``connect_timeout``.
     Raises ``error`` naming the URL (password redacted) when Redis does not answer;

@@ -167,16 +167,10 @@ class RedisStore(RedisEndpoint):
         socket_timeout: float = 2.0,
         connect_timeout: float = 2.0,
     ) -> RedisStore:
-        """Connect and verify with a PING. Raises :class:`StoreError` naming the URL
-        (password redacted) when Redis does not answer within ``connect_timeout``;
-        :class:`ValueError` when the URL cannot be parsed."""
-        client = await connect(
-            url,
-            socket_timeout=socket_timeout,
-            connect_timeout=connect_timeout,
-            client_name="oddstream-store",
-            error=StoreError,
-        )
+        """A store on a client that answered a PING (:func:`channels.redis_conn.connect`;
+        raises :class:`StoreError` or :class:`ValueError`)."""
+        timeouts = {"socket_timeout": socket_timeout, "connect_timeout": connect_timeout}
+        client = await connect(url, "oddstream-store", StoreError, **timeouts)
         return cls(client, url=url, history_size=history_size, prefix=prefix)
 
     # -- keys ----------------------------------------------------------------------------------

@@ -20,11 +20,10 @@ import contextlib
 import socket
 import sys
 from collections.abc import AsyncIterator
-from pathlib import Path
 from typing import Any
 
+from loadtest import peer
 from loadtest.board import Board
-from loadtest.client import raise_nofile
 from loadtest.payloads import DeltaSource, market_ids
 from loadtest.publisher import drive
 
@@ -106,15 +105,15 @@ def build(board: Board, markets: int, *, plain: bool = False) -> Any:
     return Starlette(routes=routes, lifespan=lifespan)
 
 
-async def serve(board: Board, port: int, markets: int, *, plain: bool = False) -> None:
+async def serve(board: Board, args: argparse.Namespace) -> None:
     import uvicorn
 
     sock = socket.socket(socket.AF_INET)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind(("127.0.0.1", port))
+    sock.bind(("127.0.0.1", args.port))
     sock.listen(4096)
     config = uvicorn.Config(
-        build(board, markets, plain=plain),
+        build(board, args.markets, plain=args.sse == "plain"),
         ws="websockets-sansio",
         ws_ping_interval=None,
         lifespan="on",
@@ -127,24 +126,24 @@ async def serve(board: Board, port: int, markets: int, *, plain: bool = False) -
     await server.serve(sockets=[sock])
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description="the broadcaster peer of loadtest.bench")
-    parser.add_argument("--board", type=Path, required=True)
-    parser.add_argument("--port", type=int, default=0)
-    parser.add_argument("--markets", type=int, default=10)
-    parser.add_argument("--sse", choices=("sse-starlette", "plain"), default="sse-starlette")
-    args = parser.parse_args(argv)
+def _missing() -> str | None:
     try:
         import broadcaster  # noqa: F401
     except ImportError:
-        print("broadcaster: not available (pip install broadcaster)", flush=True)
-        return 3
-    raise_nofile()
-    board = Board.open(args.board)
-    import uvloop
+        return "pip install broadcaster"
+    return None
 
-    uvloop.run(serve(board, args.port, args.markets, plain=args.sse == "plain"))
-    return 0
+
+def main(argv: list[str] | None = None) -> int:
+    return peer.main(
+        "broadcaster",
+        argv,
+        serve,
+        arguments=lambda p: p.add_argument(
+            "--sse", choices=("sse-starlette", "plain"), default="sse-starlette"
+        ),
+        unavailable=_missing,
+    )
 
 
 if __name__ == "__main__":

@@ -15,16 +15,12 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import signal
 import sys
-from pathlib import Path
 from typing import cast
 
-from loadtest import wsframe
+from loadtest import peer, wsframe
 from loadtest.board import H_PACK, Board
-from loadtest.client import raise_nofile
 from loadtest.payloads import DeltaSource, market_ids
-from loadtest.publisher import drive
 
 _SSE_HEAD = (
     b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nCache-Control: no-store\r\n"
@@ -86,16 +82,14 @@ class _Peer(asyncio.Protocol):
             self.fanout.sse.discard(self.transport)
 
 
-async def serve(board: Board, port: int, markets: int) -> None:
+async def serve(board: Board, args: argparse.Namespace) -> None:
     loop = asyncio.get_running_loop()
     fanout = Fanout()
-    source = DeltaSource(market_ids(markets))
+    source = DeltaSource(market_ids(args.markets))
     server = await loop.create_server(
-        lambda: _Peer(fanout), "127.0.0.1", port, backlog=4096, reuse_address=True
+        lambda: _Peer(fanout), "127.0.0.1", args.port, backlog=4096, reuse_address=True
     )
-    stop = asyncio.Event()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
+    stop = peer.stop_on_signals()
 
     async def publish(n: int) -> None:
         pack = board.get(H_PACK)
@@ -112,14 +106,9 @@ async def serve(board: Board, port: int, markets: int) -> None:
 
     bound = server.sockets[0].getsockname()[1]
     print(f"ceiling: serving on http://127.0.0.1:{bound}/", flush=True)
-    driver = asyncio.create_task(drive(board, publish))
-    waiter = asyncio.create_task(stop.wait())
     try:
-        await asyncio.wait((driver, waiter), return_when=asyncio.FIRST_COMPLETED)
+        await peer.drive_until(board, publish, stop)
     finally:
-        for task in (driver, waiter):
-            task.cancel()
-        await asyncio.gather(driver, waiter, return_exceptions=True)
         for t in (*fanout.ws, *fanout.sse):
             t.abort()
         server.close()
@@ -129,17 +118,7 @@ async def serve(board: Board, port: int, markets: int) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description="the ceiling server of loadtest.bench")
-    parser.add_argument("--board", type=Path, required=True)
-    parser.add_argument("--port", type=int, default=0)
-    parser.add_argument("--markets", type=int, default=10)
-    args = parser.parse_args(argv)
-    raise_nofile()
-    board = Board.open(args.board)
-    import uvloop
-
-    uvloop.run(serve(board, args.port, args.markets))
-    return 0
+    return peer.main("ceiling", argv, serve)
 
 
 if __name__ == "__main__":

@@ -39,10 +39,9 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from loadtest import peer
 from loadtest.board import Board
-from loadtest.client import raise_nofile
 from loadtest.payloads import DeltaSource, market_ids
-from loadtest.publisher import drive
 
 CHANNEL = "odds"
 _START_TIMEOUT_S = 20.0
@@ -226,10 +225,7 @@ async def run(board: Board, args: argparse.Namespace, work: Path) -> int:
         stderr=subprocess.STDOUT,
         cwd=work,
     )
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
+    stop = peer.stop_on_signals()
     try:
         deadline = time.monotonic() + _START_TIMEOUT_S
         ready = await _wait_port(origin_port, deadline)
@@ -260,14 +256,9 @@ async def run(board: Board, args: argparse.Namespace, work: Path) -> int:
 
             print(f"pushpin: pid {proc.pid}", flush=True)
             print(f"pushpin: serving on http://127.0.0.1:{http_port}/", flush=True)
-            feeder = asyncio.create_task(drive(board, publish))
-            waiter = asyncio.create_task(stop.wait())
-            await asyncio.wait((feeder, waiter), return_when=asyncio.FIRST_COMPLETED)
-            for task in (feeder, waiter):
-                task.cancel()
-            await asyncio.gather(feeder, waiter, return_exceptions=True)
-            if feeder.done() and not feeder.cancelled() and feeder.exception() is not None:
-                print(f"pushpin: publisher failed: {feeder.exception()!r}", flush=True)
+            failed = await peer.drive_until(board, publish, stop)
+            if failed is not None:
+                print(f"pushpin: publisher failed: {failed!r}", flush=True)
         return 0
     finally:
         if proc.returncode is None:
@@ -282,26 +273,20 @@ async def run(board: Board, args: argparse.Namespace, work: Path) -> int:
         await asyncio.gather(origin_task, return_exceptions=True)
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description="the Pushpin peer of loadtest.bench")
-    parser.add_argument("--board", type=Path, required=True)
-    parser.add_argument("--port", type=int, default=0)
-    parser.add_argument("--markets", type=int, default=10)
-    args = parser.parse_args(argv)
+def _missing() -> str | None:
     missing = [b for b in ("pushpin", "condure", "zurl") if shutil.which(b) is None]
     if missing:
-        print(
-            f"pushpin: not available ({', '.join(missing)} not installed; "
-            "run loadtest/ensure-peers.sh)",
-            flush=True,
-        )
-        return 3
-    raise_nofile()
-    board = Board.open(args.board)
-    import uvloop
+        return f"{', '.join(missing)} not installed; run loadtest/ensure-peers.sh"
+    return None
 
+
+async def _serve(board: Board, args: argparse.Namespace) -> int:
     with tempfile.TemporaryDirectory(prefix="oddstream-pushpin-") as tmp:
-        return uvloop.run(run(board, args, Path(tmp)))
+        return await run(board, args, Path(tmp))
+
+
+def main(argv: list[str] | None = None) -> int:
+    return peer.main("pushpin", argv, _serve, unavailable=_missing)
 
 
 if __name__ == "__main__":

@@ -15,24 +15,22 @@ Prints a table like the bench's; the figures are written with ``--json``.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
-import signal
 import sys
 from pathlib import Path
 from typing import Any
 
+from loadtest import peer
 from loadtest.board import Board
 from loadtest.client import raise_nofile
 from loadtest.payloads import DeltaSource, market_ids
-from loadtest.publisher import drive
 
 
-async def serve_websockets(board: Board, port: int, markets: int) -> None:
+async def serve_websockets(board: Board, args: argparse.Namespace) -> None:
     from websockets.asyncio.server import ServerConnection, broadcast, serve
 
     conns: set[ServerConnection] = set()
-    source = DeltaSource(market_ids(markets))
+    source = DeltaSource(market_ids(args.markets))
 
     async def handler(ws: ServerConnection) -> None:
         conns.add(ws)
@@ -46,14 +44,11 @@ async def serve_websockets(board: Board, port: int, markets: int) -> None:
         for _ in range(n):
             broadcast(conns, source.next().decode())
 
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
+    stop = peer.stop_on_signals()
     async with serve(
         handler,
         "127.0.0.1",
-        port,
+        args.port,
         compression=None,
         ping_interval=None,
         max_queue=None,
@@ -61,32 +56,13 @@ async def serve_websockets(board: Board, port: int, markets: int) -> None:
     ) as server:
         bound = next(iter(server.sockets)).getsockname()[1]
         print(f"websockets: serving on http://127.0.0.1:{bound}/", flush=True)
-        feeder = asyncio.create_task(drive(board, publish))
-        waiter = asyncio.create_task(stop.wait())
-        await asyncio.wait((feeder, waiter), return_when=asyncio.FIRST_COMPLETED)
-        for task in (feeder, waiter):
-            task.cancel()
-        await asyncio.gather(feeder, waiter, return_exceptions=True)
-
-
-def server_main(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(description="the websockets-library candidate")
-    parser.add_argument("--board", type=Path, required=True)
-    parser.add_argument("--port", type=int, default=0)
-    parser.add_argument("--markets", type=int, default=10)
-    args = parser.parse_args(argv)
-    raise_nofile()
-    board = Board.open(args.board)
-    import uvloop
-
-    uvloop.run(serve_websockets(board, args.port, args.markets))
-    return 0
+        await peer.drive_until(board, publish, stop)
 
 
 def main(argv: list[str] | None = None) -> int:
     args_list = sys.argv[1:] if argv is None else argv
     if args_list and args_list[0] == "serve":
-        return server_main(args_list[1:])
+        return peer.main("websockets-library candidate", args_list[1:], serve_websockets)
     from loadtest import bench, procs
 
     parser = argparse.ArgumentParser(prog="python -m loadtest.stack_candidates")
