@@ -7,15 +7,14 @@ integration tests (a missing one fails the test, never skips it).
 from __future__ import annotations
 
 import itertools
-import uuid
 from collections.abc import AsyncIterator, Generator
 
 import pytest
-import redis.asyncio as aioredis
 
 from tests.faults import report
 from tests.faults.checker import Verdict
 from tests.faults.deploy import Deployment, Scale, drop_topics
+from tests.harness import isolated
 from tests.integration.conftest import kafka_bootstrap, redis_url
 from tests.integration.procs import processes
 
@@ -30,22 +29,15 @@ _DB = itertools.cycle(range(8, 16))
 async def deployment(kafka_bootstrap: str, redis_url: str) -> AsyncIterator[Deployment]:
     """An isolated deployment (its own topics, consumer group and Redis database); every
     process it starts is killed at the end if still running."""
-    url = f"{redis_url.rsplit('/', 1)[0]}/{next(_DB)}"
-    client = aioredis.from_url(url)
-    try:
-        await client.flushdb()
-    finally:
-        await client.aclose()
-    uid = uuid.uuid4().hex[:8]
-    prefix = f"f{uid}."
+    space = await isolated(kafka_bootstrap, redis_url, next(_DB), "f")
     async with processes() as procs:
         try:
-            yield Deployment(procs, kafka_bootstrap, url, Scale.load(), prefix, f"g{uid}")
+            yield Deployment(**vars(space), procs=procs, scale=Scale.load())
         finally:
             # Captured by pytest: shown with a failure, dropped otherwise.
             for p in procs:
                 print(f"--- {p.name} (exit {p.proc.returncode}), last lines:\n{p.output()}")
-    await drop_topics(kafka_bootstrap, prefix)
+    await drop_topics(kafka_bootstrap, space.prefix)
 
 
 _FIRST_ROW = pytest.StashKey[int]()

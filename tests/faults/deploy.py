@@ -29,6 +29,7 @@ from tests.faults.checker import (
     rest_events,
 )
 from tests.faults.client import ResilientClient, SseClient, WsClient
+from tests.harness import Space
 from tests.integration.procs import Proc, start
 
 SPORTS = ("football", "tennis")
@@ -68,63 +69,25 @@ class Scale:
 
 
 @dataclass
-class Deployment:
-    procs: list[Proc]
-    kafka: str
-    redis: str
-    scale: Scale
-    prefix: str
-    group: str
+class Deployment(Space):
+    procs: list[Proc] = field(default_factory=list)
+    scale: Scale = field(default_factory=Scale)
     started: float = field(default_factory=time.monotonic)
 
     # -- processes -------------------------------------------------------------------------
 
-    def feed_args(self) -> list[str]:
-        s = self.scale
-        return [
-            "feed",
-            "synth",
-            "--kafka",
-            self.kafka,
-            "--topic-prefix",
-            self.prefix,
-            "--seed",
-            str(s.seed),
-            "--events",
-            str(s.events),
-            "--rate",
-            str(s.feed_rate),
-            "--limit",
-            str(s.limit),
-            "--partitions",
-            "4",
-        ]
-
     async def feed(self) -> Proc:
         """``oddstream feed synth``: the seeded match day, paced, then exits 0."""
-        return await start(self.procs, "feed", self.feed_args())
+        s = self.scale
+        args = self.feed_args(seed=s.seed, events=s.events, rate=s.feed_rate, limit=s.limit)
+        return await start(self.procs, "feed", args)
 
     async def books(self, n: int = 2, *extra: str, env: dict[str, str] | None = None) -> list[Proc]:
         """``n`` book processors of one group, once each has joined it."""
         out = []
         for _ in range(n):
             name = f"books-{sum(p.name.startswith('books') for p in self.procs) + 1}"
-            args = [
-                "books",
-                "--kafka",
-                self.kafka,
-                "--redis",
-                self.redis,
-                "--group",
-                self.group,
-                "--topic-prefix",
-                self.prefix,
-                "--partitions",
-                "4",
-                "--log-level",
-                "info",
-                *extra,
-            ]
+            args = self.books_args(*extra, log_level="info")
             out.append(await start(self.procs, name, args, env))
         for p in out:
             await p.wait_line("books in group")
@@ -155,20 +118,7 @@ class Deployment:
         out = []
         for _ in range(n):
             name = f"gateway-{sum(p.name.startswith('gateway') for p in self.procs) + 1}"
-            args = [
-                "gateway",
-                "--redis",
-                self.redis,
-                "--port",
-                "0",
-                "--heartbeat-s",
-                "1",
-                "--drain-s",
-                "3",
-                "--log-level",
-                "warning",
-                *extra,
-            ]
+            args = self.gateway_args("--heartbeat-s", "1", "--drain-s", "3", *extra)
             out.append(await start(self.procs, name, args))
         return out, [await g.url() for g in out]
 

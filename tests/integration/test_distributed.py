@@ -6,14 +6,11 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-import uuid
-from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
 import msgspec
 import pytest
-import redis.asyncio as aioredis
 import websockets
 
 import protocol
@@ -23,6 +20,7 @@ from feeds.processor import FeedRecord, Processor
 from feeds.replay import write_jsonl
 from feeds.synthetic import MatchDay
 from tests.component.stack import Books
+from tests.harness import Space, isolated
 from tests.integration.procs import processes, services, start
 
 pytestmark = pytest.mark.integration
@@ -30,68 +28,16 @@ pytestmark = pytest.mark.integration
 SEED, EVENTS, LIMIT, RATE = 5, 4, 3000, 300
 
 
-@dataclass
-class Space:
-    """An isolated deployment: its own topics, consumer group and Redis database."""
-
-    kafka: str
-    redis: str
-    prefix: str
-    group: str
-
-    def feed_args(self) -> list[str]:
-        return [
-            "feed",
-            "synth",
-            "--kafka",
-            self.kafka,
-            "--topic-prefix",
-            self.prefix,
-            "--seed",
-            str(SEED),
-            "--events",
-            str(EVENTS),
-            "--rate",
-            str(RATE),
-            "--limit",
-            str(LIMIT),
-            "--partitions",
-            "4",
-        ]
-
-    def books_args(self) -> list[str]:
-        return [
-            "books",
-            "--kafka",
-            self.kafka,
-            "--redis",
-            self.redis,
-            "--group",
-            self.group,
-            "--topic-prefix",
-            self.prefix,
-            "--partitions",
-            "4",
-            "--log-level",
-            "warning",
-        ]
-
-    def gateway_args(self) -> list[str]:
-        return ["gateway", "--redis", self.redis, "--port", "0", "--log-level", "warning"]
-
-
 _DB = itertools.count(3)
 
 
 @pytest.fixture
 async def space(kafka_bootstrap: str, redis_url: str) -> Space:
-    base = redis_url.rsplit("/", 1)[0]
-    url = f"{base}/{next(_DB)}"
-    client = aioredis.from_url(url)
-    await client.flushdb()
-    await client.aclose()
-    uid = uuid.uuid4().hex[:8]
-    return Space(kafka_bootstrap, url, f"t{uid}.", f"g{uid}")
+    return await isolated(kafka_bootstrap, redis_url, next(_DB), "t")
+
+
+def feed_args(space: Space) -> list[str]:
+    return space.feed_args(seed=SEED, events=EVENTS, rate=RATE, limit=LIMIT)
 
 
 class Client:
@@ -211,7 +157,7 @@ async def run_pipeline(
     space: Space, *, kill_books_at: int | None = None, restart_redis_at: int | None = None
 ) -> None:
     async with processes() as procs:
-        feed = await start(procs, "feed", space.feed_args())
+        feed = await start(procs, "feed", feed_args(space))
         books = [await start(procs, f"books-{i}", space.books_args()) for i in (1, 2)]
         for b in books:
             await b.wait_line("books in group")

@@ -24,7 +24,7 @@ from channels.redis_broker import RedisBroker
 from channels.redis_store import RedisStore
 from channels.store import Batch, MarketSummary, MemoryStore, Store, StoreError
 from protocol import Delta, EventState, Selection, SelectionChange, Snapshot
-from tests.integration.conftest import HISTORY, purge
+from tests.integration.conftest import HISTORY
 
 pytestmark = pytest.mark.integration
 
@@ -148,17 +148,11 @@ async def admin(redis_url: str) -> AsyncIterator[aioredis.Redis]:
 
 
 @pytest.fixture(params=["memory", "redis"])
-async def store(request: pytest.FixtureRequest, prefix: str) -> AsyncIterator[Store]:
+def store(request: pytest.FixtureRequest) -> Store:
     if request.param == "memory":
-        yield MemoryStore(history_size=HISTORY)
-        return
-    url: str = request.getfixturevalue("redis_url")
-    redis_store = await RedisStore.connect(url, history_size=HISTORY, prefix=prefix)
-    try:
-        yield redis_store
-    finally:
-        await redis_store.close()
-        await purge(url, prefix)
+        return MemoryStore(history_size=HISTORY)
+    redis_store: RedisStore = request.getfixturevalue("redis_store")
+    return redis_store
 
 
 @pytest.fixture(params=["memory", "redis"])
