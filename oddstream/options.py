@@ -101,6 +101,8 @@ class Option:
     roles: frozenset[Role]
     check: Check | None = None
     default: Any = None
+    role_defaults: Mapping[Role, Any] = dataclasses.field(default_factory=dict)
+    """Defaults of some roles that differ from ``default``."""
 
     @property
     def flag(self) -> str:
@@ -116,6 +118,19 @@ class Option:
         if self.default is not None:
             return self.default
         return _GATEWAY_DEFAULTS[self.name]
+
+    def default_of(self, role: Role) -> Any:
+        return self.role_defaults.get(role, self.value)
+
+
+@dataclass(frozen=True, slots=True)
+class Rule:
+    """A check across settings, blamed on setting ``name``: ``ok(values)`` over every
+    setting of the role being loaded."""
+
+    name: str
+    ok: Callable[[Mapping[str, Any]], bool]
+    expected: str
 
 
 class SettingsError(ValueError):
@@ -266,6 +281,16 @@ OPTIONS: tuple[Option, ...] = (
 )
 
 
+#: Checks across settings, applied to each role that takes the setting blamed.
+RULES: tuple[Rule, ...] = (
+    Rule(
+        "conflate_after_frames",
+        lambda v: v["conflate_after_frames"] < v["queue_frames"],
+        "< queue_frames",
+    ),
+)
+
+
 # -- the role settings types -----------------------------------------------------------
 
 
@@ -321,6 +346,8 @@ class FeedSettings:
     log_level: str
 
 
+_BY_NAME = {o.name: o for o in OPTIONS}
+
 RoleSettings = GatewaySettings | DevSettings | BooksSettings | FeedSettings
 TYPES: dict[Role, type[RoleSettings]] = {
     "dev": DevSettings,
@@ -359,18 +386,20 @@ def load_role(role: Role, flags: Mapping[str, Any]) -> RoleSettings:
 
 
 def _values(role: Role, flags: Mapping[str, Any], env: Mapping[str, str]) -> dict[str, Any]:
-    values = {o.name: _value(o, flags, env) for o in of(role)}
+    values = {o.name: _value(o, role, flags, env) for o in of(role)}
+    for rule in RULES:
+        if rule.name in values and not rule.ok(values):
+            raise _invalid(_BY_NAME[rule.name], values[rule.name], rule.expected)
     gateway = {k: values.pop(k) for k in _GATEWAY_DEFAULTS.keys() & values.keys()}
     if "server" in {f.name for f in dataclasses.fields(TYPES[role])}:
-        _check_pair(gateway)
         values["server"] = Settings(**gateway)
     else:
         values.update(gateway)
     return values
 
 
-def _value(option: Option, flags: Mapping[str, Any], env: Mapping[str, str]) -> Any:
-    default = option.value
+def _value(option: Option, role: Role, flags: Mapping[str, Any], env: Mapping[str, str]) -> Any:
+    default = option.default_of(role)
     raw, source = flags.get(option.name), option.flag
     if raw is None:
         raw, source = env.get(option.variable), option.variable
@@ -383,21 +412,15 @@ def _value(option: Option, flags: Mapping[str, Any], env: Mapping[str, str]) -> 
         except (TypeError, ValueError):
             raise SettingsError(f"invalid {source}={raw!r}: expected {kind.__name__}") from None
     if option.check is not None and not option.check.ok(value):
-        raise SettingsError(
-            f"invalid setting {option.name} ({option.flag} / {option.variable}) = {value!r}: "
-            f"expected {option.check.expected}"
-        )
+        raise _invalid(option, value, option.check.expected)
     return value
 
 
-def _check_pair(gateway: Mapping[str, Any]) -> None:
-    """The one check across two settings."""
-    if gateway["conflate_after_frames"] >= gateway["queue_frames"]:
-        raise SettingsError(
-            "invalid setting conflate_after_frames (--conflate-after-frames / "
-            f"ODDSTREAM_CONFLATE_AFTER_FRAMES) = {gateway['conflate_after_frames']}: "
-            "expected < queue_frames"
-        )
+def _invalid(option: Option, value: Any, expected: str) -> SettingsError:
+    return SettingsError(
+        f"invalid setting {option.name} ({option.flag} / {option.variable}) = {value!r}: "
+        f"expected {expected}"
+    )
 
 
 # -- docs/configuration.md ------------------------------------------------------------
@@ -427,13 +450,19 @@ def render() -> str:
     rows = []
     for o in OPTIONS:
         roles = ", ".join(r for r in ROLES if r in o.roles)
-        shown = f"{o.value:g}" if isinstance(o.value, float) else str(o.value)
-        default = f"`{shown}`" if shown else ""
+        default = _show(o.value) + "".join(
+            f" ({r}: {_show(v)})" for r, v in o.role_defaults.items()
+        )
         valid = o.check.expected if o.check else ""
         rows.append(
             f"| {o.name} | `{o.flag}` | `{o.variable}` | {default} | {roles} | {valid} | {o.doc} |"
         )
     return _HEAD + "\n".join(rows) + "\n"
+
+
+def _show(value: Any) -> str:
+    shown = f"{value:g}" if isinstance(value, float) else str(value)
+    return f"`{shown}`" if shown else ""
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -80,3 +80,21 @@ def test_a_gateway_process_loads_no_kafka_code() -> None:
         [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True
     )
     assert out.stdout.strip() == "[]"
+
+
+def test_a_rule_across_settings_names_the_setting_it_blames() -> None:
+    with pytest.raises(SettingsError, match="--conflate-after-frames.*< queue_frames"):
+        load(DevSettings, {"queue_frames": "64", "conflate_after_frames": "64"}, {})
+    assert load(DevSettings, {"queue_frames": "64", "conflate_after_frames": "63"}, {})
+
+
+def test_a_role_may_default_a_setting_its_own_way() -> None:
+    option = options.Option(
+        "auth",
+        "who may follow what",
+        frozenset({"dev", "gateway"}),
+        None,
+        "none",
+        {"gateway": "jwt"},
+    )
+    assert (option.default_of("dev"), option.default_of("gateway")) == ("none", "jwt")
