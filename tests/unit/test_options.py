@@ -83,7 +83,7 @@ def test_a_gateway_process_loads_no_kafka_code() -> None:
 
 
 def test_a_rule_across_settings_names_the_setting_it_blames() -> None:
-    with pytest.raises(SettingsError, match="--conflate-after-frames.*< queue_frames"):
+    with pytest.raises(SettingsError, match=r"--conflate-after-frames.*< queue_frames"):
         load(DevSettings, {"queue_frames": "64", "conflate_after_frames": "64"}, {})
     assert load(DevSettings, {"queue_frames": "64", "conflate_after_frames": "63"}, {})
 
