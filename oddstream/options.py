@@ -400,9 +400,9 @@ def _values(role: Role, flags: Mapping[str, Any], env: Mapping[str, str]) -> dic
 
 def _value(option: Option, role: Role, flags: Mapping[str, Any], env: Mapping[str, str]) -> Any:
     default = option.default_of(role)
-    raw, source = flags.get(option.name), option.flag
+    raw = flags.get(option.name)
     if raw is None:
-        raw, source = env.get(option.variable), option.variable
+        raw = env.get(option.variable)
     if raw is None:
         value = default
     else:
@@ -410,7 +410,7 @@ def _value(option: Option, role: Role, flags: Mapping[str, Any], env: Mapping[st
         try:
             value = raw if isinstance(raw, kind) else kind(raw)
         except (TypeError, ValueError):
-            raise SettingsError(f"invalid {source}={raw!r}: expected {kind.__name__}") from None
+            raise _invalid(option, raw, f"a number ({kind.__name__})") from None
     if option.check is not None and not option.check.ok(value):
         raise _invalid(option, value, option.check.expected)
     return value
