@@ -73,6 +73,14 @@ def _services() -> tuple[str, str] | None:
     return (kafka, redis) if kafka and redis else None
 
 
+def _no_peers(reason: str = "not applicable") -> dict[str, dict[str, Any]]:
+    """The fan-out peers' entries of a scenario they have no part in."""
+    return {
+        p: {"available": False, "reason": reason, "delivered_per_s": None, "p99_ms": None}
+        for p in ("broadcaster", "pushpin")
+    }
+
+
 def _skipped(name: str, note: str, log: Log) -> dict[str, Any]:
     log(f"\n== {name}: skipped: {note} ==")
     result: dict[str, Any] = dict.fromkeys(E2E_KEYS)
@@ -82,15 +90,7 @@ def _skipped(name: str, note: str, log: Log) -> dict[str, Any]:
         skipped=True,
         note=note,
         clients=0,
-        peers={
-            p: {
-                "available": False,
-                "reason": "not applicable",
-                "delivered_per_s": None,
-                "p99_ms": None,
-            }
-            for p in ("broadcaster", "pushpin")
-        },
+        peers=_no_peers(),
     )
     return result
 
@@ -335,15 +335,7 @@ def e2e_scenario(
                 if k.startswith(("oddstream_relay", "oddstream_conn"))
             },
             note="ceiling and peers are not applicable end to end",
-            peers={
-                p: {
-                    "available": False,
-                    "reason": "not applicable end to end",
-                    "delivered_per_s": None,
-                    "p99_ms": None,
-                }
-                for p in ("broadcaster", "pushpin")
-            },
+            peers=_no_peers("not applicable end to end"),
         )
         log(
             f"  {connected} clients, feed {result['feed_rate']:g} msg/s "
@@ -550,15 +542,7 @@ def books_scenario(
             ),
             books_rss_kib=rss,
             note="feed messages/s in, through one processor with Redis and Kafka out",
-            peers={
-                p: {
-                    "available": False,
-                    "reason": "not applicable",
-                    "delivered_per_s": None,
-                    "p99_ms": None,
-                }
-                for p in ("broadcaster", "pushpin")
-            },
+            peers=_no_peers(),
         )
         log(
             f"  {done:,}/{end:,} consumed; {rate if rate is not None else '-'} feed messages/s; "
