@@ -57,7 +57,7 @@ export class DevServer {
     if (!existsSync(python)) {
       throw new Error(`${python} is missing: run scripts/setup.sh at the repository root first`);
     }
-    const args = ["-m", "server.cli", "dev", "--port", String(port), ...extra];
+    const args = ["-m", "oddstream.cli", "dev", "--port", String(port), ...extra];
     const proc = spawn(python, args, {
       cwd: REPO,
       env: { ...process.env, PYTHONUNBUFFERED: "1" },

@@ -101,6 +101,6 @@ writeFileSync(join(dist, "sizes.json"), JSON.stringify(sizes, null, 2) + "\n");
 const kb = (n) => `${(n / 1024).toFixed(1)} kB`;
 for (const [name, s] of Object.entries(sizes)) console.log(`build: ${name.padEnd(8)} ${kb(s.raw).padStart(9)} raw  ${kb(s.gzip).padStart(8)} gzip`);
 
-// Last: the shell page. Its presence and mtime tell server/webui.py the build is complete.
+// Last: the shell page. Its presence and mtime tell oddstream/webui.py the build is complete.
 copyFileSync(join(web, "apps/shell/index.html"), join(dist, "index.html"));
 console.log(`build: done in ${((Date.now() - t0) / 1000).toFixed(1)} s -> ${relative(process.cwd(), dist)}/index.html`);
