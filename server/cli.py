@@ -126,6 +126,19 @@ def _server_flags(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--history-size", type=int, dest="history_size")
     p.add_argument("--drain-s", type=float, dest="drain_s", help="drain deadline on SIGTERM")
+    # The edge's limits (server/settings.py, docs/protocol.md#limits).
+    for name, kind in (
+        ("header_timeout_s", float),
+        ("idle_timeout_s", float),
+        ("max_head_bytes", int),
+        ("max_body_bytes", int),
+        ("max_connections", int),
+        ("max_connections_per_ip", int),
+        ("allowed_origins", str),
+        ("ops_host", str),
+        ("ops_port", int),
+    ):
+        p.add_argument("--" + name.replace("_", "-"), type=kind, dest=name)
     p.add_argument("--log-level", dest="log_level")
 
 

@@ -33,6 +33,20 @@ class Settings:
     close_timeout_s: float = 2.0
     coalesce_ms: float = 0.0
     drain_s: float = 10.0
+    # The edge: connection-level limits applied to every connection, whatever it becomes
+    # (server/admission.py, server/listener.py; docs/protocol.md#limits, docs/security.md).
+    # A request head must be complete this long after the connection opened or after its
+    # first byte (slowloris); a keep-alive connection with no request, a request body, and
+    # a WebSocket before its first command get ``idle_timeout_s``.
+    header_timeout_s: float = 10.0
+    idle_timeout_s: float = 60.0
+    max_head_bytes: int = 16_384  # Request line and headers; past it: 431.
+    max_body_bytes: int = 65_536  # A request body; past it: 413.
+    max_connections: int = 0  # 0: the open-files limit less a reserve; past it: 503.
+    max_connections_per_ip: int = 256  # 0: no limit; past it: 503.
+    allowed_origins: str = ""  # Comma-separated; "" the gateway's own origin only; "*": any.
+    ops_host: str = "127.0.0.1"  # /metrics, /healthz, /readyz for operators.
+    ops_port: int = 9100  # 0: no operator listener.
     # Storage.
     history_size: int = 256
     # Book processors (and the embedded pipeline).
@@ -77,6 +91,24 @@ class Settings:
             "0-50 (0: write once per event-loop turn)",
         )
         _check(self.drain_s, "drain_s", self.drain_s > 0, "> 0")
+        _check(self.header_timeout_s, "header_timeout_s", self.header_timeout_s > 0, "> 0")
+        _check(self.idle_timeout_s, "idle_timeout_s", self.idle_timeout_s > 0, "> 0")
+        _check(self.max_head_bytes, "max_head_bytes", self.max_head_bytes >= 1024, ">= 1024")
+        _check(self.max_body_bytes, "max_body_bytes", self.max_body_bytes >= 0, ">= 0")
+        _check(self.max_connections, "max_connections", self.max_connections >= 0, ">= 0")
+        _check(
+            self.max_connections_per_ip,
+            "max_connections_per_ip",
+            self.max_connections_per_ip >= 0,
+            ">= 0 (0: no limit)",
+        )
+        _check(
+            self.allowed_origins,
+            "allowed_origins",
+            all(_origin_ok(o.strip()) for o in self.allowed_origins.split(",") if o.strip()),
+            "comma-separated origins (scheme://host[:port], null, file://) or *",
+        )
+        _check(self.ops_port, "ops_port", 0 <= self.ops_port <= 65535, "0-65535 (0: off)")
         _check(self.history_size, "history_size", self.history_size >= 1, ">= 1")
         _check(self.events, "events", self.events >= 1, ">= 1")
         _check(self.rate, "rate", self.rate > 0, "> 0")
@@ -138,6 +170,13 @@ def _feed_ok(spec: str) -> bool:
     except SourceError:
         return False
     return True
+
+
+def _origin_ok(origin: str) -> bool:
+    if origin in {"*", "null", "file://"}:
+        return True
+    url = urlparse(origin)
+    return url.scheme in {"http", "https"} and bool(url.hostname) and url.path == ""
 
 
 def env_name(name: str) -> str:
