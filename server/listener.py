@@ -105,12 +105,18 @@ class EdgeConnection(asyncio.Protocol):
         self._body_size = 0
         self._body_done = asyncio.Event()
         self._body_ready = asyncio.Event()
+        self._delivered = False  # The app has the whole body.
+        self._finished = asyncio.Event()  # The client is gone or the answer complete.
         self._task: asyncio.Task[None] | None = None
         self._writable = asyncio.Event()
         self._writable.set()
         self._lost = False
+        self._closed = False  # We closed it: nothing more is read.
         self._handed_over = False
         self._cors: list[tuple[bytes, bytes]] = []
+        self._received = 0  # Bytes of the current request cycle.
+        self._budget = edge.settings.max_head_bytes + edge.settings.max_body_bytes
+        self._paused = False
         self._head_only = False
 
     # -- asyncio.Protocol -------------------------------------------------------------------
@@ -136,6 +142,13 @@ class EdgeConnection(asyncio.Protocol):
             self._fresh = False
             if self._timer_kind == "idle":  # Keep-alive: the next request started.
                 self._arm("header", self.settings.header_timeout_s)
+        self._received += len(data)
+        if self._received > self._budget and self._task is not None and not self._paused:
+            # The client sends ahead of our answer (pipelining): stop reading until the
+            # answer is out, so what h11 buffers stays bounded.
+            self._paused = True
+            assert self.transport is not None
+            self.transport.pause_reading()
         self._h11.receive_data(data)
         self._advance()
 
@@ -155,6 +168,7 @@ class EdgeConnection(asyncio.Protocol):
         self._disarm()
         self._writable.set()
         self._body_ready.set()
+        self._finished.set()
         self.edge.connections.discard(self)
         if self._ticket is not None and not self._handed_over:
             self._ticket.release()
@@ -169,7 +183,7 @@ class EdgeConnection(asyncio.Protocol):
     def _advance(self) -> None:
         """Take every complete event h11 has, until it needs more data or waits for us."""
         conn = self._h11
-        while not self._lost and not self._handed_over:
+        while not (self._lost or self._handed_over or self._closed):
             try:
                 event = conn.next_event()
             except h11.RemoteProtocolError as exc:
@@ -194,6 +208,10 @@ class EdgeConnection(asyncio.Protocol):
         if request.http_version not in _VERSIONS:
             self._answer_now(*error_body(505, "invalid", "HTTP/1.0 and HTTP/1.1 only"), close=True)
             self._count_bad()
+            return
+        size = len(request.target) + sum(len(k) + len(v) + 4 for k, v in request.headers)
+        if size > self.settings.max_head_bytes:  # h11 bounds only a head still incomplete.
+            self._bad_request(431, "request head too large")
             return
         headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in request.headers}
         target = request.target.decode("ascii", "replace")
@@ -221,6 +239,11 @@ class EdgeConnection(asyncio.Protocol):
                 extra = b"".join(k + b": " + v + b"\r\n" for k, v in cors)
                 self._become(SseConnection(streams, self._ticket, target, headers, extra), b"")
                 return
+        length = headers.get("content-length", "0")
+        if not length.isdigit() or int(length) > self.settings.max_body_bytes:
+            self._count_bad()  # Refused before a byte of it is read.
+            self._answer_now(*error_body(413, "too_large", "request body too large"), close=True)
+            return
         self._cors = [] if admission is None else admission.cors(origin, host)
         if request.method == b"OPTIONS" and self._cors:
             self._answer_now(204, self._cors + _PREFLIGHT_HEADERS, b"")
@@ -230,6 +253,8 @@ class EdgeConnection(asyncio.Protocol):
         self._body, self._body_size = [], 0
         self._body_done.clear()
         self._body_ready.clear()
+        self._delivered = False
+        self._finished = asyncio.Event()
         self._arm("idle", self.settings.idle_timeout_s)  # The body's deadline.
         self._task = asyncio.get_running_loop().create_task(self._run_app(request))
 
@@ -296,23 +321,20 @@ class EdgeConnection(asyncio.Protocol):
         self._cycle_done()
 
     async def _receive(self) -> Message:
-        while not self._body and not self._body_done.is_set() and not self._lost:
-            self._body_ready.clear()
-            await self._body_ready.wait()
-        if self._lost:
-            return {"type": "http.disconnect"}
-        body = b"".join(self._body)
-        self._body.clear()
-        if not body and self._body_done.is_set() and self._h11.our_state is not h11.SEND_RESPONSE:
-            # The request was read and answered: wait for the client to go.
-            await self._wait_lost()
-            return {"type": "http.disconnect"}
-        return {"type": "http.request", "body": body, "more_body": not self._body_done.is_set()}
-
-    async def _wait_lost(self) -> None:
-        while not self._lost:
-            self._body_ready.clear()
-            await self._body_ready.wait()
+        """The request body (in the pieces received), then ``http.disconnect`` once the
+        client is gone or the answer is complete."""
+        if not self._delivered:
+            while not self._body and not self._body_done.is_set() and not self._lost:
+                self._body_ready.clear()
+                await self._body_ready.wait()
+            if not self._lost:
+                body = b"".join(self._body)
+                self._body.clear()
+                more = not self._body_done.is_set()
+                self._delivered = not more
+                return {"type": "http.request", "body": body, "more_body": more}
+        await self._finished.wait()
+        return {"type": "http.disconnect"}
 
     async def _send(self, message: Message) -> None:
         if self._lost:
@@ -332,6 +354,7 @@ class EdgeConnection(asyncio.Protocol):
                 self._write(conn.send(h11.Data(data=body)))
             if not message.get("more_body", False):
                 self._write(conn.send(h11.EndOfMessage()))
+                self._finished.set()
             await self._writable.wait()  # Flow control for streamed answers.
 
     # -- answers ----------------------------------------------------------------------------
@@ -389,6 +412,10 @@ class EdgeConnection(asyncio.Protocol):
         if conn.our_state is h11.DONE and conn.their_state is h11.DONE and not self.edge.closing:
             conn.start_next_cycle()
             self._fresh = True
+            self._received = 0
+            if self._paused and self.transport is not None:
+                self._paused = False
+                self.transport.resume_reading()
             self._request = None
             self._arm("idle", self.settings.idle_timeout_s)
             self._advance()  # A pipelined request may be buffered already.
@@ -400,6 +427,7 @@ class EdgeConnection(asyncio.Protocol):
             self.transport.write(data)
 
     def _close(self) -> None:
+        self._closed = True
         self._disarm()
         if self.transport is not None and not self.transport.is_closing():
             self.transport.close()
