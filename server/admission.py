@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import resource
 from collections import Counter
-from dataclasses import dataclass
 
 import msgspec
 
@@ -22,16 +21,6 @@ from server.settings import Settings
 #: File descriptors kept free when ``max_connections`` is derived from the open-files
 #: limit: listeners, Redis, logs, and the sockets being refused.
 FD_RESERVE = 64
-
-
-@dataclass(frozen=True, slots=True)
-class ConnectionInfo:
-    """What the seam knows of a connection, for the session layer (auth, tracing)."""
-
-    peer: str
-    origin: str | None = None
-    authorization: str | None = None
-    subprotocols: tuple[str, ...] = ()
 
 
 class EdgeStats(msgspec.Struct):

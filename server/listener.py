@@ -100,7 +100,6 @@ class EdgeConnection(asyncio.Protocol):
         self._timer: asyncio.TimerHandle | None = None
         self._timer_kind = ""
         self._fresh = True  # Nothing of the current request received yet.
-        self._request: h11.Request | None = None
         self._body: list[bytes] = []
         self._body_size = 0
         self._body_done = asyncio.Event()
@@ -112,6 +111,7 @@ class EdgeConnection(asyncio.Protocol):
         self._writable.set()
         self._lost = False
         self._closed = False  # We closed it: nothing more is read.
+        self._refused = False  # Refused by admission: nothing is read.
         self._handed_over = False
         self._cors: list[tuple[bytes, bytes]] = []
         self._received = 0  # Bytes of the current request cycle.
@@ -138,6 +138,8 @@ class EdgeConnection(asyncio.Protocol):
         self._arm("header", self.settings.header_timeout_s)
 
     def data_received(self, data: bytes) -> None:
+        if self._refused:
+            return  # Read and dropped until the refusal's linger ends.
         if self._fresh:
             self._fresh = False
             if self._timer_kind == "idle":  # Keep-alive: the next request started.
@@ -153,6 +155,8 @@ class EdgeConnection(asyncio.Protocol):
         self._advance()
 
     def eof_received(self) -> bool | None:
+        if self._refused:
+            return None
         self._h11.receive_data(b"")
         self._advance()
         return None
@@ -248,7 +252,6 @@ class EdgeConnection(asyncio.Protocol):
         if request.method == b"OPTIONS" and self._cors:
             self._answer_now(204, self._cors + _PREFLIGHT_HEADERS, b"")
             return
-        self._request = request
         self._head_only = request.method == b"HEAD"
         self._body, self._body_size = [], 0
         self._body_done.clear()
@@ -310,7 +313,7 @@ class EdgeConnection(asyncio.Protocol):
         try:
             await self.edge.app(scope, self._receive, self._send)
         except Exception:
-            log.exception("the app failed on %s %s", request.method, target)
+            log.exception("the app failed on %s %s", request.method, raw_path)  # No query.
             if self._h11.our_state is h11.SEND_RESPONSE and not self._lost:
                 self._answer_now(*error_body(500, "internal", "internal error"), close=True)
                 return
@@ -416,7 +419,6 @@ class EdgeConnection(asyncio.Protocol):
             if self._paused and self.transport is not None:
                 self._paused = False
                 self.transport.resume_reading()
-            self._request = None
             self._arm("idle", self.settings.idle_timeout_s)
             self._advance()  # A pipelined request may be buffered already.
         elif conn.our_state in (h11.DONE, h11.MUST_CLOSE, h11.CLOSED, h11.ERROR):
@@ -438,7 +440,7 @@ class EdgeConnection(asyncio.Protocol):
         would reset it, and the client might never see the answer)."""
         transport = self.transport
         assert transport is not None
-        self._lost = True  # Nothing of this connection is parsed.
+        self._refused = True
         _, headers, body = error_body(503, "unavailable", "too many connections; retry later")
         head = b"HTTP/1.1 503 Service Unavailable\r\nretry-after: 5\r\n"
         head += b"".join(k + b": " + v + b"\r\n" for k, v in headers)
