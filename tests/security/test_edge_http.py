@@ -4,28 +4,13 @@ and every transport passes the same connection caps."""
 
 from __future__ import annotations
 
-import asyncio
-
 import httpx
 import pytest
 import websockets
 from websockets.exceptions import InvalidStatus
 
-from tests.component.stack import Stack, event, match_result, running_stack
-from tests.security.wire import headers_of, status_of
-
-
-async def exchange(stack: Stack, data: bytes, timeout: float = 5.0) -> bytes:
-    """Send ``data`` on a fresh connection; everything the server answers until it
-    closes (or ``timeout``)."""
-    port = int(stack.url.rsplit(":", 1)[1])
-    reader, writer = await asyncio.open_connection("127.0.0.1", port)
-    try:
-        writer.write(data)
-        async with asyncio.timeout(timeout):
-            return await reader.read()
-    finally:
-        writer.close()
+from tests.component.stack import event, match_result, running_stack
+from tests.security.wire import exchange, headers_of, status_of
 
 
 @pytest.mark.parametrize(
@@ -41,7 +26,9 @@ async def exchange(stack: Stack, data: bytes, timeout: float = 5.0) -> bytes:
 )
 async def test_bad_requests_get_their_status_and_a_close(request_head: bytes, status: int) -> None:
     async with running_stack(max_body_bytes=1024) as stack:
-        answer = await exchange(stack, request_head + (b"" if status != 400 else b"\r\n\r\n"))
+        answer = await exchange(
+            stack.node.port, request_head + (b"" if status != 400 else b"\r\n\r\n")
+        )
         assert status_of(answer) == status
         assert headers_of(answer)["connection"] == "close"
         assert stack.node.admission.stats.bad_requests == 1
@@ -101,7 +88,7 @@ async def test_the_address_cap_refuses_the_next_connection_of_every_transport(
             else:
                 path = "/sse?markets=fb-1:1x2" if transport == "sse" else "/v1/markets"
                 answer = await exchange(
-                    stack, b"GET %s HTTP/1.1\r\nHost: x\r\n\r\n" % path.encode()
+                    stack.node.port, b"GET %s HTTP/1.1\r\nHost: x\r\n\r\n" % path.encode()
                 )
                 assert status_of(answer) == 503
                 assert headers_of(answer)["retry-after"] == "5"

@@ -3,8 +3,6 @@ invalid UTF-8, an unsupported version, and the Origin allowlist of WebSocket and
 
 from __future__ import annotations
 
-import asyncio
-
 import httpx
 import pytest
 import websockets
@@ -12,7 +10,7 @@ from websockets.exceptions import InvalidStatus
 
 import protocol
 from tests.component.stack import Stack, event, match_result, running_stack, ws_client
-from tests.security.wire import headers_of, status_of, ws_handshake
+from tests.security.wire import exchange, headers_of, status_of, ws_handshake
 
 M1 = "fb-1:1x2"
 
@@ -37,12 +35,7 @@ async def test_a_text_message_that_is_not_utf8_fails_with_1007() -> None:
 
 async def test_an_unsupported_version_is_answered_with_the_one_we_speak() -> None:
     async with running_stack() as stack:
-        port = int(stack.url.rsplit(":", 1)[1])
-        reader, writer = await asyncio.open_connection("127.0.0.1", port)
-        writer.write(ws_handshake(version="8"))
-        async with asyncio.timeout(5):
-            answer = await reader.read()
-        writer.close()
+        answer = await exchange(stack.node.port, ws_handshake(version="8"))
         assert status_of(answer) == 400
         assert headers_of(answer)["sec-websocket-version"] == "13"
 

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import socket
 import time
 
 #: The documented statuses of the edge (docs/protocol.md#limits) and of the app.
-HTTP_STATUSES = {200, 204, 400, 403, 404, 405, 408, 413, 431, 503, 505}
+HTTP_STATUSES = {200, 204, 400, 403, 404, 405, 408, 413, 431, 501, 503, 505}
 #: A WebSocket key and the handshake of a raw client.
 WS_KEY = "dGhlIHNhbXBsZSBub25jZQ=="
 
@@ -63,3 +64,15 @@ def status_of(answer: bytes) -> int:
 def headers_of(answer: bytes) -> dict[str, str]:
     head = answer.split(b"\r\n\r\n", 1)[0].decode("latin-1").split("\r\n")[1:]
     return {k.strip().lower(): v.strip() for k, _, v in (h.partition(":") for h in head)}
+
+
+async def exchange(port: int, data: bytes, timeout: float = 5.0) -> bytes:
+    """Send ``data`` on a fresh connection; everything the server answers until it
+    closes (raises TimeoutError past ``timeout``)."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        writer.write(data)
+        async with asyncio.timeout(timeout):
+            return await reader.read()
+    finally:
+        writer.close()
