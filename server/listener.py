@@ -203,6 +203,9 @@ class EdgeConnection(asyncio.Protocol):
                 self._disarm()
                 self._body_done.set()
                 self._body_ready.set()
+                if self._task is None and conn.our_state is h11.DONE:
+                    self._cycle_done()  # Answered from here before the request ended.
+                    return
             elif isinstance(event, h11.ConnectionClosed):
                 self._close()
                 return
@@ -349,7 +352,13 @@ class EdgeConnection(asyncio.Protocol):
             if self.edge.closing:
                 headers.append((b"connection", b"close"))
             self._write(
-                conn.send(h11.Response(status_code=message["status"], headers=headers + self._cors))
+                conn.send(
+                    h11.Response(
+                        status_code=message["status"],
+                        headers=headers + self._cors,
+                        reason=_reason(message["status"]),
+                    )
+                )
             )
         elif kind == "http.response.body":
             body = message.get("body", b"")
@@ -380,7 +389,8 @@ class EdgeConnection(asyncio.Protocol):
         if close or self.edge.closing:
             headers.append((b"connection", b"close"))
         try:
-            self._write(conn.send(h11.Response(status_code=status, headers=headers)))
+            response = h11.Response(status_code=status, headers=headers, reason=_reason(status))
+            self._write(conn.send(response))
             if body and not self._head_only:
                 self._write(conn.send(h11.Data(data=body)))
             self._write(conn.send(h11.EndOfMessage()))
@@ -395,6 +405,9 @@ class EdgeConnection(asyncio.Protocol):
     def _bad_request(self, status: int, reason: str) -> None:
         """A head h11 cannot read: 400/431 (or the hint it gives), then close."""
         self._count_bad()
+        if self._task is not None:  # The app is not answering a broken request.
+            self._task.cancel()
+            self._task = None
         if self._h11.our_state is not h11.SEND_RESPONSE:
             # h11 answers only in the states where a response may start.
             self._write(_raw_answer(status))
@@ -412,13 +425,15 @@ class EdgeConnection(asyncio.Protocol):
         conn = self._h11
         if self._lost or self._handed_over:
             return
-        if conn.our_state is h11.DONE and conn.their_state is h11.DONE and not self.edge.closing:
+        if self._paused and self.transport is not None:
+            self._paused = False
+            self.transport.resume_reading()
+        if conn.our_state is h11.DONE and conn.their_state is h11.SEND_BODY:
+            self._arm("idle", self.settings.idle_timeout_s)  # The rest of the request first.
+        elif conn.our_state is h11.DONE and conn.their_state is h11.DONE and not self.edge.closing:
             conn.start_next_cycle()
             self._fresh = True
             self._received = 0
-            if self._paused and self.transport is not None:
-                self._paused = False
-                self.transport.resume_reading()
             self._arm("idle", self.settings.idle_timeout_s)
             self._advance()  # A pipelined request may be buffered already.
         elif conn.our_state in (h11.DONE, h11.MUST_CLOSE, h11.CLOSED, h11.ERROR):
@@ -476,10 +491,17 @@ class EdgeConnection(asyncio.Protocol):
         self._close()
 
 
+def _reason(status: int) -> bytes:
+    try:
+        return HTTPStatus(status).phrase.encode()
+    except ValueError:
+        return b""
+
+
 def _raw_answer(status: int) -> bytes:
     """A complete answer written without h11 (its state no longer allows one)."""
-    phrase = HTTPStatus(status).phrase.encode()
-    return b"HTTP/1.1 %d %s\r\ncontent-length: 0\r\nconnection: close\r\n\r\n" % (status, phrase)
+    head = b"HTTP/1.1 %d %s\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
+    return head % (status, _reason(status))
 
 
 def _head_of(request: h11.Request) -> bytes:
