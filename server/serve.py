@@ -56,6 +56,8 @@ class Listening:
     ops_port: int | None
     admission: Admission
     servers: list[asyncio.Server]
+    #: How long closing waits for the connections to go (0: a second signal).
+    linger_s: float = 0.0
 
     def stop_accepting(self) -> None:
         """Close the public listener; established connections carry on."""
@@ -73,7 +75,7 @@ async def listening(
     """Serve ``app`` and the gateway's streams on ``sock``, and the operator endpoints on
     ``ops_sock``, between the app's lifespan startup and shutdown. On exit every
     connection is closed (streams with "reconnect and resume"), waiting at most
-    ``close_timeout_s`` for them to go."""
+    :attr:`Listening.linger_s` for them to go."""
     admission = Admission(settings)
     streams = Streams(gateway)
     public = Edge(app, settings, streams, admission)
@@ -81,17 +83,20 @@ async def listening(
     lifespan = Lifespan(app)
     loop = asyncio.get_running_loop()
     servers: list[asyncio.Server] = []
+    node: Listening | None = None
     await lifespan.startup()
     try:
         servers.append(await loop.create_server(lambda: EdgeConnection(public), sock=sock))
         if ops_sock is not None:
             servers.append(await loop.create_server(lambda: EdgeConnection(ops), sock=ops_sock))
-        yield Listening(
+        node = Listening(
             port=sock.getsockname()[1],
             ops_port=None if ops_sock is None else ops_sock.getsockname()[1],
             admission=admission,
             servers=servers,
+            linger_s=settings.close_timeout_s + 1,
         )
+        yield node
     finally:
         for server in servers:
             server.close()
@@ -99,7 +104,7 @@ async def listening(
             edge.shutdown()
         streams.shutdown()
         with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(settings.close_timeout_s + 1):
+            async with asyncio.timeout(node.linger_s if node is not None else 0):
                 await admission.wait_idle()
         await lifespan.shutdown()
 
@@ -149,6 +154,8 @@ async def serve(app: ASGIApp, settings: Settings, gateway: Gateway) -> None:
             finally:
                 drain.cancel()
                 forced.cancel()
+            if signals[1].is_set():
+                node.linger_s = 0  # A second signal: stop at once.
     finally:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.remove_signal_handler(sig)
