@@ -111,10 +111,7 @@ class WebSocketConnection(StreamConnection):
 
     def _handshake(self, request: Request) -> None:
         ws = self._ws
-        url = urlsplit(request.path)
-        if url.path != PATH:
-            ws.send_response(ws.reject(404, "Not Found\n"))
-            return
+        url = urlsplit(request.path)  # The edge hands over requests for PATH only.
         response = ws.accept(request)
         refused = ws.handshake_exc
         if isinstance(refused, InvalidHeader) and refused.name == "Sec-WebSocket-Version":
