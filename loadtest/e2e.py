@@ -221,7 +221,12 @@ def e2e_scenario(
             return _failed("e2e", f"books did not start: {books.tail(5)!r}", log)
         gateway = procs.Child(
             "gateway",
-            _oddstream("gateway", "--redis", redis, "--port", "0", "--log-level", "warning"),
+            # Every client comes from loopback: no per-address cap; no operator port.
+            _oddstream(
+                "gateway",
+                *("--redis", redis, "--port", "0", "--log-level", "warning"),
+                *("--max-connections-per-ip", "0", "--ops-port", "0"),
+            ),
         )
         servers.append(gateway)
         line = gateway.wait_line("serving on", timeout_s=60)

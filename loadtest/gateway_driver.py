@@ -1,7 +1,8 @@
 """The oddstream gateway under test, fed at a controlled rate through its broker seam.
 
 One process: the real :class:`server.gateway.Gateway` and starlette app, served by the
-real ``server.serve.serve`` (uvicorn, websockets-sansio, uvloop; the production settings),
+real ``server.serve.serve`` (our asyncio edge with h11 and websockets' sans-I/O protocol,
+uvloop; the production settings),
 over a :class:`channels.store.MemoryStore` seeded with the benchmark's markets and a
 :class:`channels.broker.MemoryBroker`. The benchmark publisher encodes each delta once
 and publishes it on the market's channel, exactly as a book processor does; from there
@@ -45,6 +46,9 @@ async def run(board: Board, args: argparse.Namespace) -> None:
         "log_level": "warning",
         "queue_frames": args.queue_frames,
         "coalesce_ms": args.coalesce_ms,
+        # Every benchmark client comes from loopback: no per-address cap; no operator port.
+        "max_connections_per_ip": 0,
+        "ops_port": 0,
     }
     settings = load(DevSettings, {k: v for k, v in flags.items() if v is not None}).server
     markets = market_ids(args.markets)

@@ -76,6 +76,16 @@ def _redis_ok(value: str) -> bool:
     return url.scheme in {"redis", "rediss", "unix"} and bool(url.hostname or url.path)
 
 
+def _origins_ok(value: str) -> bool:
+    def ok(origin: str) -> bool:
+        if origin in {"*", "null", "file://"}:
+            return True
+        url = urlparse(origin)
+        return url.scheme in {"http", "https"} and bool(url.hostname) and url.path == ""
+
+    return all(ok(o.strip()) for o in value.split(",") if o.strip())
+
+
 def _feed_ok(spec: str) -> bool:
     from feeds.sources import SourceError, check_spec
 
@@ -214,6 +224,53 @@ OPTIONS: tuple[Option, ...] = (
         "half of it)",
         _SERVING,
         above(0),
+    ),
+    # The edge (server/admission.py, server/listener.py; docs/protocol.md#limits).
+    Option(
+        "header_timeout_s",
+        "a request head must be complete this long after the connection opened or after "
+        "its first byte (slowloris); then 408 or a close",
+        _SERVING,
+        above(0),
+    ),
+    Option(
+        "idle_timeout_s",
+        "a keep-alive connection with no request, a request body, and a WebSocket before "
+        "its first command may idle this long (WebSocket: closed with 1008)",
+        _SERVING,
+        above(0),
+    ),
+    Option("max_head_bytes", "request line and headers; past it 431", _SERVING, at_least(1024)),
+    Option("max_body_bytes", "a request body; past it 413", _SERVING, at_least(0)),
+    Option(
+        "max_connections",
+        "connections one gateway process holds; past it 503 with `Retry-After` (`0`: the "
+        "open-files limit less a reserve)",
+        _SERVING,
+        at_least(0),
+    ),
+    Option(
+        "max_connections_per_ip",
+        "connections from one address; past it 503 with `Retry-After` (`0`: no limit; "
+        "behind a load balancer every client shares its address: raise it or set `0`)",
+        _SERVING,
+        at_least(0, " (0: no limit)"),
+    ),
+    Option(
+        "allowed_origins",
+        "browser origins allowed on `/ws` and `/sse` and by CORS, comma-separated; empty: "
+        "the gateway's own origin only; `*`: any http(s) origin; `null` and `file://` only "
+        "when listed",
+        _SERVING,
+        Check(_origins_ok, "comma-separated origins (scheme://host[:port], null, file://) or *"),
+    ),
+    Option("ops_host", "listen address of the operator listener", _SERVING),
+    Option(
+        "ops_port",
+        "operator listener (`/metrics`, `/healthz`, `/readyz`), never the public port; `0`: none",
+        _SERVING,
+        between(0, 65535, " (0: off)"),
+        role_defaults={"dev": 0},
     ),
     Option(
         "history_size",

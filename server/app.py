@@ -15,8 +15,8 @@ from starlette.routing import BaseRoute, Mount, Route
 from starlette.staticfiles import StaticFiles
 
 from server import rest
+from server.admission import Admission
 from server.gateway import Gateway
-from server.sse import sse_endpoint
 
 STATIC = Path(__file__).parent / "static"
 
@@ -33,8 +33,9 @@ def build_app(
     """The ASGI app of one gateway. ``background`` coroutines (the embedded pipeline in
     ``oddstream dev``) run for the app's lifetime, owned by its lifespan. ``web_dist`` is
     the built web shell (React board + Angular bet slip) served at ``/``; without it,
-    the plain demo page. WebSocket upgrades (``/ws``) never reach this app: the server
-    hands them to :mod:`server.ws` (see :func:`server.serve.serve`)."""
+    the plain demo page. WebSocket upgrades (``/ws``) and SSE streams (``/sse``) never
+    reach this app: the edge hands them to :mod:`server.ws` and :mod:`server.sse` (see
+    :mod:`server.listener`). ``/metrics`` is on the operator listener (:func:`ops_app`)."""
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -49,7 +50,6 @@ def build_app(
             await gateway.close()
 
     routes: list[BaseRoute] = [
-        Route("/sse", sse_endpoint),
         Route("/v1/events", rest.list_events),
         Route("/v1/events/{event_id}", rest.get_event),
         Route("/v1/markets", rest.list_markets),
@@ -57,7 +57,6 @@ def build_app(
         Route("/v1/snapshots", rest.get_snapshots),
         Route("/healthz", rest.healthz),
         Route("/readyz", rest.readyz),
-        Route("/metrics", rest.metrics),
         Route("/demo", index),
     ]
     if web_dist is not None:
@@ -65,5 +64,25 @@ def build_app(
     else:
         routes.append(Route("/", index))
     app = Starlette(routes=routes, lifespan=lifespan)
+    app.state.gateway = gateway
+    return app
+
+
+def ops_app(gateway: Gateway, admission: Admission) -> Starlette:
+    """The operator listener's app (``--ops-host``/``--ops-port``, never public): metrics
+    of the gateway and of its edge, and the same health probes as the public port."""
+
+    async def metrics(request: Request) -> Response:
+        answer = await rest.metrics(request)
+        edge = "\n".join(admission.metrics()) + "\n"
+        return Response(bytes(answer.body) + edge.encode(), media_type=answer.media_type)
+
+    app = Starlette(
+        routes=[
+            Route("/metrics", metrics),
+            Route("/healthz", rest.healthz),
+            Route("/readyz", rest.readyz),
+        ]
+    )
     app.state.gateway = gateway
     return app

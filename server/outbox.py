@@ -9,10 +9,10 @@ outbox is marked overflowed and stops accepting: the transport then closes the c
 with "reconnect and resume" (4001), and the client resumes from its last seq.
 
 The writer takes frames in batches of at most ``batch``, so a backlog stays here, where
-it can still be conflated, rather than in a batch already being written. A writer either
-awaits :meth:`Outbox.take` (SSE, one task per stream) or is called back: with ``waker``,
-every offer that makes frames takeable calls it instead of waking a task, and the writer
-takes with :meth:`Outbox.take_now` (the WebSocket transport, no task per connection).
+it can still be conflated, rather than in a batch already being written. The writer is
+called back, never awaited: every offer that makes frames takeable calls ``waker``, and
+the writer takes with :meth:`Outbox.take_now` (the WebSocket and SSE transports of
+:mod:`server.streams`, no task per connection).
 """
 
 from __future__ import annotations
@@ -34,7 +34,6 @@ class Outbox:
         "_clock",
         "_holding",
         "_queue",
-        "_ready",
         "_wake",
         "closed",
         "closing",
@@ -64,9 +63,7 @@ class Outbox:
         self._clock = clock or asyncio.get_running_loop().time
         self._batch = batch
         self._holding = False
-        # An awaiting writer needs an event; a called-back one does not (memory).
-        self._ready = asyncio.Event() if waker is None else None
-        self._wake = waker or self._ready.set  # type: ignore[union-attr]
+        self._wake = waker or _unwatched
         self.overflowed = False
         self.closed = False
         self.closing = False
@@ -119,33 +116,6 @@ class Outbox:
             self.closed = True
         self._wake()
 
-    async def take(self, wait_s: float) -> list[Frame]:
-        """The next batch of frames, waiting up to ``wait_s`` s for one; [] on timeout,
-        on overflow or on close (check the flags)."""
-        ready = self._ready
-        if ready is None:
-            raise RuntimeError("this outbox calls its waker; use take_now")
-        clock = self._clock
-        deadline = clock() + wait_s
-        while not (self.overflowed or self.closed):
-            now = clock()
-            frames = self._queue.take(now, self._batch)
-            if frames:
-                if self.closing and not self._queue:
-                    self.closed = True  # The next take reports the close.
-                return frames
-            remaining = deadline - now
-            if remaining <= 0:
-                return []
-            due = self._queue.wait_s(now)
-            ready.clear()
-            try:
-                async with asyncio.timeout(remaining if due is None else min(remaining, due)):
-                    await ready.wait()
-            except TimeoutError:
-                pass  # Deadline or flush time: look again.
-        return []
-
     def take_now(self) -> list[Frame]:
         """The frames that may go now (at most one batch), without waiting: [] when there
         are none yet (see :meth:`due_s`), on overflow or on close (check the flags)."""
@@ -163,3 +133,7 @@ class Outbox:
 
     def __len__(self) -> int:
         return len(self._queue)
+
+
+def _unwatched() -> None:
+    """The waker of an outbox nobody is called back for (a caller that only takes)."""

@@ -26,5 +26,19 @@ class Settings:
     close_timeout_s: float = 2.0
     coalesce_ms: float = 0.0
     drain_s: float = 10.0
+    # The edge: connection-level limits applied to every connection, whatever it becomes
+    # (server/admission.py, server/listener.py; docs/protocol.md#limits, docs/security.md).
+    # A request head must be complete this long after the connection opened or after its
+    # first byte (slowloris); a keep-alive connection with no request, a request body, and
+    # a WebSocket before its first command get ``idle_timeout_s``.
+    header_timeout_s: float = 10.0
+    idle_timeout_s: float = 60.0
+    max_head_bytes: int = 16_384  # Request line and headers; past it: 431.
+    max_body_bytes: int = 65_536  # A request body; past it: 413.
+    max_connections: int = 0  # 0: the open-files limit less a reserve; past it: 503.
+    max_connections_per_ip: int = 256  # 0: no limit; past it: 503.
+    allowed_origins: str = ""  # Comma-separated; "" the gateway's own origin only; "*": any.
+    ops_host: str = "127.0.0.1"  # /metrics, /healthz, /readyz for operators.
+    ops_port: int = 9100  # 0: no operator listener.
     # Storage.
     history_size: int = 256

@@ -16,17 +16,12 @@ client stops reading ends when one write stays blocked past ``send_timeout_s``.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Mapping
+import logging
+from collections.abc import Mapping
 from http import HTTPStatus
-from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 import msgspec
-from sse_starlette import EventSourceResponse
-from sse_starlette.sse import SendTimeoutError
-from starlette.requests import Request
-from starlette.responses import Response
-from starlette.types import Receive, Scope, Send
 
 from channels.frame import Frame
 from channels.store import StoreError
@@ -40,8 +35,9 @@ from protocol import (
     Snapshot,
     Subscribe,
 )
+from server.admission import Ticket
 from server.gateway import Gateway
-from server.rest import error_response, split_names
+from server.rest import split_names
 from server.resume_token import (
     PositionTracker,
     TokenCache,
@@ -51,6 +47,8 @@ from server.resume_token import (
 )
 from server.session import Session
 from server.streams import StreamConnection, Streams
+
+log = logging.getLogger(__name__)
 
 
 def positions_of(token: str | None) -> list[Position]:
@@ -131,27 +129,6 @@ def sse_chunk(
     return bytes(chunk)
 
 
-async def sse_endpoint(request: Request) -> Response:
-    """The ASGI route: streams that do not start a connection (a keep-alive connection
-    that served REST first). A connection whose first request is ``GET /sse`` is served
-    by :class:`SseConnection` instead, straight on the socket."""
-    gateway: Gateway = request.app.state.gateway
-    # A browser's EventSource sends Last-Event-ID itself on its own reconnects; a client
-    # opening a fresh stream cannot set headers, so the query string may carry it too.
-    query = request.query_params
-    token = request.headers.get("last-event-id") or query.get("last_event_id")
-    session = gateway.open_session()
-    try:
-        tracker = await open_stream(gateway, session, query, token)
-    except StreamRefused as exc:
-        await gateway.close_session(session)
-        return error_response(exc.code, exc.message, exc.status)
-    except BaseException:
-        await gateway.close_session(session)
-        raise
-    return _EventStream(gateway, _stream(session, gateway, tracker))
-
-
 async def _open(
     session: Session,
     gateway: Gateway,
@@ -185,45 +162,6 @@ async def _open(
     return [p for p in wanted if hub.is_attached(p.market_id, session)]
 
 
-async def _stream(
-    session: Session, gateway: Gateway, tracker: PositionTracker
-) -> AsyncIterator[bytes]:
-    outbox = session.outbox
-    try:
-        while True:
-            frames = await outbox.take(gateway.settings.heartbeat_s)
-            if not frames:
-                if outbox.overflowed:
-                    gateway.stats.slow_consumer_closes += 1
-                    return
-                if outbox.closed:
-                    return
-                frames = [gateway.heartbeat()]
-            yield sse_chunk(frames, tracker, gateway.tokens)
-    finally:
-        await gateway.close_session(session)
-
-
-class _EventStream(EventSourceResponse):
-    """An event stream that counts a client dropped for not reading (a write blocked past
-    the send timeout) instead of reporting it as a server error."""
-
-    def __init__(self, gateway: Gateway, content: AsyncIterator[bytes]):
-        super().__init__(
-            content,
-            ping=3600,  # Heartbeats are protocol messages, sent by the stream itself.
-            send_timeout=gateway.limits.send_timeout_s,
-            headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"},
-        )
-        self._gateway = gateway
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        try:
-            await super().__call__(scope, receive, send)
-        except SendTimeoutError:
-            self._gateway.stats.dead_client_closes += 1
-
-
 _HEAD = (
     b"HTTP/1.1 200 OK\r\n"
     b"content-type: text/event-stream; charset=utf-8\r\n"
@@ -231,21 +169,29 @@ _HEAD = (
     b"x-accel-buffering: no\r\n"
     b"transfer-encoding: chunked\r\n"
     b"connection: close\r\n"
-    b"\r\n"
 )
 
 
 class SseConnection(StreamConnection):
-    """A connection whose first request is ``GET /sse`` (see :mod:`server.front`): the
-    stream is written straight on the socket, coalesced like the WebSocket's (one chunk
-    per client per flush), with no task per connection once it is open."""
+    """A ``GET /sse`` request, on a connection's first request or a later one (the edge,
+    :mod:`server.listener`, hands the socket over): the stream is written straight on
+    the socket, coalesced like the WebSocket's (one chunk per client per flush), with no
+    task per connection once it is open. The answer ends the connection."""
 
     def __init__(
-        self, streams: Streams, server_state: Any, target: str, headers: Mapping[str, str]
+        self,
+        streams: Streams,
+        ticket: Ticket | None,
+        target: str,
+        headers: Mapping[str, str],
+        extra_head: bytes = b"",
     ):
-        super().__init__(streams, server_state)
+        """``extra_head``: header lines (each ending in CRLF) added to the answer, e.g.
+        CORS from :meth:`server.admission.Admission.cors`."""
+        super().__init__(streams, ticket)
         self._target = target
         self._headers = headers
+        self._extra_head = extra_head
         self._tracker: PositionTracker | None = None
         self._opening: asyncio.Task[None] | None = None
 
@@ -275,9 +221,15 @@ class SseConnection(StreamConnection):
             await gateway.close_session(session)
             self._refuse(exc)
             return
-        except BaseException:
+        except asyncio.CancelledError:
             await gateway.close_session(session)
             raise
+        except Exception:
+            # A failure of ours must still answer the client, never leave a silent socket.
+            log.exception("opening an SSE stream failed: %s", self._target)
+            await gateway.close_session(session)
+            self._refuse(StreamRefused("internal", "internal error", 500))
+            return
         finally:
             self._opening = None
         transport = self.transport
@@ -285,7 +237,7 @@ class SseConnection(StreamConnection):
             await gateway.close_session(session)
             return
         self._tracker = tracker
-        transport.write(_HEAD)
+        transport.write(_HEAD + self._extra_head + b"\r\n")
         self.session = session
         self.wake()
 
@@ -297,7 +249,9 @@ class SseConnection(StreamConnection):
         phrase = HTTPStatus(exc.status).phrase
         transport.write(
             f"HTTP/1.1 {exc.status} {phrase}\r\ncontent-type: application/json\r\n"
-            f"content-length: {len(body)}\r\nconnection: close\r\n\r\n".encode()
+            f"content-length: {len(body)}\r\nconnection: close\r\n".encode()
+            + self._extra_head
+            + b"\r\n"
             + body
         )
         self.closing = True

@@ -17,10 +17,11 @@ for all of them), checked every quarter interval.
 from __future__ import annotations
 
 import asyncio
-from typing import Any, cast
+from typing import cast
 
 from channels.frame import Frame
 from protocol import CloseCode
+from server.admission import Ticket
 from server.gateway import Gateway
 from server.session import Session
 
@@ -73,6 +74,11 @@ class Streams:
     def remove(self, conn: StreamConnection) -> None:
         self.connections.discard(conn)
 
+    def shutdown(self) -> None:
+        """Close every stream (the listener is stopping, after the drain)."""
+        for conn in list(self.connections):
+            conn.shutdown()
+
     def close_session(self, session: Session) -> None:
         """Close ``session`` from a callback: forgotten at once, released in a task."""
         self.gateway.forget_session(session)
@@ -103,10 +109,10 @@ class StreamConnection(asyncio.Protocol):
     teardown. A subclass opens ``self.session`` (with ``waker=self.wake``) and writes
     frames in :meth:`write`; :meth:`end` closes the stream its own way."""
 
-    def __init__(self, streams: Streams, server_state: Any = None):
+    def __init__(self, streams: Streams, ticket: Ticket | None = None):
         self.streams = streams
         self.gateway = streams.gateway
-        self._server_state = server_state
+        self._ticket = ticket  # Released when the socket is gone (server/admission.py).
         self.transport: asyncio.Transport | None = None
         self.session: Session | None = None
         self.dirty = False
@@ -131,8 +137,6 @@ class StreamConnection(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's transports are not asyncio.Transport subclasses; same interface.
         self.transport = cast(asyncio.Transport, transport)
-        if self._server_state is not None:
-            self._server_state.connections.add(self)
         self.streams.add(self)
 
     def pause_writing(self) -> None:
@@ -149,8 +153,8 @@ class StreamConnection(asyncio.Protocol):
         self.wake()
 
     def connection_lost(self, exc: Exception | None) -> None:
-        if self._server_state is not None:
-            self._server_state.connections.discard(self)
+        if self._ticket is not None:
+            self._ticket.release()
         self.streams.remove(self)
         for timer in (self._stuck, self._timer, self._abort):
             if timer is not None:
@@ -165,7 +169,7 @@ class StreamConnection(asyncio.Protocol):
             self.streams.close_session(self.session)
 
     def shutdown(self) -> None:
-        """uvicorn's server is stopping (after our drain): close what is left."""
+        """The listener is stopping (after the drain): close what is left."""
         self.end(CloseCode.GOING_AWAY)
 
     # -- writing ----------------------------------------------------------------------------

@@ -1,21 +1,25 @@
 """The WebSocket transport, written straight on the socket.
 
-uvicorn parses the HTTP request and hands every upgrade to :class:`WebSocketConnection`
-(its ``ws`` protocol class, see :func:`websocket_protocol`); from there no ASGI, no task
-per connection and no await per frame are involved:
+The edge (:mod:`server.listener`) hands every ``/ws`` upgrade, Origin checked, to
+:class:`WebSocketConnection` with the request head; from there no ASGI, no task per
+connection and no await per frame are involved:
 
 * the handshake and the client's frames go through the sans-I/O
   :class:`websockets.server.ServerProtocol` (validation, subprotocol, ping/pong, close
-  handshake, ``max_frame_bytes``);
+  handshake, ``max_frame_bytes`` per message); a fragmented message is reassembled here
+  before it is a command, a text message that is not UTF-8 fails the connection with
+  1007, and a refused ``Sec-WebSocket-Version`` is answered with the one we speak (13);
 * frames *to* the client are the shared, pre-framed bytes of each message
   (:attr:`channels.frame.Frame.ws_text`, made once for all clients), written by the
   coalescing flush of :mod:`server.streams` (one write per client per event-loop turn);
   with ``?batch=1`` one WebSocket message carries them all as an array.
 
-Liveness: the protocol's heartbeat is server to client only, so a client that sends
-nothing at all after subscribing is normal and is never dropped for it. A client that
-stops *reading* is: its outbox overflows (closed with 4001) or, when conflation keeps
-its outbox small, its socket stays unwritable past ``send_timeout_s`` (closed with 4002).
+Liveness: a client that sends no command within ``idle_timeout_s`` of its handshake is
+closed with 1008. The protocol's heartbeat is server to client only, so a client that
+sends nothing after its first command is normal and is never dropped for it. A client
+that stops *reading* is: its outbox overflows (closed with 4001) or, when conflation
+keeps its outbox small, its socket stays unwritable past ``send_timeout_s`` (closed with
+4002).
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ import struct
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
+from websockets.exceptions import InvalidHeader
 from websockets.frames import Frame as WsFrame
 from websockets.frames import Opcode
 from websockets.http11 import Request
@@ -36,27 +41,21 @@ from websockets.typing import Subprotocol
 
 from channels.frame import OP_BINARY, OP_TEXT, Frame, ws_frame
 from protocol import SUBPROTOCOL_JSON, SUBPROTOCOL_MSGPACK, CloseCode, ErrorCode, ProtocolError
+from server.admission import Ticket
 from server.streams import REASONS, StreamConnection, Streams
 
 log = logging.getLogger(__name__)
 
 _SUPPORTED = (SUBPROTOCOL_JSON, SUBPROTOCOL_MSGPACK)
 PATH = "/ws"
-_DATA = (Opcode.TEXT, Opcode.BINARY)
+#: The WebSocket version this server speaks (RFC 6455), named in a refused handshake.
+VERSION = "13"
 #: Commands queued from one client before its socket stops being read (back-pressure).
 _COMMANDS_QUEUED = 64
-
-
-def websocket_protocol(streams: Streams) -> Any:
-    """The ``ws`` protocol class to give uvicorn: it builds one connection per upgrade
-    (a factory where uvicorn's types say class: it only calls it with keywords)."""
-
-    def build(
-        config: Any = None, server_state: Any = None, app_state: Any = None, _loop: Any = None
-    ) -> WebSocketConnection:
-        return WebSocketConnection(streams, server_state)
-
-    return build
+#: Standard close codes (RFC 6455): text that is not UTF-8; a policy violation (no
+#: command within ``idle_timeout_s``).
+INVALID_DATA = 1007
+POLICY_VIOLATION = 1008
 
 
 def _select_subprotocol(protocol: ServerProtocol, offered: Any) -> Any:
@@ -68,8 +67,8 @@ def _select_subprotocol(protocol: ServerProtocol, offered: Any) -> Any:
 class WebSocketConnection(StreamConnection):
     """One client: handshake, commands in, the outbox out (see the module doc)."""
 
-    def __init__(self, streams: Streams, server_state: Any = None):
-        super().__init__(streams, server_state)
+    def __init__(self, streams: Streams, ticket: Ticket | None = None):
+        super().__init__(streams, ticket)
         self._ws = ServerProtocol(
             subprotocols=[Subprotocol(p) for p in _SUPPORTED],
             select_subprotocol=_select_subprotocol,
@@ -80,6 +79,9 @@ class WebSocketConnection(StreamConnection):
         self._commands: collections.deque[bytes] | None = None  # Made on the first command.
         self._runner: asyncio.Task[None] | None = None
         self._reading = True
+        self._fragments: list[bytes] | None = None  # A message still being received.
+        self._text = False
+        self._idle: asyncio.TimerHandle | None = None  # Until the first command.
 
     # -- asyncio.Protocol -------------------------------------------------------------------
 
@@ -89,8 +91,8 @@ class WebSocketConnection(StreamConnection):
         for event in ws.events_received():
             if isinstance(event, Request):
                 self._handshake(event)
-            elif isinstance(event, WsFrame) and event.opcode in _DATA:
-                self._command(bytes(event.data))
+            elif isinstance(event, WsFrame):
+                self._frame(event)
         self._send_pending()
 
     def eof_received(self) -> bool | None:
@@ -101,17 +103,19 @@ class WebSocketConnection(StreamConnection):
     def connection_lost(self, exc: Exception | None) -> None:
         if self._runner is not None:
             self._runner.cancel()
+        if self._idle is not None:
+            self._idle.cancel()
         super().connection_lost(exc)
 
     # -- handshake --------------------------------------------------------------------------
 
     def _handshake(self, request: Request) -> None:
         ws = self._ws
-        url = urlsplit(request.path)
-        if url.path != PATH:
-            ws.send_response(ws.reject(404, "Not Found\n"))
-            return
+        url = urlsplit(request.path)  # The edge hands over requests for PATH only.
         response = ws.accept(request)
+        refused = ws.handshake_exc
+        if isinstance(refused, InvalidHeader) and refused.name == "Sec-WebSocket-Version":
+            response.headers["Sec-WebSocket-Version"] = VERSION  # RFC 6455, 4.4.
         ws.send_response(response)
         if ws.state is not State.OPEN:
             return  # Refused by the handshake rules (400, 426); the response says why.
@@ -136,6 +140,8 @@ class WebSocketConnection(StreamConnection):
         self._batch = batch == "1"
         session = gateway.open_session(waker=self.wake)
         self.session = session
+        loop = asyncio.get_running_loop()
+        self._idle = loop.call_later(gateway.settings.idle_timeout_s, self._no_command)
         # Stopgap until ``subscribe`` carries it: /ws?conflate_ms=N.
         conflate_ms = query.get("conflate_ms")
         if conflate_ms:
@@ -144,11 +150,47 @@ class WebSocketConnection(StreamConnection):
             except ProtocolError as exc:
                 self._close(CloseCode.PROTOCOL_VIOLATION, exc.message)
 
+    def _no_command(self) -> None:
+        self._idle = None
+        self.gateway.stats.protocol_errors += 1
+        self._close(POLICY_VIOLATION, "no command within the idle timeout")
+
     # -- commands ---------------------------------------------------------------------------
+
+    def _frame(self, frame: WsFrame) -> None:
+        """Data frames make messages: a fragmented one is joined (the protocol bounds its
+        size and checks the sequence of opcodes), a text one must be UTF-8."""
+        opcode = frame.opcode
+        if opcode is Opcode.TEXT or opcode is Opcode.BINARY:
+            self._text = opcode is Opcode.TEXT
+            if not frame.fin:
+                self._fragments = [bytes(frame.data)]
+                return
+            data = bytes(frame.data)
+        elif opcode is Opcode.CONT and self._fragments is not None:
+            self._fragments.append(bytes(frame.data))
+            if not frame.fin:
+                return
+            data, self._fragments = b"".join(self._fragments), None
+        else:
+            return  # Control frames: the protocol answers them.
+        if self._text:
+            try:
+                data.decode()
+            except UnicodeDecodeError as exc:
+                self.gateway.stats.protocol_errors += 1
+                self._ws.fail(INVALID_DATA, f"invalid UTF-8 at position {exc.start}")
+                self.closing = True
+                self.release()
+                return
+        self._command(data)
 
     def _command(self, data: bytes) -> None:
         if self.session is None or self.closing:
             return
+        if self._idle is not None:
+            self._idle.cancel()
+            self._idle = None
         if self._commands is None:
             self._commands = collections.deque()
         self._commands.append(data)

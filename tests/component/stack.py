@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import socket
 from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass, field
 from decimal import Decimal
@@ -13,7 +12,6 @@ from typing import Any
 
 import httpx
 import msgspec
-import uvicorn
 import websockets
 from websockets.asyncio.client import ClientConnection
 
@@ -36,7 +34,7 @@ from feeds.model import (
 from feeds.processor import FeedRecord, Processor, commit_step
 from server.app import build_app
 from server.gateway import Gateway
-from server.serve import server_config
+from server.serve import Listening, bind, listening
 from server.settings import Settings
 
 
@@ -72,6 +70,12 @@ class Stack:
     feed: Feed
     gateway: Gateway
     store: MemoryStore
+    node: Listening
+
+    @property
+    def ops_url(self) -> str:
+        assert self.node.ops_port is not None, "running_stack(ops=True)"
+        return f"http://127.0.0.1:{self.node.ops_port}"
 
     @property
     def ws_url(self) -> str:
@@ -81,27 +85,23 @@ class Stack:
 @contextlib.asynccontextmanager
 async def running_stack(
     gateway_hook: Any = None,
+    *,
+    ops: bool = False,
     **overrides: Any,
 ) -> AsyncIterator[Stack]:
-    """A gateway served as in production (``server.serve.server_config``) over a memory
-    store and broker, with ``overrides`` of its settings; ``gateway_hook(store, broker)``:
-    background coroutines for the app's lifetime."""
+    """A gateway served as in production (``server.serve.listening``) over a memory
+    store and broker, with ``overrides`` of its settings; with ``ops``, the operator
+    listener on a free port too; ``gateway_hook(store, broker)``: background coroutines
+    for the app's lifetime."""
     settings = Settings(**{"heartbeat_s": 5.0, **overrides})
     store = MemoryStore(history_size=settings.history_size)
     broker = MemoryBroker()
     gateway = Gateway(settings, broker, store)
     app = build_app(gateway, background=gateway_hook(store, broker) if gateway_hook else ())
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    sock.listen(128)  # Connections queue in the backlog until uvicorn serves them.
-    server = uvicorn.Server(server_config(app, settings, gateway))
-    task = asyncio.create_task(server.serve(sockets=[sock]))
-    port = sock.getsockname()[1]
-    try:
-        yield Stack(f"http://127.0.0.1:{port}", Feed(store, broker), gateway, store)
-    finally:
-        server.should_exit = True
-        await asyncio.wait_for(task, 10)
+    sock = bind("127.0.0.1", 0, flags="test")
+    ops_sock = bind("127.0.0.1", 0, flags="test") if ops else None
+    async with listening(app, settings, gateway, sock, ops_sock) as node:
+        yield Stack(f"http://127.0.0.1:{node.port}", Feed(store, broker), gateway, store, node)
 
 
 # -- a scripted football event ----------------------------------------------------------------

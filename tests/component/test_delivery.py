@@ -473,7 +473,7 @@ async def test_a_resume_carrying_a_rest_token_continues_exactly() -> None:
         session = stack.gateway.open_session()
         try:
             await session.execute(ResumeWithToken(positions=(), token=token, id="r"))
-            frames = await session.outbox.take(1.0)
+            frames = session.outbox.take_now()
         finally:
             await stack.gateway.close_session(session)
         messages = [f.message for f in frames]

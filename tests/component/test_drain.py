@@ -30,6 +30,8 @@ async def test_sigterm_drains_clients_with_positions_and_exits_zero() -> None:
         "off",
         "--drain-s",
         "3",
+        "--ops-port",
+        "0",
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
         env={**os.environ, "PYTHONUNBUFFERED": "1"},

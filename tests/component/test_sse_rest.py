@@ -25,9 +25,9 @@ M1 = "fb-1:1x2"
 M2 = "fb-1:ou_2.5"
 
 
-async def test_the_first_request_picks_the_stream_path() -> None:
-    """``GET /sse`` opening a connection is served on the socket (chunked, then close);
-    on a keep-alive connection that served REST first, by the ASGI route."""
+async def test_sse_has_one_path_first_request_or_after_rest() -> None:
+    """``GET /sse`` is served on the socket (chunked, then close) whether it opens a
+    connection or follows a REST request on a keep-alive one."""
     async with running_stack() as stack, httpx.AsyncClient(base_url=stack.url) as http:
         await stack.feed.send(event(), match_result())
         async with http.stream("GET", "/sse?events=fb-1") as direct:
@@ -35,19 +35,21 @@ async def test_the_first_request_picks_the_stream_path() -> None:
             assert direct.headers["connection"] == "close"
             assert "server" not in direct.headers
             assert direct.headers["content-type"] == "text/event-stream; charset=utf-8"
+        accepted = stack.node.admission.stats.accepted
         assert (await http.get("/healthz")).status_code == 200
         async with http.stream("GET", "/sse?events=fb-1") as routed:
             assert routed.status_code == 200
-            assert routed.headers["server"] == "uvicorn"
-            assert routed.headers["connection"] == "keep-alive"
-            assert routed.headers["content-type"].startswith("text/event-stream")
+            assert routed.headers["connection"] == "close"
+            assert "server" not in routed.headers
+            assert routed.headers["content-type"] == "text/event-stream; charset=utf-8"
+        assert stack.node.admission.stats.accepted == accepted + 1, "one keep-alive connection"
 
 
-@pytest.mark.parametrize("path", ["direct", "asgi"])
+@pytest.mark.parametrize("path", ["first", "keepalive"])
 async def test_sse_event_stream_rebuilds_books_equal_to_rest(path: str) -> None:
     async with running_stack() as stack, httpx.AsyncClient(base_url=stack.url) as http:
         await stack.feed.send(event(), match_result(), over_under())
-        if path == "asgi":
+        if path == "keepalive":
             assert (await http.get("/healthz")).status_code == 200  # Keep-alive: reused.
         books = Books()
         kinds: list[str] = []
@@ -111,7 +113,7 @@ async def test_sse_last_event_id_resumes_exactly() -> None:
         assert books.markets[M1] == stack.feed.book(M1)
 
 
-@pytest.mark.parametrize("path", ["direct", "asgi"])
+@pytest.mark.parametrize("path", ["first", "keepalive"])
 async def test_sse_errors_are_json(path: str) -> None:
     async with running_stack() as stack, httpx.AsyncClient(base_url=stack.url) as http:
         await stack.feed.send(event(), match_result())
@@ -120,7 +122,7 @@ async def test_sse_errors_are_json(path: str) -> None:
             ("/sse", 400, "invalid"),
             ("/sse?markets=fb-1:1x2&conflate_ms=x", 400, "invalid"),
         ]:
-            if path == "asgi":
+            if path == "keepalive":
                 assert (await http.get("/healthz")).status_code == 200
             response = await http.get(url)
             assert response.status_code == status_code
@@ -130,7 +132,7 @@ async def test_sse_errors_are_json(path: str) -> None:
 
 
 async def test_rest_listing_and_errors() -> None:
-    async with running_stack() as stack, httpx.AsyncClient(base_url=stack.url) as http:
+    async with running_stack(ops=True) as stack, httpx.AsyncClient(base_url=stack.url) as http:
         await stack.feed.send(
             event(), match_result(), over_under(), event("fb-2"), match_result("fb-2")
         )
@@ -152,7 +154,8 @@ async def test_rest_listing_and_errors() -> None:
         assert (await http.get("/v1/events/nope")).status_code == 404
         assert (await http.get("/healthz")).json() == {"status": "ok"}
         assert (await http.get("/readyz")).status_code == 200
-        metrics = (await http.get("/metrics")).text
+        assert (await http.get("/metrics")).status_code == 404, "operators only"
+        metrics = (await http.get(stack.ops_url + "/metrics")).text
         assert "oddstream_connections 0" in metrics
 
 

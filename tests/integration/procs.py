@@ -95,7 +95,8 @@ async def start(
         *args,
         stdout=asyncio.subprocess.PIPE,
         stderr=subprocess.STDOUT,
-        env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})},
+        # Several gateways share the machine: none opens the operator port.
+        env={**os.environ, "PYTHONUNBUFFERED": "1", "ODDSTREAM_OPS_PORT": "0", **(env or {})},
         cwd=ROOT,
     )
     p = Proc(name, proc)
