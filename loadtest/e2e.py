@@ -227,7 +227,17 @@ def e2e_scenario(
             return _failed("e2e", f"books did not start: {books.tail(5)!r}", log)
         gateway = procs.Child(
             "gateway",
-            _oddstream("gateway", "--redis", redis, "--port", "0", "--log-level", "warning"),
+            _oddstream(
+                "gateway",
+                "--auth",
+                "none",
+                "--redis",
+                redis,
+                "--port",
+                "0",
+                "--log-level",
+                "warning",
+            ),
         )
         servers.append(gateway)
         line = gateway.wait_line("serving on", timeout_s=60)

@@ -127,6 +127,27 @@ def _server_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--history-size", type=int, dest="history_size")
     p.add_argument("--drain-s", type=float, dest="drain_s", help="drain deadline on SIGTERM")
     p.add_argument("--log-level", dest="log_level")
+    _security_flags(p)
+
+
+def _security_flags(p: argparse.ArgumentParser) -> None:
+    """Session-level security: rate limits and authentication (docs/auth.md)."""
+    p.add_argument("--command-rate", type=float, dest="command_rate", help="commands/s")
+    p.add_argument("--command-burst", type=int, dest="command_burst")
+    p.add_argument("--rate-limit-close-after", type=int, dest="rate_limit_close_after")
+    p.add_argument("--max-resume-markets", type=int, dest="max_resume_markets")
+    p.add_argument("--auth", choices=("none", "jwt"), help="none (dev default) or jwt (gateway)")
+    p.add_argument("--anonymous", help="channel patterns anonymous clients may follow")
+    p.add_argument("--jwt-key", dest="jwt_key", help="HS256 secret or PEM public key file")
+    p.add_argument("--jwks-url", dest="jwks_url", help="JWKS URL of the issuer's keys")
+    p.add_argument("--jwt-audience", dest="jwt_audience")
+    p.add_argument("--jwt-issuer", dest="jwt_issuer")
+    p.add_argument("--jwks-refetch-s", type=float, dest="jwks_refetch_s")
+    p.add_argument("--ticket-ttl-s", type=float, dest="ticket_ttl_s")
+
+
+#: Settings a command defaults differently from :class:`Settings`.
+_COMMAND_DEFAULTS: dict[str, dict[str, Any]] = {"gateway": {"auth": "jwt"}}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -134,7 +155,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     local = {"command", "feed_command", "path", "format", "limit", "idle_s"}
     flags: dict[str, Any] = {k: v for k, v in vars(args).items() if k not in local}
     try:
-        settings = Settings.load(flags)
+        settings = Settings.load(flags, defaults=_COMMAND_DEFAULTS.get(args.command))
         if args.command == "gateway":
             _require(settings, "redis")
         if args.command == "books":

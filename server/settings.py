@@ -51,6 +51,30 @@ class Settings:
     group: str = "oddstream-books"
     topic_prefix: str = ""
     log_level: str = "info"
+    # Session-level security (docs/protocol.md#limits, docs/auth.md). Commands per second
+    # a connection may send (token bucket refilled at ``command_rate``, holding at most
+    # ``command_burst``); past it a command is refused with ``rate_limited``, and after
+    # ``rate_limit_close_after`` refusals in a row the connection is closed with 4103.
+    command_rate: float = 20.0
+    command_burst: int = 40
+    rate_limit_close_after: int = 20
+    # Markets one ``resume`` (positions plus token) or one SSE resume token may name.
+    max_resume_markets: int = 2_000
+    # ``none``: everyone may follow everything; ``jwt``: channels need a token (docs/auth.md).
+    # ``oddstream gateway`` defaults to ``jwt``, ``oddstream dev`` to ``none``.
+    auth: str = "none"
+    # Channel patterns a client without a token may follow (``lobby:*,event:fb-*``).
+    anonymous: str = ""
+    # HS256 shared secret, or the path of a PEM public key file (RS256/ES256).
+    jwt_key: str = ""
+    # JWKS URL of the token issuer's keys (RS256/ES256, rotation by ``kid``).
+    jwks_url: str = ""
+    jwt_audience: str = ""
+    jwt_issuer: str = ""
+    # Least seconds between two JWKS fetches (a token naming an unknown ``kid`` refetches).
+    jwks_refetch_s: float = 30.0
+    # Seconds an SSE ticket (``POST /v1/tickets``) stays usable, once.
+    ticket_ttl_s: float = 30.0
 
     def __post_init__(self) -> None:
         _check(self.port, "port", 0 <= self.port <= 65535, "must be 0-65535")
@@ -90,6 +114,39 @@ class Settings:
             self.log_level in {"debug", "info", "warning", "error"},
             "one of debug, info, warning, error",
         )
+        _check(self.command_rate, "command_rate", self.command_rate > 0, "> 0")
+        _check(self.command_burst, "command_burst", self.command_burst >= 1, ">= 1")
+        _check(
+            self.rate_limit_close_after,
+            "rate_limit_close_after",
+            self.rate_limit_close_after >= 1,
+            ">= 1",
+        )
+        _check(
+            self.max_resume_markets,
+            "max_resume_markets",
+            1 <= self.max_resume_markets <= 5_000,
+            "1-5000",
+        )
+        _check(self.auth, "auth", self.auth in {"none", "jwt"}, "none or jwt")
+        _check(
+            self.jwt_key,
+            "jwt_key",
+            self.auth != "jwt" or bool(self.jwt_key or self.jwks_url),
+            "an HS256 secret or a PEM public key file (or set --jwks-url) with --auth jwt",
+        )
+        if self.auth == "jwt" and self.jwt_key:
+            from server.auth import load_key
+
+            load_key(self.jwt_key)  # Raises SettingsError naming --jwt-key.
+        _check(
+            self.jwks_url,
+            "jwks_url",
+            not self.jwks_url or urlparse(self.jwks_url).scheme in {"http", "https"},
+            "an http(s) URL",
+        )
+        _check(self.jwks_refetch_s, "jwks_refetch_s", self.jwks_refetch_s >= 0, ">= 0")
+        _check(self.ticket_ttl_s, "ticket_ttl_s", 0 < self.ticket_ttl_s <= 300, "0-300 s")
         if self.kafka:
             for server in self.kafka.split(","):
                 host, _, port = server.strip().rpartition(":")
@@ -105,14 +162,20 @@ class Settings:
 
     @classmethod
     def load(
-        cls, flags: Mapping[str, Any] | None = None, env: Mapping[str, str] | None = None
+        cls,
+        flags: Mapping[str, Any] | None = None,
+        env: Mapping[str, str] | None = None,
+        defaults: Mapping[str, Any] | None = None,
     ) -> Settings:
-        """Settings from ``ODDSTREAM_<NAME>`` variables overridden by non-None flags.
+        """Settings from ``ODDSTREAM_<NAME>`` variables overridden by non-None flags;
+        ``defaults`` (a command's own, e.g. ``auth=jwt`` for a gateway) replace the
+        class defaults.
 
         Raises :class:`SettingsError` naming the setting when a value does not parse or is
         out of range."""
         env = os.environ if env is None else env
         flags = flags or {}
+        defaults = defaults or {}
         values: dict[str, Any] = {}
         for f in fields(cls):
             raw: Any = flags.get(f.name)
@@ -120,6 +183,9 @@ class Settings:
             if raw is None:
                 raw = env.get(env_name(f.name))
                 source = env_name(f.name)
+            if raw is None:
+                raw = defaults.get(f.name)
+                source = f"default {f.name}"
             if raw is None:
                 continue
             kind: type[Any] = type(f.default)

@@ -157,6 +157,8 @@ class Deployment:
             name = f"gateway-{sum(p.name.startswith('gateway') for p in self.procs) + 1}"
             args = [
                 "gateway",
+                "--auth",
+                "none",
                 "--redis",
                 self.redis,
                 "--port",

@@ -77,7 +77,17 @@ class Space:
         ]
 
     def gateway_args(self) -> list[str]:
-        return ["gateway", "--redis", self.redis, "--port", "0", "--log-level", "warning"]
+        return [
+            "gateway",
+            "--auth",
+            "none",
+            "--redis",
+            self.redis,
+            "--port",
+            "0",
+            "--log-level",
+            "warning",
+        ]
 
 
 _DB = itertools.count(3)
