@@ -19,12 +19,8 @@ from tests.security.session_helpers import measure
 M1 = "fb-1:1x2"
 BAD_QUERIES = [
     f"markets={M1}&conflate_ms=" + "9" * 5_000,  # Was: ValueError, no answer / 500.
-    f"markets={M1}&conflate_ms=%C2%B2",  # "²"
-    f"markets={M1}&conflate_ms=-1",
-    f"markets={M1}&conflate_ms=",
     "markets=" + "m" * 300,
     "markets=" + ",".join(f"m{i}" for i in range(5_001)),
-    "",
 ]
 
 
