@@ -144,6 +144,18 @@ def bearer(authorization: str | None) -> str | None:
     return authorization[7:].strip() or None
 
 
+#: A WebSocket subprotocol entry carrying an access token (browsers cannot set headers).
+TOKEN_SUBPROTOCOL = "oddstream.token."  # noqa: S105 - a prefix, not a secret
+
+
+def subprotocol_token(subprotocols: Iterable[str]) -> str | None:
+    """The token of the first ``oddstream.token.<jwt>`` subprotocol entry, if any."""
+    for entry in subprotocols:
+        if entry.startswith(TOKEN_SUBPROTOCOL):
+            return entry[len(TOKEN_SUBPROTOCOL) :] or None
+    return None
+
+
 def _fetch(url: str) -> bytes:
     """GET ``url`` (the JWKS), at most :data:`MAX_JWKS_BYTES`, within the timeout."""
     with urllib.request.urlopen(url, timeout=JWKS_TIMEOUT_S) as response:  # noqa: S310
@@ -312,10 +324,13 @@ class Authenticator:
             raise _refused(ErrorCode.TOKEN_INVALID, f"invalid token: {exc}") from None
         return _grant_of(claims, self.anonymous.patterns)
 
-    async def credentials(self, authorization: str | None, ticket: str | None) -> Grant:
-        """The grant of a request's ``Authorization: Bearer`` header or SSE ``ticket``;
-        the anonymous grant without either."""
-        token = bearer(authorization)
+    async def credentials(
+        self, authorization: str | None, ticket: str | None, subprotocols: Iterable[str] = ()
+    ) -> Grant:
+        """The grant of a request's ``Authorization: Bearer`` header, WebSocket
+        subprotocol entry ``oddstream.token.<jwt>`` or SSE ``ticket``; the anonymous grant
+        without any."""
+        token = bearer(authorization) or subprotocol_token(subprotocols)
         if token is not None:
             return await self.verify(token)
         if ticket is not None and self.required:

@@ -51,8 +51,9 @@ MAX_CONFLATE_MS = 60_000
 @dataclass(frozen=True, slots=True)
 class ConnectionInfo:
     """What the transport knows of a connection that the session's checks use: the
-    ``Authorization`` header value and the SSE ``ticket`` (credentials presented before
-    the first command), the peer address, ``Origin`` and offered subprotocols."""
+    credentials presented before the first command (the ``Authorization`` header value,
+    the SSE ``ticket``, a subprotocol entry ``oddstream.token.<jwt>`` among the offered
+    ``subprotocols``), the peer address and ``Origin``."""
 
     authorization: str | None = None
     ticket: str | None = None
@@ -217,7 +218,7 @@ class Session:
         if grant is None:
             assert self._auth is not None
             info = self._info
-            grant = await self._auth.credentials(info.authorization, info.ticket)
+            grant = await self._auth.credentials(info.authorization, info.ticket, info.subprotocols)
             self._grant_for(grant)
         await check(grant, markets, events, lobbies, self._books)
 

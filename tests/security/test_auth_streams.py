@@ -15,6 +15,7 @@ import websockets
 
 import protocol
 from protocol import CloseCode, ErrorCode
+from server.session import ConnectionInfo
 from tests.component.stack import (
     T0,
     Stack,
@@ -224,3 +225,31 @@ async def test_auth_none_acknowledges_auth_and_allows_everything() -> None:
         assert await client.recv() == protocol.Ack(command="auth", id=1)
         await client.send({"type": "subscribe", "markets": [M1], "id": 2})
         assert await client.recv() == protocol.Ack(command="subscribe", id=2, markets=(M1,))
+
+
+async def test_credentials_from_the_connection_info_are_used_before_any_auth() -> None:
+    """A transport that takes the token from the handshake (``Authorization`` header, or a
+    subprotocol entry ``oddstream.token.<jwt>``) passes it in ``ConnectionInfo``."""
+    token = hs256("p-1", [f"market:{M2}"])
+    async with jwt_stack() as stack, httpx.AsyncClient(base_url=stack.url) as http:
+        assert (await http.get("/readyz")).status_code == 200  # The relay has started.
+        gateway = stack.gateway
+        for info in (
+            ConnectionInfo(subprotocols=("oddstream.v1.json", f"oddstream.token.{token}")),
+            ConnectionInfo(authorization=f"Bearer {token}"),
+        ):
+            session = gateway.open_session(info=info)
+            try:
+                await session.execute(protocol.Subscribe(markets=(M2,)))
+                assert session.markets == {M2}
+                with pytest.raises(protocol.ProtocolError) as refused:
+                    await session.execute(protocol.Subscribe(markets=(M1,)))
+                assert refused.value.code == ErrorCode.FORBIDDEN
+            finally:
+                await gateway.close_session(session)
+        forged = ConnectionInfo(subprotocols=("oddstream.token.not-a-jwt",))
+        session = gateway.open_session(info=forged)
+        with pytest.raises(protocol.ProtocolError) as refused:
+            await session.execute(protocol.Subscribe(markets=(M2,)))
+        assert refused.value.code == ErrorCode.TOKEN_INVALID
+        await gateway.close_session(session)
