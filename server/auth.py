@@ -44,18 +44,6 @@ _PREFIXES = ("market:", "event:", "lobby:")
 _BEARER = "bearer "
 
 
-def market(market_id: str) -> str:
-    return f"market:{market_id}"
-
-
-def event(event_id: str) -> str:
-    return f"event:{event_id}"
-
-
-def lobby(sport: str) -> str:
-    return f"lobby:{sport}"
-
-
 def _refused(code: ErrorCode, message: str) -> ProtocolError:
     return ProtocolError(code, message)
 
@@ -116,19 +104,20 @@ async def check(
     its event's, or (a main market) its sport's lobby."""
     if grant.everything:
         return
-    for channel in (*(event(e) for e in events), *(lobby(s) for s in lobbies)):
+    for channel in (*(f"event:{e}" for e in events), *(f"lobby:{s}" for s in lobbies)):
         if not grant.allows(channel):
             raise _denied(grant, channel)
-    unnamed = [m for m in dict.fromkeys(markets) if not grant.allows(market(m))]
+    unnamed = [m for m in dict.fromkeys(markets) if not grant.allows(f"market:{m}")]
     if not unnamed:
         return
     known = await books(unnamed)
     for m in unnamed:
         book = known.get(m)
         if book is None or not (
-            grant.allows(event(book.event_id)) or (book.main and grant.allows(lobby(book.sport)))
+            grant.allows(f"event:{book.event_id}")
+            or (book.main and grant.allows(f"lobby:{book.sport}"))
         ):
-            raise _denied(grant, market(m))
+            raise _denied(grant, f"market:{m}")
 
 
 def _denied(grant: Grant, channel: str) -> ProtocolError:

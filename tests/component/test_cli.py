@@ -18,6 +18,8 @@ from server.settings import Settings, SettingsError
         (["dev"], {"ODDSTREAM_EVENTS": "many"}, "ODDSTREAM_EVENTS"),
         (["dev"], {"ODDSTREAM_HEARTBEAT_S": "0"}, "ODDSTREAM_HEARTBEAT_S"),
         (["dev"], {"ODDSTREAM_REDIS": "http://x"}, "ODDSTREAM_REDIS"),
+        # A gateway defaults to --auth jwt, which needs a key (docs/auth.md).
+        (["gateway", "--redis", "redis://127.0.0.1:1/0"], {}, "--jwt-key"),
     ],
 )
 def test_bad_setting_stops_startup_naming_it(

@@ -77,17 +77,8 @@ class Space:
         ]
 
     def gateway_args(self) -> list[str]:
-        return [
-            "gateway",
-            "--auth",
-            "none",
-            "--redis",
-            self.redis,
-            "--port",
-            "0",
-            "--log-level",
-            "warning",
-        ]
+        serve = ["--redis", self.redis, "--port", "0", "--log-level", "warning"]
+        return ["gateway", "--auth", "none", *serve]
 
 
 _DB = itertools.count(3)

@@ -3,8 +3,6 @@ tickets, and the settings that stop a gateway without a key."""
 
 from __future__ import annotations
 
-import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -203,14 +201,11 @@ def test_bad_security_settings_name_the_flag(values: dict[str, Any], names: str)
         Settings(**values)
 
 
-def test_gateway_defaults_to_jwt_and_will_not_start_without_a_key() -> None:
-    result = subprocess.run(
-        [sys.executable, "-m", "server.cli", "gateway", "--redis", "redis://127.0.0.1:1/0"],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
+def test_gateway_defaults_to_jwt_dev_to_none() -> None:
+    # `oddstream gateway` without a key stops start-up: tests/component/test_cli.py.
+    assert Settings.load({}, env={}).auth == "none"
+    gateway = Settings.load({"jwt_key": SECRET}, env={}, defaults={"auth": "jwt"})
+    assert gateway.auth == "jwt"
+    assert (
+        Settings.load({}, env={"ODDSTREAM_AUTH": "none"}, defaults={"auth": "jwt"}).auth == "none"
     )
-    assert result.returncode == 2
-    assert "--jwt-key" in result.stderr
-    assert Settings.load({}, env={}).auth == "none"  # What `oddstream dev` gets.
