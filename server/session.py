@@ -233,7 +233,7 @@ class Session:
         try:
             grant = EVERYTHING if self._auth is None else await self._auth.verify(command.token)
             held = self._grant
-            if kind == "refresh" and held is not None and held.subject != grant.subject:
+            if kind == "refresh" and held and held.subject not in (None, grant.subject):
                 raise ProtocolError(ErrorCode.TOKEN_INVALID, "refresh for another subject")
         except ProtocolError as exc:
             self.send(Error(code=exc.code, message=exc.message, id=command.id))
