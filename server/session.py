@@ -35,7 +35,7 @@ from protocol import (
     Subscribe,
     Unsubscribe,
 )
-from protocol.types import MAX_NAMES, Auth, Refresh
+from protocol.types import Auth, Refresh
 from server.auth import EVERYTHING, Authenticator, Grant, check
 from server.outbox import Outbox
 from server.resume_token import TokenError, decode_token
@@ -64,17 +64,18 @@ class ConnectionInfo:
 
 @dataclass(frozen=True, slots=True)
 class Quotas:
-    """Per-connection limits (``docs/protocol.md#limits``): subscriptions, markets per
-    ``resume``, the largest ``conflate_ms``, and the command rate: a token bucket of
+    """Per-connection limits (``docs/protocol.md#limits``, defaults in
+    :class:`~server.settings.Settings`): subscriptions, markets per ``resume``, the
+    largest ``conflate_ms``, and the command rate: a token bucket of
     ``command_burst`` refilled at ``command_rate`` per second; ``rate_limit_close_after``
     refusals in a row close the connection (4103)."""
 
     max_subscriptions: int
-    max_conflate_ms: int = MAX_CONFLATE_MS
-    max_resume_markets: int = MAX_NAMES
-    command_rate: float = 20.0
-    command_burst: int = 40
-    rate_limit_close_after: int = 20
+    max_conflate_ms: int
+    max_resume_markets: int
+    command_rate: float
+    command_burst: int
+    rate_limit_close_after: int
 
 
 class TokenBucket:

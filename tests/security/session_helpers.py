@@ -78,11 +78,12 @@ def hs256(
     sub: str = "punter-1",
     channels: list[str] | None = None,
     *,
-    exp_in: float = 600,
+    exp_in: float = 86_400,
     key: str = SECRET,
     **claims: Any,
 ) -> str:
-    """An HS256 access token (``exp`` ``exp_in`` seconds from now)."""
+    """An HS256 access token (``exp`` ``exp_in`` seconds from now: a day by default, as
+    parametrized tokens are made when the suite is collected)."""
     payload = {"sub": sub, "exp": int(time.time() + exp_in), **claims}
     if channels is not None:
         payload["channels"] = channels
@@ -98,7 +99,7 @@ def ec_key() -> ec.EllipticCurvePrivateKey:
 
 
 def signed(private: Any, algorithm: str, kid: str | None = None, **payload: Any) -> str:
-    claims = {"sub": "punter-1", "exp": int(time.time() + 600), **payload}
+    claims = {"sub": "punter-1", "exp": int(time.time() + 86_400), **payload}
     headers = {"kid": kid} if kid else None
     return jwt.encode(claims, private, algorithm=algorithm, headers=headers)
 
