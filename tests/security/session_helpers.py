@@ -52,9 +52,11 @@ def _status_kb(key: str) -> int:
 
 @dataclass
 class Measured:
-    """Wall time and peak resident-memory growth of a block (see :func:`measure`)."""
+    """Wall time, this process's CPU time (the work done, whatever else the shared
+    machine runs) and peak resident-memory growth of a block (see :func:`measure`)."""
 
     seconds: float = 0.0
+    cpu_seconds: float = 0.0
     rss_growth_bytes: int = 0
 
 
@@ -66,11 +68,12 @@ def measure() -> Iterator[Measured]:
     Path("/proc/self/clear_refs").write_bytes(b"5")
     before = _status_kb("VmRSS")
     out = Measured()
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), time.process_time()
     try:
         yield out
     finally:
         out.seconds = time.perf_counter() - start
+        out.cpu_seconds = time.process_time() - cpu
         out.rss_growth_bytes = (_status_kb("VmHWM") - before) * 1024
 
 
