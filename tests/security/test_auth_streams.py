@@ -253,3 +253,17 @@ async def test_credentials_from_the_connection_info_are_used_before_any_auth() -
             await session.execute(protocol.Subscribe(markets=(M2,)))
         assert refused.value.code == ErrorCode.TOKEN_INVALID
         await gateway.close_session(session)
+
+
+async def test_sse_stream_ends_at_the_token_expiry_with_its_positions() -> None:
+    async with jwt_stack() as stack, httpx.AsyncClient(base_url=stack.url, timeout=10) as http:
+        bearer = {"authorization": "Bearer " + hs256("p-1", ["event:fb-1"], exp_in=2)}
+        kinds = []
+        async for _, kind, message in sse_messages(http, f"/sse?markets={M1}", bearer):
+            kinds.append(kind)
+            if isinstance(message, protocol.Error):
+                assert message.code == ErrorCode.TOKEN_EXPIRED
+            if isinstance(message, protocol.Reconnect):
+                assert message.reason == "token_expired"
+                assert [p.market_id for p in message.positions] == [M1]
+        assert kinds == ["ack", "snapshot", "error", "reconnect"]  # Then the stream ended.
