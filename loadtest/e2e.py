@@ -224,6 +224,7 @@ def e2e_scenario(
             # Every client comes from loopback: no per-address cap; no operator port.
             _oddstream(
                 "gateway",
+                *("--auth", "none"),
                 *("--redis", redis, "--port", "0", "--log-level", "warning"),
                 *("--max-connections-per-ip", "0", "--ops-port", "0"),
             ),

@@ -30,7 +30,7 @@ from typing import Any, Literal, TypeVar
 from urllib.parse import urlparse
 
 from feeds.staleness import STALE_AFTER_S
-from server.settings import Settings
+from server.settings import Settings, SettingsError
 
 Role = Literal["dev", "gateway", "books", "feed"]
 ROLES: tuple[Role, ...] = ("dev", "gateway", "books", "feed")
@@ -84,6 +84,26 @@ def _origins_ok(value: str) -> bool:
         return url.scheme in {"http", "https"} and bool(url.hostname) and url.path == ""
 
     return all(ok(o.strip()) for o in value.split(",") if o.strip())
+
+
+def _anonymous_ok(value: str) -> bool:
+    from server.auth import Grant
+
+    try:
+        Grant.of([p.strip() for p in value.split(",") if p.strip()])
+    except ValueError:
+        return False
+    return True
+
+
+def _jwt_key_ok(value: str) -> bool:
+    from server.auth import load_key
+
+    try:
+        load_key(value) if value else None
+    except SettingsError:
+        return False
+    return True
 
 
 def _feed_ok(spec: str) -> bool:
@@ -141,10 +161,6 @@ class Rule:
     name: str
     ok: Callable[[Mapping[str, Any]], bool]
     expected: str
-
-
-class SettingsError(ValueError):
-    """A setting is invalid; the message names it (flag and environment variable)."""
 
 
 _GATEWAY_DEFAULTS: dict[str, Any] = {f.name: f.default for f in dataclasses.fields(Settings)}
@@ -272,6 +288,66 @@ OPTIONS: tuple[Option, ...] = (
         between(0, 65535, " (0: off)"),
         role_defaults={"dev": 0},
     ),
+    # Session-level security (server/session.py, server/auth.py; docs/auth.md).
+    Option(
+        "command_rate",
+        "commands per second one connection may send (a token bucket); past it `rate_limited`",
+        _SERVING,
+        above(0),
+    ),
+    Option("command_burst", "commands a connection may send at once", _SERVING, at_least(1)),
+    Option(
+        "rate_limit_close_after",
+        "`rate_limited` refusals in a row before the connection is closed with 4103",
+        _SERVING,
+        at_least(1),
+    ),
+    Option(
+        "max_resume_markets",
+        "markets one `resume` or one SSE resume token may name; past it `invalid`",
+        _SERVING,
+        between(1, 5000),
+    ),
+    Option(
+        "auth",
+        "`none`: anyone may follow everything; `jwt`: channels need a token (`docs/auth.md`)",
+        _SERVING,
+        one_of("none", "jwt"),
+        role_defaults={"gateway": "jwt"},
+    ),
+    Option(
+        "anonymous",
+        "with `--auth jwt`, channel patterns a client without a token may follow "
+        "(`lobby:*,event:fb-*`)",
+        _SERVING,
+        Check(_anonymous_ok, "comma-separated channel patterns (market:, event:, lobby:)"),
+    ),
+    Option(
+        "jwt_key",
+        "HS256 shared secret (32+ characters), or the path of a PEM public key file (RS256/ES256)",
+        _SERVING,
+        Check(_jwt_key_ok, "an HS256 secret of 32+ characters or a readable PEM public key"),
+    ),
+    Option(
+        "jwks_url",
+        "the token issuer's JWKS (RS256/ES256, rotation by `kid`)",
+        _SERVING,
+        Check(lambda v: not v or urlparse(v).scheme in {"http", "https"}, "an http(s) URL"),
+    ),
+    Option("jwt_audience", "required `aud` of tokens (empty: not checked)", _SERVING),
+    Option("jwt_issuer", "required `iss` of tokens (empty: not checked)", _SERVING),
+    Option(
+        "jwks_refetch_s",
+        "least seconds between two JWKS fetches (an unknown `kid` refetches)",
+        _SERVING,
+        at_least(0),
+    ),
+    Option(
+        "ticket_ttl_s",
+        "seconds an SSE ticket (`POST /v1/tickets`) stays usable, once",
+        _SERVING,
+        Check(lambda v: 0 < v <= 300, "0-300"),
+    ),
     Option(
         "history_size",
         "deltas kept per market for resume and gap healing",
@@ -340,6 +416,11 @@ OPTIONS: tuple[Option, ...] = (
 
 #: Checks across settings, applied to each role that takes the setting blamed.
 RULES: tuple[Rule, ...] = (
+    Rule(
+        "jwt_key",
+        lambda v: v["auth"] != "jwt" or bool(v["jwt_key"] or v["jwks_url"]),
+        "an HS256 secret or a PEM public key file (or --jwks-url) with --auth jwt",
+    ),
     Rule(
         "conflate_after_frames",
         lambda v: v["conflate_after_frames"] < v["queue_frames"],

@@ -28,7 +28,38 @@ _msgpack_batch_decoder: msgspec.msgpack.Decoder[list[ServerMessage]] = msgspec.m
     list[ServerMessage]
 )
 
-COMMAND_TYPES: frozenset[str] = frozenset({"subscribe", "unsubscribe", "resume", "ping"})
+COMMAND_TYPES: frozenset[str] = frozenset(
+    {"subscribe", "unsubscribe", "resume", "ping", "auth", "refresh"}
+)
+
+#: Deepest nesting of arrays and objects a command may have (a resume position is at 3).
+MAX_DEPTH = 8
+_BRACKETS = b"[]{}"
+_NOT_BRACKETS = bytes(b for b in range(256) if b not in _BRACKETS)
+_OPENING = frozenset(b"[{")
+
+
+def too_deep(data: bytes, limit: int = MAX_DEPTH) -> bool:
+    """Whether ``data`` (JSON) nests arrays and objects deeper than ``limit``; brackets
+    inside strings do not count.
+
+    msgspec decodes recursively, so a frame of 10,000 ``[`` would exhaust the stack: this
+    looks first, in time linear in the frame, without recursion, and stops at the first
+    bracket past the limit. Escaped backslashes, then escaped quotes, are dropped; what
+    lies between the remaining quotes is strings."""
+    if data.count(b"[") + data.count(b"{") <= limit:
+        return False
+    unescaped = data.replace(b"\\\\", b"").replace(b'\\"', b"")
+    outside = b"".join(unescaped.split(b'"')[::2]).translate(None, _NOT_BRACKETS)
+    depth = 0
+    for byte in outside:
+        if byte in _OPENING:
+            depth += 1
+            if depth > limit:
+                return True
+        else:
+            depth -= 1
+    return False
 
 
 def encode(message: msgspec.Struct) -> bytes:
@@ -77,8 +108,13 @@ def decode_command(data: bytes | str) -> ClientCommand:
     """Decode one client command, or raise :class:`ProtocolError` with the precise code.
 
     The command's ``id`` is carried on the error whenever it could be read, so the
-    client can match the error to its request.
+    client can match the error to its request. Nesting deeper than :data:`MAX_DEPTH` is
+    refused (``too_deep``) before anything is decoded; the sizes of names and lists are
+    bounded by the command types (``invalid``).
     """
+    raw_bytes = data.encode() if isinstance(data, str) else data
+    if too_deep(raw_bytes):
+        raise ProtocolError(ErrorCode.TOO_DEEP, f"nested deeper than {MAX_DEPTH} levels")
     try:
         return _client_decoder.decode(data)
     except (msgspec.DecodeError, UnicodeDecodeError):

@@ -26,6 +26,19 @@ class ErrorCode(StrEnum):
     TOO_MANY_SUBSCRIPTIONS = "too_many_subscriptions"
     UNAVAILABLE = "unavailable"
     """The server cannot serve the request now (storage unreachable); retry later."""
+    TOO_DEEP = "too_deep"
+    """The frame nests arrays or objects deeper than the protocol allows."""
+    RATE_LIMITED = "rate_limited"
+    """The connection sends commands faster than its rate limit; the command was not run."""
+    UNAUTHORIZED = "unauthorized"
+    """The command needs an access token and the connection has none (``auth`` first)."""
+    TOKEN_INVALID = "token_invalid"  # noqa: S105 - an error code, not a secret
+    """The access token is malformed, forged, for another audience or issuer, or signed
+    by an unknown key."""
+    TOKEN_EXPIRED = "token_expired"  # noqa: S105 - an error code, not a secret
+    """The access token has expired: get a new one (``refresh``, or reconnect with it)."""
+    FORBIDDEN = "forbidden"
+    """The access token does not grant a channel the command names."""
 
 
 class CloseCode(IntEnum):
@@ -38,10 +51,16 @@ class CloseCode(IntEnum):
     """The client fell too far behind; reconnect and resume."""
     NOT_READING = 4002
     """A write to the client stayed blocked past the send timeout; reconnect and resume."""
+    TOKEN_EXPIRED = 4003
+    """The access token expired without a ``refresh``: reconnect with a new token and
+    resume (the ``reconnect`` message before the close holds the positions)."""
     # Do not retry.
     PROTOCOL_VIOLATION = 4100
     UNSUPPORTED_SUBPROTOCOL = 4101
     UNAUTHORIZED = 4102
+    """The ``auth`` token was refused: do not retry without new credentials."""
+    RATE_LIMITED = 4103
+    """The client kept sending commands past its rate limit: do not retry at that pace."""
 
     @property
     def retriable(self) -> bool:

@@ -11,7 +11,7 @@ round-trips exactly between feed, server and screen: no binary-float drift.
 from __future__ import annotations
 
 from decimal import Decimal
-from typing import Literal
+from typing import Annotated, Literal
 
 import msgspec
 from msgspec import UNSET, UnsetType
@@ -232,6 +232,26 @@ MarketMessage = Snapshot | Delta
 # Client -> server commands
 # ---------------------------------------------------------------------------
 
+# Shape limits of what a client sends, checked while decoding (docs/protocol.md#limits):
+# nothing a command names can be longer or more numerous than these, whatever the frame
+# size. The gateway's own settings (subscriptions per connection, markets per resume) are
+# checked after, by the session.
+
+#: Longest market id, event id, sport, epoch or command ``id`` (characters).
+MAX_NAME_CHARS = 256
+#: Most names in one list of a command (``markets``, ``events``, ``lobbies``, ``positions``).
+MAX_NAMES = 5_000
+#: Longest resume token or access token a command may carry (characters).
+MAX_TOKEN_CHARS = 16_384
+#: Largest ``seq`` (2^53 - 1: exact in every JSON implementation).
+MAX_SEQ = (1 << 53) - 1
+
+Name = Annotated[str, msgspec.Meta(min_length=1, max_length=MAX_NAME_CHARS)]
+Names = Annotated[tuple[Name, ...], msgspec.Meta(max_length=MAX_NAMES)]
+CommandId = Annotated[str, msgspec.Meta(max_length=MAX_NAME_CHARS)] | int | None
+Token = Annotated[str, msgspec.Meta(min_length=1, max_length=MAX_TOKEN_CHARS)]
+ConflateMs = Annotated[int, msgspec.Meta(ge=0)] | None
+
 
 class Subscribe(msgspec.Struct, frozen=True, tag="subscribe", tag_field="type", omit_defaults=True):
     """Subscribe to markets, to every market of events, and/or to sports' lobbies of main
@@ -239,11 +259,11 @@ class Subscribe(msgspec.Struct, frozen=True, tag="subscribe", tag_field="type", 
     ``conflate_ms`` (0-60000) asks for at most one update per market per interval, for the
     whole connection."""
 
-    markets: tuple[str, ...] = ()
-    events: tuple[str, ...] = ()
-    lobbies: tuple[str, ...] = ()
-    id: str | int | None = None
-    conflate_ms: int | None = None
+    markets: Names = ()
+    events: Names = ()
+    lobbies: Names = ()
+    id: CommandId = None
+    conflate_ms: ConflateMs = None
 
 
 class Unsubscribe(
@@ -251,18 +271,18 @@ class Unsubscribe(
 ):
     """Stop receiving the named markets, events and lobbies."""
 
-    markets: tuple[str, ...] = ()
-    events: tuple[str, ...] = ()
-    lobbies: tuple[str, ...] = ()
-    id: str | int | None = None
+    markets: Names = ()
+    events: Names = ()
+    lobbies: Names = ()
+    id: CommandId = None
 
 
 class Position(msgspec.Struct, frozen=True):
     """Where a client's copy of a market stands: the last ``seq`` it applied in ``epoch``."""
 
-    market_id: str
-    epoch: str
-    seq: int
+    market_id: Name
+    epoch: Name
+    seq: Annotated[int, msgspec.Meta(ge=0, le=MAX_SEQ)]
 
 
 class Resume(msgspec.Struct, frozen=True, tag="resume", tag_field="type", omit_defaults=True):
@@ -272,28 +292,52 @@ class Resume(msgspec.Struct, frozen=True, tag="resume", tag_field="type", omit_d
     holds (send ``positions: []`` with it); explicit ``positions`` win. ``conflate_ms``
     as on ``subscribe``."""
 
-    positions: tuple[Position, ...]
-    events: tuple[str, ...] = ()
-    lobbies: tuple[str, ...] = ()
-    id: str | int | None = None
-    token: str | None = None
-    conflate_ms: int | None = None
+    positions: Annotated[tuple[Position, ...], msgspec.Meta(max_length=MAX_NAMES)]
+    events: Names = ()
+    lobbies: Names = ()
+    id: CommandId = None
+    token: Token | None = None
+    conflate_ms: ConflateMs = None
 
 
 class Ping(msgspec.Struct, frozen=True, tag="ping", tag_field="type", omit_defaults=True):
     """Liveness probe; answered by ``ack``."""
 
-    id: str | int | None = None
+    id: CommandId = None
 
 
-ClientCommand = Subscribe | Unsubscribe | Resume | Ping
+class Auth(msgspec.Struct, frozen=True, tag="auth", tag_field="type", omit_defaults=True):
+    """Authenticate the connection with an access token (a JWT, see ``docs/auth.md``):
+    answered by ``ack``; the channels the token grants may be followed from then on.
+    Send it first. A token that does not verify is answered by ``error``
+    (``token_invalid`` or ``token_expired``) and the connection is closed with ``4102``."""
+
+    token: Token
+    id: CommandId = None
+
+
+class Refresh(msgspec.Struct, frozen=True, tag="refresh", tag_field="type", omit_defaults=True):
+    """Replace the connection's access token with a newer one before it expires, keeping
+    every subscription: answered by ``ack``, or ``error`` (the old token stays in force
+    until its own expiry)."""
+
+    token: Token
+    id: CommandId = None
+
+
+ClientCommand = Subscribe | Unsubscribe | Resume | Ping | Auth | Refresh
 
 __all__ = [
     "FINAL_MARKET_STATES",
     "LADDER_DEPTH",
+    "MAX_NAMES",
+    "MAX_NAME_CHARS",
+    "MAX_SEQ",
+    "MAX_TOKEN_CHARS",
     "SELECTION_FIELDS",
     "UNSET",
     "Ack",
+    "Auth",
     "ClientCommand",
     "Clock",
     "Delta",
@@ -307,6 +351,7 @@ __all__ = [
     "Ping",
     "Position",
     "Reconnect",
+    "Refresh",
     "Resume",
     "Selection",
     "SelectionChange",

@@ -55,6 +55,7 @@ def build_app(
         Route("/v1/markets", rest.list_markets),
         Route("/v1/markets/{market_id:path}", rest.get_market),
         Route("/v1/snapshots", rest.get_snapshots),
+        Route("/v1/tickets", rest.issue_ticket, methods=["POST"]),
         Route("/healthz", rest.healthz),
         Route("/readyz", rest.readyz),
         Route("/demo", index),

@@ -19,9 +19,10 @@ from channels.hub import Hub
 from channels.relay import Relay
 from channels.store import Store
 from protocol import Heartbeat, Snapshot
+from server.auth import Authenticator
 from server.outbox import Outbox
 from server.resume_token import TOKEN_BUDGET, TokenCache
-from server.session import MAX_CONFLATE_MS, Session
+from server.session import MAX_CONFLATE_MS, ConnectionInfo, Quotas, Session
 from server.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -90,6 +91,7 @@ class Gateway:
         self.conflation = ConflationStats()
         self._snapshot_frames: dict[str, tuple[Snapshot, Frame]] = {}
         self.tokens = TokenCache()  # SSE resume tokens shared between streams.
+        self.auth = Authenticator(settings)
         self.ready = False
         self.draining = False
         self.sessions: set[Session] = set()
@@ -104,10 +106,12 @@ class Gateway:
         self.ready = False
         await self.relay.close()
 
-    def open_session(self, waker: Callable[[], None] | None = None) -> Session:
+    def open_session(
+        self, waker: Callable[[], None] | None = None, info: ConnectionInfo | None = None
+    ) -> Session:
         """A new client session; ``waker`` is called when its outbox has frames (a
         transport without a task per connection), else the outbox wakes an awaiting
-        writer."""
+        writer. ``info``: what the transport knows of the connection (credentials)."""
         self.stats.connections += 1
         self.stats.connections_total += 1
         limits = self.limits
@@ -119,13 +123,16 @@ class Gateway:
             stats=self.conflation,
             waker=waker,
         )
-        session = Session(
-            self.relay,
-            self.store,
-            outbox,
-            max_subscriptions=self.settings.max_subscriptions,
+        settings = self.settings
+        quotas = Quotas(
+            max_subscriptions=settings.max_subscriptions,
             max_conflate_ms=limits.max_conflate_ms,
+            max_resume_markets=settings.max_resume_markets,
+            command_rate=settings.command_rate,
+            command_burst=settings.command_burst,
+            rate_limit_close_after=settings.rate_limit_close_after,
         )
+        session = Session(self.relay, self.store, outbox, quotas=quotas, auth=self.auth, info=info)
         self.sessions.add(session)
         self._idle.clear()
         return session

@@ -9,7 +9,9 @@ doubled.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
+from functools import partial
+from typing import NamedTuple
 
 import msgspec
 from starlette.requests import Request
@@ -17,9 +19,12 @@ from starlette.responses import JSONResponse, Response
 
 import protocol
 from channels.store import StoreError
-from protocol import ErrorCode, Snapshot
+from protocol import ErrorCode, ProtocolError, Snapshot
+from protocol.types import MAX_NAME_CHARS, MAX_NAMES
+from server.auth import bearer, check
 from server.gateway import Gateway
 from server.resume_token import PositionTracker
+from server.session import lookup_books
 
 _encoder = msgspec.json.Encoder(decimal_format="string")
 
@@ -39,6 +44,62 @@ def error_response(code: str, message: str, status_code: int) -> Response:
     return json_response(
         _encoder.encode({"type": "error", "code": code, "message": message}), status_code
     )
+
+
+#: HTTP status of each refusal code (any other: 400).
+_STATUS: dict[str, int] = {
+    ErrorCode.UNKNOWN_MARKET: 404,
+    ErrorCode.UNKNOWN_EVENT: 404,
+    ErrorCode.UNKNOWN_LOBBY: 404,
+    ErrorCode.UNAUTHORIZED: 401,
+    ErrorCode.TOKEN_INVALID: 401,
+    ErrorCode.TOKEN_EXPIRED: 401,
+    ErrorCode.FORBIDDEN: 403,
+    ErrorCode.RATE_LIMITED: 429,
+    ErrorCode.UNAVAILABLE: 503,
+}
+#: Digits of an integer query parameter (``conflate_ms``): ``int()`` of thousands of
+#: digits is slow or refused, and ``²`` is a digit to ``str.isdigit``.
+MAX_INT_DIGITS = 9
+
+
+def http_status(code: str) -> int:
+    """The HTTP status of a refusal with error ``code``."""
+    return _STATUS.get(code, 400)
+
+
+def refusal(exc: ProtocolError) -> Response:
+    return error_response(exc.code, exc.message, http_status(exc.code))
+
+
+class StreamQuery(NamedTuple):
+    """What an SSE or snapshot query string asks for."""
+
+    markets: tuple[str, ...]
+    events: tuple[str, ...]
+    lobbies: tuple[str, ...]
+    conflate_ms: int | None
+
+
+def stream_query(query: Mapping[str, str]) -> StreamQuery:
+    """The names and ``conflate_ms`` of a query string, within the protocol's limits.
+    Raises :class:`ProtocolError` (``invalid``) for none of ``markets=``, ``events=``,
+    ``lobbies=``, or any of them or ``conflate_ms=`` out of bounds."""
+    markets, events, lobbies = (split_names(query.get(k)) for k in ("markets", "events", "lobbies"))
+    if not (markets or events or lobbies):
+        raise ProtocolError(ErrorCode.INVALID, "give markets=, events= or lobbies=")
+    return StreamQuery(markets, events, lobbies, query_int(query, "conflate_ms"))
+
+
+def query_int(query: Mapping[str, str], name: str) -> int | None:
+    """An integer query parameter: 1 to :data:`MAX_INT_DIGITS` ASCII digits. Raises
+    :class:`ProtocolError` (``invalid``)."""
+    value = query.get(name)
+    if value is None:
+        return None
+    if not (0 < len(value) <= MAX_INT_DIGITS and value.isascii() and value.isdigit()):
+        raise ProtocolError(ErrorCode.INVALID, f"{name} must be an integer")
+    return int(value)
 
 
 def _gateway(request: Request) -> Gateway:
@@ -67,9 +128,25 @@ async def list_markets(request: Request) -> Response:
     return json_response(_encoder.encode(summaries))
 
 
+async def authorized(request: Request, query: StreamQuery) -> None:
+    """Check the request's ``Authorization: Bearer`` token (or its absence) against the
+    names it asks for, as :meth:`server.session.Session.authorize` does for streams.
+    Raises :class:`ProtocolError`."""
+    gateway = _gateway(request)
+    grant = await gateway.auth.credentials(request.headers.get("authorization"), None)
+    books = partial(lookup_books, gateway.relay, gateway.store)
+    await check(grant, query.markets, query.events, query.lobbies, books)
+
+
 async def get_market(request: Request) -> Response:
     market_id = request.path_params["market_id"]
     gateway = _gateway(request)
+    if len(market_id) > MAX_NAME_CHARS:
+        return error_response(ErrorCode.INVALID, "market id too long", 400)
+    try:
+        await authorized(request, StreamQuery((market_id,), (), (), None))
+    except ProtocolError as exc:
+        return refusal(exc)
     snapshot = gateway.relay.current(market_id) or await gateway.store.snapshot(market_id)
     if snapshot is None:
         return error_response("unknown_market", f"unknown market: {market_id}", 404)
@@ -82,10 +159,12 @@ async def get_snapshots(request: Request) -> Response:
     JSON array (each the same object as a ``snapshot`` message), with their resume token
     in ``X-Oddstream-Token``. All or nothing: an unknown name is a 404."""
     gateway = _gateway(request)
-    query = request.query_params
-    markets, events, lobbies = (split_names(query.get(k)) for k in ("markets", "events", "lobbies"))
-    if not (markets or events or lobbies):
-        return error_response(ErrorCode.INVALID, "give markets=, events= or lobbies=", 400)
+    try:
+        query = stream_query(request.query_params)
+        await authorized(request, query)
+    except ProtocolError as exc:
+        return refusal(exc)
+    markets, events, lobbies, _ = query
     limit = gateway.settings.max_subscriptions
     if len(markets) + len(events) + len(lobbies) > limit:
         return error_response(
@@ -117,8 +196,36 @@ async def get_snapshots(request: Request) -> Response:
 
 
 def split_names(value: str | None) -> tuple[str, ...]:
-    """``a,b,,a`` -> ``("a", "b")``: a comma-separated query parameter, deduplicated."""
-    return tuple(dict.fromkeys(v for v in (value or "").split(",") if v))
+    """``a,b,,a`` -> ``("a", "b")``: a comma-separated query parameter, deduplicated.
+    Raises :class:`ProtocolError` (``invalid``) past :data:`~protocol.types.MAX_NAMES`
+    names or a name of more than :data:`~protocol.types.MAX_NAME_CHARS` characters,
+    checked before the value is split."""
+    if not value:
+        return ()
+    if value.count(",") >= 2 * MAX_NAMES:
+        raise ProtocolError(ErrorCode.INVALID, f"at most {MAX_NAMES} names")
+    names = tuple(dict.fromkeys(v for v in value.split(",") if v))
+    if len(names) > MAX_NAMES or any(len(v) > MAX_NAME_CHARS for v in names):
+        raise ProtocolError(
+            ErrorCode.INVALID, f"at most {MAX_NAMES} names of {MAX_NAME_CHARS} characters"
+        )
+    return names
+
+
+async def issue_ticket(request: Request) -> Response:
+    """``POST /v1/tickets`` with ``Authorization: Bearer <jwt>``: a single-use ticket
+    standing for the token's grant, for ``/sse?ticket=`` (``docs/auth.md``)."""
+    gateway = _gateway(request)
+    auth = gateway.auth
+    try:
+        if bearer(request.headers.get("authorization")) is None:
+            raise ProtocolError(ErrorCode.UNAUTHORIZED, "send Authorization: Bearer <token>")
+        grant = await auth.credentials(request.headers.get("authorization"), None)
+        ticket = auth.tickets.issue(grant)
+    except ProtocolError as exc:
+        return refusal(exc)
+    ttl = gateway.settings.ticket_ttl_s
+    return json_response(_encoder.encode({"ticket": ticket, "expires_in": ttl}))
 
 
 def _token_header(gateway: Gateway, snapshots: Iterable[Snapshot]) -> dict[str, str]:

@@ -21,8 +21,16 @@ Format (version 1), base64url without padding of::
   (C-level join and base64, no per-market Python work).
 
 A token that is not version 1 but has the shape ``<seq>~<epoch>~<market_id>`` is the
-older single-market token and is still accepted. Decoding rejects (with
-:class:`TokenError`) anything malformed, oversized, or that inflates beyond a bound.
+older single-market token and is still accepted.
+
+Tokens come from clients, so decoding does bounded work whatever a token claims, each
+bound checked before anything proportional to the claim is allocated: at most
+:data:`~protocol.types.MAX_TOKEN_CHARS` characters; at most ``max_markets`` positions and
+no more than the seqs the token has bytes for; market ids and epochs of at most
+:data:`~protocol.types.MAX_NAME_CHARS` characters, :data:`MAX_LAYOUT_BYTES` of them in
+all once front-coding is undone (so a few KB of ids that reuse each other cannot ask for
+gigabytes); seqs of at most 16 ASCII digits (legacy) or up to
+:data:`~protocol.types.MAX_SEQ`. Anything else raises :class:`TokenError`.
 """
 
 from __future__ import annotations
@@ -33,14 +41,16 @@ import zlib
 from collections.abc import Iterable
 
 from protocol import Position
+from protocol.types import MAX_NAME_CHARS, MAX_NAMES, MAX_SEQ, MAX_TOKEN_CHARS
 
 VERSION = 1
-#: Tokens longer than this (characters) are refused when decoding.
-MAX_TOKEN_CHARS = 32_768
-#: A layout may not inflate beyond this many bytes.
-MAX_LAYOUT_BYTES = 1 << 20
-#: Markets one token may hold.
-MAX_MARKETS = 20_000
+#: A layout may not inflate beyond this many bytes, nor its market ids and epochs add up
+#: to more characters once front-coding is undone (2,000 markets of 64-character ids).
+MAX_LAYOUT_BYTES = 256 * 1024
+#: Markets one token may hold (a gateway may allow fewer: ``max_resume_markets``).
+MAX_MARKETS = MAX_NAMES
+#: Digits of a legacy token's seq (MAX_SEQ has 16).
+_MAX_SEQ_DIGITS = len(str(MAX_SEQ))
 #: Default budget (characters) of a stream's token: beyond it a stream falls back to the
 #: single-market token of the message (see :meth:`PositionTracker.token`). Header lines
 #: of 8 KB are a common proxy limit; 500 markets take 3-5 KB (see docs/guarantees.md).
@@ -69,11 +79,12 @@ def _varint(n: int) -> bytes:
 
 
 class _Reader:
-    __slots__ = ("data", "pos")
+    __slots__ = ("budget", "data", "pos")
 
     def __init__(self, data: bytes) -> None:
         self.data = data
         self.pos = 0
+        self.budget = MAX_LAYOUT_BYTES  # Characters the columns may still expand to.
 
     def varint(self) -> int:
         shift = result = 0
@@ -95,15 +106,22 @@ class _Reader:
         return out
 
     def column(self, n: int) -> list[str]:
-        """n front-coded strings."""
+        """n front-coded strings, each of 1 to MAX_NAME_CHARS characters, within the
+        budget of expanded characters (checked before each string is made)."""
         out: list[str] = []
         prev = ""
         for _ in range(n):
             k = self.varint()
+            length = self.varint()
             if k > len(prev):
                 raise TokenError("bad prefix")
+            if not 0 < k + length <= MAX_NAME_CHARS:
+                raise TokenError("market id or epoch empty or too long")
+            self.budget -= k + length
+            if self.budget < 0:
+                raise TokenError("market ids and epochs too long in all")
             try:
-                prev = prev[:k] + self.take(self.varint()).decode()
+                prev = prev[:k] + self.take(length).decode()
             except UnicodeDecodeError:
                 raise TokenError("bad text") from None
             out.append(prev)
@@ -156,15 +174,17 @@ def encode_positions(positions: Iterable[Position]) -> str:
     return token
 
 
-def decode_token(token: str) -> list[Position]:
-    """The positions a token holds, sorted by market id. Raises :class:`TokenError`."""
+def decode_token(token: str, max_markets: int = MAX_MARKETS) -> list[Position]:
+    """The positions a token holds (at most ``max_markets``), sorted by market id.
+    Raises :class:`TokenError`, in time and memory bounded by the limits of the module
+    doc whatever the token claims."""
+    if not token or len(token) > MAX_TOKEN_CHARS:
+        raise TokenError("empty or oversized token")
     if "~" in token:
         legacy = _legacy(token)
         if legacy is None:
             raise TokenError("not a resume token")
         return [legacy]
-    if not token or len(token) > MAX_TOKEN_CHARS:
-        raise TokenError("empty or oversized token")
     try:
         data = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4))
     except (binascii.Error, ValueError):
@@ -173,11 +193,13 @@ def decode_token(token: str) -> list[Position]:
     if reader.take(1)[0] != VERSION:
         raise TokenError("unknown token version")
     n = reader.varint()
-    if n > MAX_MARKETS:
-        raise TokenError("too many markets")
+    if n > max_markets:
+        raise TokenError(f"more than {max_markets} markets")
     flags = reader.take(1)[0]
     layout = reader.take(reader.varint())
     reader.take(-reader.pos % 3)
+    if n > len(data) - reader.pos:  # Each seq takes at least one byte.
+        raise TokenError("fewer seqs than markets")
     if flags & _DEFLATED:
         inflater = zlib.decompressobj(wbits=-15)
         try:
@@ -197,15 +219,22 @@ def decode_token(token: str) -> list[Position]:
     ]
     if reader.pos != len(data):
         raise TokenError("trailing bytes")
+    if any(p.seq > MAX_SEQ for p in out):
+        raise TokenError("seq out of range")
     return out
 
 
 def _legacy(token: str) -> Position | None:
+    """``<seq>~<epoch>~<market_id>``: a seq of 1-16 ASCII digits (``int`` also reads
+    ``²`` or thousands of digits, slowly or not at all), names of a bounded length."""
     seq, _, rest = token.partition("~")
     epoch, _, market_id = rest.partition("~")
-    if not seq.isdigit() or not epoch or not market_id:
+    if not (0 < len(seq) <= _MAX_SEQ_DIGITS and seq.isascii() and seq.isdigit()):
         return None
-    return Position(market_id=market_id, epoch=epoch, seq=int(seq))
+    if not (0 < len(epoch) <= MAX_NAME_CHARS and 0 < len(market_id) <= MAX_NAME_CHARS):
+        return None
+    value = int(seq)
+    return Position(market_id=market_id, epoch=epoch, seq=value) if value <= MAX_SEQ else None
 
 
 def legacy_token(market_id: str, epoch: str, seq: int) -> str:

@@ -1,14 +1,19 @@
 """One client's subscription state machine, independent of the transport.
 
 A transport (WebSocket, SSE) feeds the session decoded commands and drains its
-:class:`~server.outbox.Outbox`. The session is the one place a command is authorised
-(:meth:`Session.authorize`), validated against limits, and turned into hub attachments.
+:class:`~server.outbox.Outbox`. The session is the one place a command is rate-limited,
+authorised (:meth:`Session.authorize`, rules in :mod:`server.auth`), validated against
+limits, and turned into hub attachments.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
-from collections.abc import Callable, Iterable
+import time
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
 
 import protocol
 from channels.frame import Frame
@@ -18,6 +23,7 @@ from channels.store import Store, StoreError
 from protocol import (
     Ack,
     ClientCommand,
+    CloseCode,
     Delta,
     Error,
     ErrorCode,
@@ -25,9 +31,12 @@ from protocol import (
     Position,
     ProtocolError,
     Resume,
+    Snapshot,
     Subscribe,
     Unsubscribe,
 )
+from protocol.types import Auth, Refresh
+from server.auth import EVERYTHING, Authenticator, Grant, check
 from server.outbox import Outbox
 from server.resume_token import TokenError, decode_token
 
@@ -39,8 +48,74 @@ _RESUME_ATTEMPTS = 10  # History fetches before a hot market falls back to a res
 MAX_CONFLATE_MS = 60_000
 
 
+@dataclass(frozen=True, slots=True)
+class ConnectionInfo:
+    """What the transport knows of a connection that the session's checks use: the
+    credentials presented before the first command (the ``Authorization`` header value,
+    the SSE ``ticket``, a subprotocol entry ``oddstream.token.<jwt>`` among the offered
+    ``subprotocols``), the peer address and ``Origin``."""
+
+    authorization: str | None = None
+    ticket: str | None = None
+    peer: str | None = None
+    origin: str | None = None
+    subprotocols: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Quotas:
+    """Per-connection limits (``docs/protocol.md#limits``, defaults in
+    :class:`~server.settings.Settings`): subscriptions, markets per ``resume``, the
+    largest ``conflate_ms``, and the command rate: a token bucket of
+    ``command_burst`` refilled at ``command_rate`` per second; ``rate_limit_close_after``
+    refusals in a row close the connection (4103)."""
+
+    max_subscriptions: int
+    max_conflate_ms: int
+    max_resume_markets: int
+    command_rate: float
+    command_burst: int
+    rate_limit_close_after: int
+
+
+class TokenBucket:
+    """``burst`` tokens, refilled at ``rate`` per second; :meth:`take` spends one."""
+
+    __slots__ = ("_at", "_burst", "_clock", "_rate", "_tokens")
+
+    def __init__(self, rate: float, burst: int, clock: Callable[[], float] = time.monotonic):
+        self._rate = rate
+        self._burst = float(burst)
+        self._clock = clock
+        self._tokens = float(burst)
+        self._at = clock()
+
+    def take(self) -> bool:
+        now = self._clock()
+        self._tokens = min(self._burst, self._tokens + (now - self._at) * self._rate)
+        self._at = now
+        if self._tokens < 1:
+            return False
+        self._tokens -= 1
+        return True
+
+
+async def lookup_books(relay: Relay, store: Store, market_ids: list[str]) -> dict[str, Snapshot]:
+    """The books of ``market_ids`` the node or storage knows (for authorisation by event
+    or lobby): the relay's where it has them, else storage's."""
+    books = {m: s for m in market_ids if (s := relay.current(m)) is not None}
+    stored = await store.snapshots(m for m in market_ids if m not in books)
+    books.update((s.market_id, s) for s in stored)
+    return books
+
+
 class Session:
-    """Subscriptions of one connection. ``offer`` makes it a hub subscriber."""
+    """Subscriptions of one connection. ``offer`` makes it a hub subscriber.
+
+    ``auth`` checks tokens and grants (None: everyone may follow everything); ``info``
+    carries credentials the transport received before any command. ``close_code`` is the
+    code the transport closes with once the outbox is finished (drain, token expiry,
+    rate-limit abuse, refused ``auth``)."""
 
     def __init__(
         self,
@@ -48,16 +123,27 @@ class Session:
         store: Store,
         outbox: Outbox,
         *,
-        max_subscriptions: int,
-        max_conflate_ms: int = MAX_CONFLATE_MS,
+        quotas: Quotas,
+        auth: Authenticator | None = None,
+        info: ConnectionInfo | None = None,
+        clock: Callable[[], float] = time.monotonic,
     ):
         self._relay = relay
         self._store = store
         self.outbox = outbox
         # The hub calls ``offer`` once per frame per subscriber: straight to the outbox.
         self.offer: Callable[[Frame], None] = outbox.offer
-        self._max = max_subscriptions
-        self._max_conflate_ms = max_conflate_ms
+        self._quotas = quotas
+        self._max = quotas.max_subscriptions
+        self._max_conflate_ms = quotas.max_conflate_ms
+        self._bucket = TokenBucket(quotas.command_rate, quotas.command_burst, clock)
+        self._refusals = 0
+        self._auth = auth
+        self._info = info or ConnectionInfo()
+        # Resolved from ``info`` on the first command that needs it.
+        self._grant: Grant | None = None if auth is not None and auth.required else EVERYTHING
+        self._expiry: asyncio.TimerHandle | None = None
+        self.close_code = CloseCode.GOING_AWAY
         self.markets: set[str] = set()
         self.events: set[str] = set()
         self.lobbies: set[str] = set()
@@ -67,7 +153,18 @@ class Session:
         self.outbox.offer(Frame(message))
 
     async def handle(self, data: str | bytes) -> None:
-        """Decode and run one command; any failure becomes an ``error`` frame."""
+        """Rate-limit, decode and run one command; any failure becomes an ``error``
+        frame. Commands arriving once the session is ending are dropped."""
+        if self.closed or self.outbox.closing or self.outbox.closed:
+            return
+        if not self._bucket.take():
+            self._refusals += 1
+            rate = self._quotas.command_rate
+            self.send(Error(code=ErrorCode.RATE_LIMITED, message=f"at most {rate:g} commands/s"))
+            if self._refusals >= self._quotas.rate_limit_close_after:
+                self._end(CloseCode.RATE_LIMITED)
+            return
+        self._refusals = 0
         try:
             command = protocol.decode_command(data)
         except ProtocolError as exc:
@@ -78,7 +175,11 @@ class Session:
     async def execute(self, command: ClientCommand) -> None:
         """Run one command. Raises :class:`ProtocolError` when it is refused (the session
         is then unchanged) and :class:`StoreError` when storage fails."""
-        self.authorize(command)
+        if isinstance(command, Auth | Refresh):
+            await self._authenticate(command)
+            return
+        positions = self._positions(command) if isinstance(command, Resume) else []
+        await self.authorize(command, positions)
         conflate_ms = self._conflation_of(command)
         match command:
             case Subscribe():
@@ -86,7 +187,7 @@ class Session:
             case Unsubscribe():
                 await self._unsubscribe(command)
             case Resume():
-                await self._resume(command)
+                await self._resume(command, positions)
             case Ping():
                 self.send(Ack(command="ping", id=command.id))
         if conflate_ms is not None:
@@ -101,9 +202,67 @@ class Session:
         except StoreError as exc:
             self.send(Error(code=ErrorCode.UNAVAILABLE, message=str(exc), id=command.id))
 
-    def authorize(self, command: ClientCommand) -> None:
-        """The single place where a command is checked against the connection's rights
-        (JWT channel claims come here). Everything is allowed for now."""
+    async def authorize(self, command: ClientCommand, positions: Iterable[Position] = ()) -> None:
+        """The single place where a command is checked against the connection's rights:
+        every market, event and lobby it names (``positions``: a ``resume``'s, token
+        included) must be granted (``docs/auth.md``). Raises :class:`ProtocolError`
+        (``unauthorized``, ``forbidden``; for credentials the transport presented,
+        ``token_invalid``, ``token_expired``, ``unavailable``)."""
+        match command:
+            case Subscribe(markets=markets, events=events, lobbies=lobbies):
+                pass
+            case Resume(events=events, lobbies=lobbies):
+                markets = tuple(p.market_id for p in positions)
+            case _:
+                return  # Leaving or pinging needs no right.
+        grant = self._grant
+        if grant is None:
+            assert self._auth is not None
+            info = self._info
+            grant = await self._auth.credentials(info.authorization, info.ticket, info.subprotocols)
+            self._grant_for(grant)
+        await check(grant, markets, events, lobbies, self._books)
+
+    async def _books(self, market_ids: list[str]) -> Mapping[str, Snapshot]:
+        return await lookup_books(self._relay, self._store, market_ids)
+
+    async def _authenticate(self, command: Auth | Refresh) -> None:
+        """``auth`` / ``refresh``: take the token's grant. A refused ``auth`` closes the
+        connection (4102) unless the issuer's keys were unreachable; a refused
+        ``refresh`` leaves the current grant in force."""
+        kind = "auth" if isinstance(command, Auth) else "refresh"
+        try:
+            grant = EVERYTHING if self._auth is None else await self._auth.verify(command.token)
+            held = self._grant
+            if kind == "refresh" and held and held.subject not in (None, grant.subject):
+                raise ProtocolError(ErrorCode.TOKEN_INVALID, "refresh for another subject")
+        except ProtocolError as exc:
+            self.send(Error(code=exc.code, message=exc.message, id=command.id))
+            if kind == "auth" and exc.code != ErrorCode.UNAVAILABLE:
+                self._end(CloseCode.UNAUTHORIZED)
+            return
+        self._grant_for(grant)
+        self.send(Ack(command=kind, id=command.id))
+
+    def _grant_for(self, grant: Grant) -> None:
+        """Hold ``grant`` from now on, and end the session at its expiry."""
+        self._grant = grant
+        if self._expiry is not None:
+            self._expiry.cancel()
+            self._expiry = None
+        if grant.expires_at is not None:
+            delay = max(0.0, grant.expires_at - time.time())
+            self._expiry = asyncio.get_running_loop().call_later(delay, self._expire)
+
+    def _expire(self) -> None:
+        """The token expired without a ``refresh``: say so, give the positions to resume
+        from with a new token, and close (4003)."""
+        self._expiry = None
+        if self.closed or self.outbox.closing:
+            return
+        message = "token expired: reconnect with a new token and resume"
+        self.send(Error(code=ErrorCode.TOKEN_EXPIRED, message=message))
+        self.drain("token_expired", 0, CloseCode.TOKEN_EXPIRED)
 
     # -- conflation ------------------------------------------------------------------------------
 
@@ -310,11 +469,12 @@ class Session:
 
     # -- resume ----------------------------------------------------------------------------------
 
-    async def _resume(self, cmd: Resume) -> None:
-        """Re-attach each market from the client's position: the missed deltas from
-        history when they are all there, else a snapshot flagged ``reset``; events and
-        lobbies of the command are subscribed as by ``subscribe``."""
-        positions = {p.market_id: p for p in (*self._token_positions(cmd), *cmd.positions)}
+    async def _resume(self, cmd: Resume, resumed: list[Position]) -> None:
+        """Re-attach each market from the client's position (``resumed``: the command's,
+        see :meth:`_positions`): the missed deltas from history when they are all there,
+        else a snapshot flagged ``reset``; events and lobbies of the command are
+        subscribed as by ``subscribe``."""
+        positions = {p.market_id: p for p in resumed}
         hub = self._relay.hub
         # Markets this connection already streams (a client that saw a gap) restart from
         # the client's position, keeping why they are subscribed.
@@ -325,19 +485,20 @@ class Session:
             await self._resume_one(positions.pop(m), *reasons)
         await self._open("resume", cmd.id, positions, cmd.events, cmd.lobbies, positions)
 
-    @staticmethod
-    def _token_positions(cmd: Resume) -> list[Position]:
-        """Positions of a resume token (a REST snapshot's or an SSE stream's) carried by
-        ``resume``: ``token`` is a proposed protocol field, read here as soon as the
-        command type has it. Explicit positions win over the token's; an unreadable
-        token adds nothing (those markets start from snapshots)."""
-        token = getattr(cmd, "token", None)
-        if not isinstance(token, str):
-            return []
-        try:
-            return decode_token(token)
-        except TokenError:
-            return []
+    def _positions(self, cmd: Resume) -> list[Position]:
+        """The positions ``resume`` names: its resume token's (a REST snapshot's or an
+        SSE stream's), then its explicit ones, which win. An unreadable token adds
+        nothing (those markets start from snapshots). Raises :class:`ProtocolError`
+        (``invalid``) past ``max_resume_markets`` markets."""
+        limit = self._quotas.max_resume_markets
+        from_token: list[Position] = []
+        if cmd.token is not None:
+            with contextlib.suppress(TokenError):
+                from_token = decode_token(cmd.token, limit)
+        positions = {p.market_id: p for p in (*from_token, *cmd.positions)}
+        if len(positions) > limit:
+            raise ProtocolError(ErrorCode.INVALID, f"at most {limit} markets per resume")
+        return list(positions.values())
 
     async def _resume_one(self, p: Position, *reasons: str) -> None:
         m = p.market_id
@@ -380,10 +541,11 @@ class Session:
 
     # -- drain -------------------------------------------------------------------------------------
 
-    def drain(self, reason: str, after_ms: int) -> None:
+    def drain(self, reason: str, after_ms: int, code: CloseCode = CloseCode.GOING_AWAY) -> None:
         """Tell the client to reconnect elsewhere, with where each of its markets stands,
-        then close once everything buffered is sent. Detaching first makes the positions
-        exact: every frame up to them is already in the outbox, and nothing follows."""
+        then close with ``code`` once everything buffered is sent. Detaching first makes
+        the positions exact: every frame up to them is already in the outbox, and nothing
+        follows."""
         hub = self._relay.hub
         positions = tuple(
             protocol.Position(market_id=m, epoch=snap.epoch, seq=snap.seq)
@@ -392,6 +554,13 @@ class Session:
         )
         self._relay.forget_unwatched(hub.drop(self))
         self.send(protocol.Reconnect(reason=reason, after_ms=after_ms, positions=positions))
+        self._end(code)
+
+    def _end(self, code: CloseCode) -> None:
+        """Stop delivering, and have the transport close with ``code`` once what is
+        buffered is sent."""
+        self.close_code = code
+        self._relay.forget_unwatched(self._relay.hub.drop(self))
         self.outbox.finish()
 
     # -- teardown --------------------------------------------------------------------------------
@@ -401,6 +570,8 @@ class Session:
         if self.closed:
             return
         self.closed = True
+        if self._expiry is not None:
+            self._expiry.cancel()
         self.outbox.close()
         left = self._relay.hub.drop(self)
         self._relay.forget_unwatched(left)

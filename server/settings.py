@@ -11,6 +11,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 
+class SettingsError(ValueError):
+    """A setting is invalid; the message names it (flag and environment variable)."""
+
+
 @dataclass(frozen=True, slots=True)
 class Settings:
     host: str = "127.0.0.1"
@@ -42,3 +46,27 @@ class Settings:
     ops_port: int = 9100  # 0: no operator listener.
     # Storage.
     history_size: int = 256
+    # Session-level security (docs/protocol.md#limits, docs/auth.md). Commands per second
+    # a connection may send (token bucket refilled at ``command_rate``, holding at most
+    # ``command_burst``); past it a command is refused with ``rate_limited``, and after
+    # ``rate_limit_close_after`` refusals in a row the connection is closed with 4103.
+    command_rate: float = 20.0
+    command_burst: int = 40
+    rate_limit_close_after: int = 20
+    # Markets one ``resume`` (positions plus token) or one SSE resume token may name.
+    max_resume_markets: int = 2_000
+    # ``none``: everyone may follow everything; ``jwt``: channels need a token (docs/auth.md).
+    # ``oddstream gateway`` defaults to ``jwt``, ``oddstream dev`` to ``none``.
+    auth: str = "none"
+    # Channel patterns a client without a token may follow (``lobby:*,event:fb-*``).
+    anonymous: str = ""
+    # HS256 shared secret, or the path of a PEM public key file (RS256/ES256).
+    jwt_key: str = ""
+    # JWKS URL of the token issuer's keys (RS256/ES256, rotation by ``kid``).
+    jwks_url: str = ""
+    jwt_audience: str = ""
+    jwt_issuer: str = ""
+    # Least seconds between two JWKS fetches (a token naming an unknown ``kid`` refetches).
+    jwks_refetch_s: float = 30.0
+    # Seconds an SSE ticket (``POST /v1/tickets``) stays usable, once.
+    ticket_ttl_s: float = 30.0

@@ -37,7 +37,7 @@ from protocol import (
 )
 from server.admission import Ticket
 from server.gateway import Gateway
-from server.rest import split_names
+from server.rest import http_status, stream_query
 from server.resume_token import (
     PositionTracker,
     TokenCache,
@@ -45,7 +45,7 @@ from server.resume_token import (
     decode_token,
     legacy_token,
 )
-from server.session import Session
+from server.session import ConnectionInfo, Session
 from server.streams import StreamConnection, Streams
 
 log = logging.getLogger(__name__)
@@ -78,19 +78,13 @@ async def open_stream(
     """Subscribe ``session`` as the query string asks, resuming what ``token`` (from
     ``Last-Event-ID`` or ``?last_event_id=``) positions. Returns the tracker of the
     stream's positions. Raises :class:`StreamRefused`; the caller closes the session."""
-    markets, events, lobbies = (split_names(query.get(k)) for k in ("markets", "events", "lobbies"))
-    if not (markets or events or lobbies):
-        raise StreamRefused(ErrorCode.INVALID, "give markets=, events= or lobbies=", 400)
-    conflate_ms = query.get("conflate_ms")
-    if conflate_ms is not None and not (conflate_ms.isascii() and conflate_ms.isdigit()):
-        raise StreamRefused(ErrorCode.INVALID, "conflate_ms must be an integer", 400)
     try:
+        markets, events, lobbies, conflate_ms = stream_query(query)
         if conflate_ms is not None:
-            session.conflate(int(conflate_ms))
+            session.conflate(conflate_ms)
         resumed = await _open(session, gateway, positions_of(token), markets, events, lobbies)
     except ProtocolError as exc:
-        status = 404 if exc.code.startswith("unknown") else 400
-        raise StreamRefused(exc.code, exc.message, status) from None
+        raise StreamRefused(exc.code, exc.message, http_status(exc.code)) from None
     except StoreError as exc:
         raise StreamRefused(ErrorCode.UNAVAILABLE, str(exc), 503) from None
     tracker = PositionTracker(budget=gateway.limits.token_budget)
@@ -214,7 +208,8 @@ class SseConnection(StreamConnection):
         gateway = self.gateway
         # Frames queue in the outbox while the stream opens; the flush writes nothing
         # before ``self.session`` is set, which happens once the head is written.
-        session = gateway.open_session(waker=self.wake)
+        info = ConnectionInfo(self._headers.get("authorization"), query.get("ticket"))
+        session = gateway.open_session(waker=self.wake, info=info)
         try:
             tracker = await open_stream(gateway, session, query, token)
         except StreamRefused as exc:

@@ -29,6 +29,9 @@ REASONS = {
     CloseCode.SLOW_CONSUMER: "too far behind; resume",
     CloseCode.NOT_READING: "not reading; resume",
     CloseCode.GOING_AWAY: "server closing",
+    CloseCode.TOKEN_EXPIRED: "token expired; resume with a new token",
+    CloseCode.UNAUTHORIZED: "unauthorized",
+    CloseCode.RATE_LIMITED: "too many commands",
 }
 
 
@@ -196,7 +199,7 @@ class StreamConnection(asyncio.Protocol):
             self.write(frames)
             self.sent_at = now
         if outbox.closed:
-            self.end(CloseCode.GOING_AWAY)
+            self.end(session.close_code)
             return
         due = outbox.due_s()
         if due is None:

@@ -40,8 +40,10 @@ from websockets.server import ServerProtocol
 from websockets.typing import Subprotocol
 
 from channels.frame import OP_BINARY, OP_TEXT, Frame, ws_frame
-from protocol import SUBPROTOCOL_JSON, SUBPROTOCOL_MSGPACK, CloseCode, ErrorCode, ProtocolError
+from protocol import SUBPROTOCOL_JSON, SUBPROTOCOL_MSGPACK, CloseCode, ProtocolError
 from server.admission import Ticket
+from server.rest import query_int
+from server.session import ConnectionInfo
 from server.streams import REASONS, StreamConnection, Streams
 
 log = logging.getLogger(__name__)
@@ -138,15 +140,25 @@ class WebSocketConnection(StreamConnection):
             self._close(CloseCode.PROTOCOL_VIOLATION, "batch must be 0 or 1")
             return
         self._batch = batch == "1"
-        session = gateway.open_session(waker=self.wake)
+        # Credentials before the first command (docs/auth.md): an ``Authorization`` header
+        # (non-browser clients) or an ``oddstream.token.<jwt>`` entry among the offered
+        # subprotocols (browsers cannot set headers); never the URL.
+        info = ConnectionInfo(
+            authorization=request.headers.get("Authorization"),
+            subprotocols=tuple(p.strip() for v in offered for p in v.split(",") if p.strip()),
+            origin=request.headers.get("Origin"),
+        )
+        session = gateway.open_session(waker=self.wake, info=info)
         self.session = session
         loop = asyncio.get_running_loop()
         self._idle = loop.call_later(gateway.settings.idle_timeout_s, self._no_command)
-        # Stopgap until ``subscribe`` carries it: /ws?conflate_ms=N.
-        conflate_ms = query.get("conflate_ms")
-        if conflate_ms:
+        # A connection-wide default for clients that cannot send it on ``subscribe``:
+        # /ws?conflate_ms=N (bounded like every query parameter).
+        if "conflate_ms" in query:
             try:
-                session.conflate(_int(conflate_ms[-1], "conflate_ms"))
+                conflate_ms = query_int({"conflate_ms": query["conflate_ms"][-1]}, "conflate_ms")
+                if conflate_ms is not None:
+                    session.conflate(conflate_ms)
             except ProtocolError as exc:
                 self._close(CloseCode.PROTOCOL_VIOLATION, exc.message)
 
@@ -270,10 +282,3 @@ def batch_frame(frames: list[Frame], *, binary: bool) -> bytes:
         head = bytes((0x90 | n,)) if n < 16 else struct.pack("!BH", 0xDC, n)
         return ws_frame(OP_BINARY, head + b"".join([f.msgpack for f in frames]))
     return ws_frame(OP_TEXT, b"[" + b",".join([f.json for f in frames]) + b"]")
-
-
-def _int(value: str, name: str) -> int:
-    try:
-        return int(value)
-    except ValueError:
-        raise ProtocolError(ErrorCode.INVALID, f"{name} must be an integer") from None

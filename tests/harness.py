@@ -40,8 +40,10 @@ class Space:
         ]  # fmt: skip
 
     def gateway_args(self, *extra: str) -> list[str]:
-        """``oddstream gateway`` on a free port."""
-        return ["gateway", "--redis", self.redis, "--port", "0", "--log-level", "warning", *extra]
+        """``oddstream gateway`` on a free port, open to anonymous clients (the suites test
+        delivery, not tokens: tests/security does)."""
+        serve = ("--redis", self.redis, "--port", "0", "--log-level", "warning")
+        return ["gateway", "--auth", "none", *serve, *extra]
 
 
 async def isolated(kafka: str, redis_url: str, db: int, tag: str) -> Space:

@@ -7,7 +7,8 @@ import sys
 
 import pytest
 
-from oddstream.options import DevSettings, FeedSettings, SettingsError, load
+from oddstream.options import DevSettings, FeedSettings, load
+from server.settings import SettingsError
 
 
 @pytest.mark.parametrize(
@@ -21,6 +22,8 @@ from oddstream.options import DevSettings, FeedSettings, SettingsError, load
         (["gateway"], {}, "--redis"),
         (["books", "--redis", "redis://127.0.0.1:1/0"], {}, "--kafka"),
         (["dev", "--queue-frames", "64", "--conflate-after-frames", "64"], {}, "--conflate"),
+        # A gateway defaults to --auth jwt, which needs a key (docs/auth.md).
+        (["gateway", "--redis", "redis://127.0.0.1:1/0"], {}, "--jwt-key"),
     ],
 )
 def test_bad_setting_stops_startup_naming_it(

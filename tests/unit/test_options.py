@@ -61,8 +61,12 @@ def test_defaults_and_roles() -> None:
     # A laptop's dev process opens no operator listener unless asked (two can run at once).
     assert dev.server == Settings(ops_port=0)
     assert (dev.stale_after_s, dev.feed, dev.web) == (10.0, "synth", "auto")
-    gateway = load(GatewaySettings, {"redis": "redis://127.0.0.1:1/0"}, {})
-    assert gateway.server == Settings()
+    # A gateway needs tokens by default (docs/auth.md): its key is the one setting it lacks.
+    key = "k" * 32
+    gateway = load(GatewaySettings, {"redis": "redis://127.0.0.1:1/0", "jwt_key": key}, {})
+    assert gateway.server == Settings(auth="jwt", jwt_key=key)
+    with pytest.raises(SettingsError, match="--jwt-key"):
+        load(GatewaySettings, {"redis": "redis://127.0.0.1:1/0"}, {})
     books = load(BooksSettings, {}, {"ODDSTREAM_KAFKA": "a:1,b:2", "ODDSTREAM_REDIS": "unix:/r"})
     assert (books.group, books.history_size, books.partitions) == ("oddstream-books", 256, 6)
 

@@ -47,7 +47,8 @@ from protocol import (
     encode,
     encode_msgpack,
 )
-from protocol.codec import COMMAND_TYPES
+from protocol.codec import COMMAND_TYPES, MAX_DEPTH, too_deep
+from protocol.types import MAX_NAME_CHARS, MAX_NAMES, MAX_SEQ, MAX_TOKEN_CHARS, Auth, Refresh
 
 MARKET = "fb-0001:1x2"
 EVENT = "fb-0001"
@@ -191,6 +192,8 @@ CLIENT_COMMANDS: list[ClientCommand] = [
     Ping(id="p1"),
     Ping(id=-1),
     Ping(),
+    Auth(token="header.claims.signature", id="a1"),
+    Refresh(token="header.claims.signature"),
 ]
 
 
@@ -437,6 +440,58 @@ def test_decode_command_duplicate_keys_last_one_wins(data: bytes, expected: Clie
     assert decode_command(data) == expected
 
 
+def _nested(depth: int) -> bytes:
+    return b'{"type":"ping","x":' + b"[" * (depth - 1) + b"]" * (depth - 1) + b"}"
+
+
+@pytest.mark.parametrize(
+    ("data", "deep"),
+    [
+        (_nested(MAX_DEPTH), False),
+        (_nested(MAX_DEPTH + 1), True),
+        (_nested(10_000), True),
+        (b"[" * 20_000, True),
+        # Brackets inside strings, escaped quotes and backslashes do not nest.
+        (b'{"type":"subscribe","markets":["' + b"[" * 50 + b'"]}', False),
+        (b'{"type":"subscribe","markets":["a\\"b' + b"[" * 50 + b'"]}', False),
+        (b'{"type":"subscribe","markets":["a\\\\",' + b"[" * 9 + b"]" * 9 + b"]}", True),
+        (b"[]" * 30_000, False),
+    ],
+)
+def test_too_deep_counts_nesting_outside_strings(data: bytes, deep: bool) -> None:
+    assert too_deep(data) is deep
+
+
+def test_deep_nesting_is_refused_before_decoding() -> None:
+    # 10k levels in a 20 KB frame: msgspec would raise RecursionError.
+    for data in (_nested(10_000), _nested(10_000).decode(), b"[" * 10_000 + b"]" * 10_000):
+        with pytest.raises(ProtocolError) as caught:
+            decode_command(data)
+        assert caught.value.code == ErrorCode.TOO_DEEP
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        {"type": "subscribe", "markets": ["m" * (MAX_NAME_CHARS + 1)]},
+        {"type": "subscribe", "markets": [""]},
+        {"type": "subscribe", "events": ["e"] * (MAX_NAMES + 1)},
+        {"type": "unsubscribe", "lobbies": ["x" * (MAX_NAME_CHARS + 1)]},
+        {"type": "ping", "id": "i" * (MAX_NAME_CHARS + 1)},
+        {"type": "resume", "positions": [{"market_id": "m", "epoch": "e", "seq": MAX_SEQ + 1}]},
+        {"type": "resume", "positions": [{"market_id": "m", "epoch": "e", "seq": -1}]},
+        {"type": "resume", "positions": [], "token": "t" * (MAX_TOKEN_CHARS + 1)},
+        {"type": "resume", "positions": [], "conflate_ms": -5},
+        {"type": "auth", "token": ""},
+        {"type": "refresh"},
+    ],
+)
+def test_commands_beyond_the_shape_limits_are_invalid(command: dict[str, Any]) -> None:
+    with pytest.raises(ProtocolError) as caught:
+        decode_command(json.dumps(command).encode())
+    assert caught.value.code == ErrorCode.INVALID
+
+
 _json_values = st.recursive(
     st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=8),
     lambda inner: (
@@ -473,7 +528,12 @@ def test_decode_command_never_fails_otherwise(data: bytes) -> None:
     equal command."""
     outcome = _decode_or_error(data)
     if isinstance(outcome, ProtocolError):
-        assert outcome.code in {ErrorCode.BAD_JSON, ErrorCode.UNKNOWN_TYPE, ErrorCode.INVALID}
+        assert outcome.code in {
+            ErrorCode.BAD_JSON,
+            ErrorCode.UNKNOWN_TYPE,
+            ErrorCode.INVALID,
+            ErrorCode.TOO_DEEP,
+        }
         assert outcome.command_id is None or isinstance(outcome.command_id, str | int)
     else:
         assert decode_command(encode(outcome)) == outcome
@@ -748,6 +808,12 @@ def test_error_code_values_are_the_wire_contract() -> None:
         "unknown_lobby",
         "too_many_subscriptions",
         "unavailable",
+        "too_deep",
+        "rate_limited",
+        "unauthorized",
+        "token_invalid",
+        "token_expired",
+        "forbidden",
     }
 
 
@@ -757,9 +823,11 @@ def test_error_code_values_are_the_wire_contract() -> None:
         (CloseCode.GOING_AWAY, 4000, True),
         (CloseCode.SLOW_CONSUMER, 4001, True),
         (CloseCode.NOT_READING, 4002, True),
+        (CloseCode.TOKEN_EXPIRED, 4003, True),
         (CloseCode.PROTOCOL_VIOLATION, 4100, False),
         (CloseCode.UNSUPPORTED_SUBPROTOCOL, 4101, False),
         (CloseCode.UNAUTHORIZED, 4102, False),
+        (CloseCode.RATE_LIMITED, 4103, False),
     ],
 )
 def test_close_codes(code: CloseCode, value: int, retriable: bool) -> None:

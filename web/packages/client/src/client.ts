@@ -191,6 +191,16 @@ export interface ClientOptions {
   readonly fallbackAfter?: number;
   /** Connect at once (default true); otherwise call `connect()`. */
   readonly autoConnect?: boolean;
+  /**
+   * WebSocket only: the access token provider of a gateway that asks for tokens
+   * (docs/auth.md). Called on every connection: its token is sent as the first command
+   * (`auth`, never in the URL), and again with `refresh` `refreshBeforeMs` before the
+   * token's `exp`. After an expiry close (4003) the client reconnects, takes a new token
+   * and resumes every book.
+   */
+  readonly token?: () => Promise<string>;
+  /** How long before a token's `exp` it is refreshed (default 60 000 ms). */
+  readonly refreshBeforeMs?: number;
   readonly WebSocket?: WebSocketConstructor;
   readonly EventSource?: EventSourceConstructor;
   readonly random?: () => number;
@@ -198,6 +208,20 @@ export interface ClientOptions {
 }
 
 type Kind = "markets" | "events" | "lobbies";
+
+/** The `exp` claim (epoch seconds) of a JWT, read without verifying it; null without one. */
+export function tokenExpiry(token: string): number | null {
+  const claims = token.split(".")[1];
+  if (!claims) return null;
+  try {
+    const base64 = claims.replace(/-/g, "+").replace(/_/g, "/");
+    const payload = JSON.parse(atob(base64.padEnd(Math.ceil(base64.length / 4) * 4, "="))) as unknown;
+    const exp = (payload as { exp?: unknown } | null)?.exp;
+    return typeof exp === "number" ? exp : null;
+  } catch {
+    return null;
+  }
+}
 
 interface Heal {
   /** The resume command healing this market; its ack must name the market. */
@@ -231,6 +255,7 @@ export class OddsClient {
   private reconnectTimer: ReturnType<typeof setTimeout> | undefined;
   private connectTimer: ReturnType<typeof setTimeout> | undefined;
   private silenceTimer: ReturnType<typeof setTimeout> | undefined;
+  private refreshTimer: ReturnType<typeof setTimeout> | undefined;
   private readonly healTimers = new Map<string, ReturnType<typeof setTimeout>>();
   private readonly heals = new Map<string, Heal>();
   private readonly books = new Map<string, MarketBook>();
@@ -414,7 +439,35 @@ export class OddsClient {
     this.neverOpened = 0;
     this.setState("open");
     this.armSilenceTimer();
-    if (this.transport?.kind === "websocket") this.sendInitial();
+    if (this.transport?.kind !== "websocket") return;
+    if (this.opts.token) void this.authenticate("auth", this.transport);
+    else this.sendInitial();
+  }
+
+  /**
+   * Send the provider's token on `transport`: `auth` (then the initial commands, which the
+   * server runs after it) or `refresh`; then plan the next refresh from the token's `exp`.
+   */
+  private async authenticate(type: "auth" | "refresh", transport: Transport): Promise<void> {
+    const provider = this.opts.token;
+    if (!provider) return;
+    let token: string;
+    try {
+      token = await provider();
+    } catch (err) {
+      if (transport !== this.transport) return;
+      this.emitter.emit("error", { code: "token_provider", message: String(err) });
+      if (type === "auth") this.scheduleReconnect("token provider failed");
+      return;
+    }
+    if (transport !== this.transport) return; // That connection went away meanwhile.
+    this.send({ type, token, id: this.id() });
+    if (type === "auth") this.sendInitial();
+    const exp = tokenExpiry(token);
+    if (exp === null) return;
+    const delay = Math.max(0, exp * 1000 - this.now() - (this.opts.refreshBeforeMs ?? 60_000));
+    clearTimeout(this.refreshTimer);
+    this.refreshTimer = setTimeout(() => void this.authenticate("refresh", transport), delay);
   }
 
   private onSseRetrying(): void {
@@ -464,6 +517,7 @@ export class OddsClient {
   private dropTransport(): void {
     clearTimeout(this.connectTimer);
     clearTimeout(this.silenceTimer);
+    clearTimeout(this.refreshTimer);
     for (const timer of this.healTimers.values()) clearTimeout(timer);
     this.healTimers.clear();
     for (const [marketId, heal] of this.heals) {

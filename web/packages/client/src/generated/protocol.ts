@@ -22,6 +22,19 @@ export interface Ack {
 }
 
 /**
+ * Authenticate the connection with an access token (a JWT, see `docs/auth.md`):
+ * answered by `ack`; the channels the token grants may be followed from then on.
+ * Send it first. A token that does not verify is answered by `error`
+ * (`token_invalid` or `token_expired`) and the connection is closed with `4102`.
+ */
+export interface Auth {
+  readonly type: "auth";
+  readonly token: string;
+  /** @default null */
+  readonly id?: string | number | null;
+}
+
+/**
  * Match clock as the feed last reported it.
  */
 export interface Clock {
@@ -128,6 +141,18 @@ export interface Reconnect {
   readonly after_ms?: number;
   /** @default [] */
   readonly positions?: readonly Position[];
+}
+
+/**
+ * Replace the connection's access token with a newer one before it expires, keeping
+ * every subscription: answered by `ack`, or `error` (the old token stays in force
+ * until its own expiry).
+ */
+export interface Refresh {
+  readonly type: "refresh";
+  readonly token: string;
+  /** @default null */
+  readonly id?: string | number | null;
 }
 
 /**
@@ -310,7 +335,9 @@ export type ClientCommand =
   | Subscribe
   | Unsubscribe
   | Resume
-  | Ping;
+  | Ping
+  | Auth
+  | Refresh;
 
 /** Every `type` tag of ClientCommand. */
-export const clientCommandTypes = ["subscribe","unsubscribe","resume","ping"] as const;
+export const clientCommandTypes = ["subscribe","unsubscribe","resume","ping","auth","refresh"] as const;
