@@ -153,6 +153,7 @@ def test_create_is_a_seq_1_snapshot() -> None:
             Selection("away", "Chelsea", Decimal("3.60")),
         ),
         main=True,
+        crc=protocol.checksum(out),
     )
     assert book(books) is out
     assert epochs == [MARKET]
@@ -501,6 +502,7 @@ def test_transition(
         seq=previous.seq + 1,
         epoch=EPOCH,
         ts=message.ts,
+        crc=protocol.checksum(after),
         **expected,
     )
     assert isinstance(out, Delta)
