@@ -42,7 +42,7 @@ from protocol import (
     Snapshot,
     UnsetType,
 )
-from protocol.checksum import crc_of_texts, selection_text
+from protocol.checksum import crc_of_lines, selection_line
 from protocol.types import LADDER_DEPTH, SELECTION_FIELDS, Selection
 
 Output = Snapshot | Delta | EventState
@@ -86,15 +86,15 @@ class FeedRejected(Exception):
 class MarketBook:
     """Authoritative state of one market, advancing one ``seq`` per change."""
 
-    __slots__ = ("_positions", "_snapshot", "_texts")
+    __slots__ = ("_lines", "_positions", "_snapshot")
 
     def __init__(self, snapshot: Snapshot):
         self._snapshot = msgspec.structs.replace(snapshot, reset=False, conflated=False)
         self._positions: dict[str, int] | None = None
         """Selection id -> index in the snapshot's selections (built when first needed;
         dropped whenever a change may add selections)."""
-        self._texts: list[str] | None = None
-        """The checksum text of each selection, in order (built when first needed)."""
+        self._lines: list[bytes] | None = None
+        """The checksum line of each selection, in order (built when first needed)."""
 
     @property
     def snapshot(self) -> Snapshot:
@@ -123,7 +123,7 @@ class MarketBook:
                 main=definition.main,
                 reason=definition.reason,
                 volume=definition.volume,
-                crc=crc_of_texts(definition.status, map(selection_text, selections)),
+                crc=crc_of_lines(definition.status, [selection_line(s) for s in selections]),
             )
         )
 
@@ -220,18 +220,18 @@ class MarketBook:
         book = protocol.apply(current, delta)  # The delta has no crc yet: nothing to verify.
         if changes:
             self._positions = None
-            self._texts = None
-        crc = crc_of_texts(book.status, self._texts_of(book))
+            self._lines = None
+        crc = crc_of_lines(book.status, self._lines_of(book))
         self._snapshot = msgspec.structs.replace(book, crc=crc)
         return msgspec.structs.replace(delta, crc=crc)
 
-    def _texts_of(self, book: Snapshot) -> list[str]:
-        """The checksum texts of ``book``'s selections (the current book's, or the book
+    def _lines_of(self, book: Snapshot) -> list[bytes]:
+        """The checksum lines of ``book``'s selections (the current book's, or the book
         being made when the selections did not change)."""
-        texts = self._texts
-        if texts is None:
-            texts = self._texts = [selection_text(s) for s in book.selections]
-        return texts
+        lines = self._lines
+        if lines is None:
+            lines = self._lines = [selection_line(s) for s in book.selections]
+        return lines
 
     def _apply_odds(self, message: FeedOdds) -> Delta | None:
         """:meth:`apply` for prices, the bulk of any feed, without the generic path's
@@ -312,12 +312,12 @@ class MarketBook:
         new_volume = UNSET if volume is UNSET or volume == current.volume else volume
         if selections is None and new_volume is UNSET:
             return None
-        # Past the last check: the texts may change now that the step cannot be refused.
-        texts = self._texts_of(current)
+        # Past the last check: the lines may change now that the step cannot be refused.
+        lines = self._lines_of(current)
         if selections is not None:
             for position in changed:
-                texts[position] = selection_text(selections[position])
-        crc = crc_of_texts(current.status, texts)
+                lines[position] = selection_line(selections[position])
+        crc = crc_of_lines(current.status, lines)
         delta = Delta(
             market_id=market_id,
             event_id=current.event_id,

@@ -14,14 +14,14 @@ each ``<price>@<size>``. Numbers are the exact decimal strings of the wire (``"2
 stays ``2.10``). The checksum is the CRC-32 of the text's UTF-8 bytes (the
 ISO-HDLC / zlib / PNG CRC-32), as an unsigned 32-bit integer.
 
-A processor keeps one :func:`selection_text` per selection and recomputes only those that
-changed (:func:`crc_of_texts`), so a step costs one short text and one CRC of the book.
+A processor keeps one :func:`selection_line` per selection and recomputes only those that
+changed (:func:`crc_of_lines`), so a step costs one short text per changed selection and
+one CRC of the book.
 """
 
 from __future__ import annotations
 
 import zlib
-from collections.abc import Iterable
 
 from protocol.types import Level, Selection, Snapshot
 
@@ -41,6 +41,11 @@ def selection_text(selection: Selection) -> str:
     return head + "||"
 
 
+def selection_line(selection: Selection) -> bytes:
+    """:func:`selection_text` as the UTF-8 bytes the checksum reads."""
+    return selection_text(selection).encode()
+
+
 def _levels(levels: tuple[Level, ...]) -> str:
     return ",".join([f"{price}@{size}" for price, size in levels])
 
@@ -50,11 +55,18 @@ def canonical_text(snapshot: Snapshot) -> str:
     return snapshot.status + "".join([selection_text(s) for s in snapshot.selections])
 
 
-def crc_of_texts(status: str, texts: Iterable[str]) -> int:
-    """The checksum of a book given its status and its selections' :func:`selection_text`."""
-    return zlib.crc32((status + "".join(texts)).encode())
+#: CRC-32 of each market status (there are five): where a book's CRC starts from.
+_STATUS_CRC: dict[str, int] = {}
+
+
+def crc_of_lines(status: str, lines: list[bytes]) -> int:
+    """The checksum of a book given its status and its selections' :func:`selection_line`."""
+    start = _STATUS_CRC.get(status)
+    if start is None:
+        start = _STATUS_CRC[status] = zlib.crc32(status.encode())
+    return zlib.crc32(b"".join(lines), start)
 
 
 def checksum(snapshot: Snapshot) -> int:
     """The checksum of ``snapshot``'s book (its ``crc`` field is not read)."""
-    return zlib.crc32(canonical_text(snapshot).encode())
+    return crc_of_lines(snapshot.status, [selection_line(s) for s in snapshot.selections])
