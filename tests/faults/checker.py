@@ -41,14 +41,7 @@ import httpx
 import msgspec
 
 import protocol
-from feeds.model import (
-    FeedEvent,
-    FeedMarket,
-    FeedMarketStatus,
-    FeedMessage,
-    FeedOdds,
-    FeedResult,
-)
+from feeds import model as feed
 from feeds.synthetic import MatchDay
 from protocol import UNSET, EventState, Selection, Snapshot
 from tests.faults.client import ResilientClient, percentile
@@ -115,12 +108,12 @@ class ReferenceBooks:
         self.seqs: dict[str, int] = {}
         self.states: dict[str, dict[int, Snapshot]] = {}
 
-    def feed(self, message: FeedMessage) -> None:
-        if isinstance(message, FeedEvent):
+    def take(self, message: feed.FeedMessage) -> None:
+        if isinstance(message, feed.FeedEvent):
             return
         old = self.books.get(message.market_id)
         if old is None:
-            if isinstance(message, FeedMarket) and message.status not in _FINAL:
+            if isinstance(message, feed.FeedMarket) and message.status not in _FINAL:
                 self._step(message.market_id, self._created(message))
             return
         new = self._applied(old, message)
@@ -156,7 +149,7 @@ class ReferenceBooks:
         self.states.setdefault(market_id, {})[seq] = self.snapshot(market_id)
 
     @staticmethod
-    def _created(m: FeedMarket) -> dict[str, Any]:
+    def _created(m: feed.FeedMarket) -> dict[str, Any]:
         return {
             "event_id": m.event_id,
             "sport": m.sport,
@@ -171,26 +164,26 @@ class ReferenceBooks:
             },
         }
 
-    def _applied(self, old: dict[str, Any], m: FeedMessage) -> dict[str, Any] | None:
+    def _applied(self, old: dict[str, Any], m: feed.FeedMessage) -> dict[str, Any] | None:
         """The book after ``m``, or None when the rules refuse it."""
-        rollback = isinstance(m, FeedResult) and m.rollback
+        rollback = isinstance(m, feed.FeedResult) and m.rollback
         if old["status"] in _FINAL and not rollback:
             return None
         b = {**old, "selections": {sid: dict(f) for sid, f in old["selections"].items()}}
         sels = b["selections"]
         match m:
-            case FeedMarket() | FeedMarketStatus() if m.status in _FINAL:
+            case feed.FeedMarket() | feed.FeedMarketStatus() if m.status in _FINAL:
                 return None
-            case FeedMarket():
+            case feed.FeedMarket():
                 _put(b, name=m.name, main=m.main, volume=m.volume, status=m.status)
                 b["reason"] = m.reason
                 for s in m.selections:
                     fields = {f: getattr(s, f, None) for f in _DEFINED}
                     _put(sels.setdefault(s.selection_id, {}), **fields)
-            case FeedMarketStatus():
+            case feed.FeedMarketStatus():
                 _put(b, status=m.status)
                 b["reason"] = m.reason
-            case FeedOdds():
+            case feed.FeedOdds():
                 if old["status"] == "closed" or any(p.selection_id not in sels for p in m.prices):
                     return None
                 for p in m.prices:
@@ -200,7 +193,7 @@ class ReferenceBooks:
                     _put(sels[p.selection_id], price=p.price, **data)
                 if m.volume is not UNSET:
                     _put(b, volume=m.volume)
-            case FeedResult() if rollback:
+            case feed.FeedResult() if rollback:
                 if old["status"] not in _FINAL:
                     return None
                 _put(b, status="suspended")
@@ -208,7 +201,7 @@ class ReferenceBooks:
                 for f in sels.values():
                     back = "active" if f["status"] in ("winner", "loser", "void") else f["status"]
                     _put(f, status=back, dead_heat=None, void_factor=None)
-            case FeedResult():
+            case feed.FeedResult():
                 b["status"], b["reason"] = ("voided" if m.void else "settled"), m.reason
                 named = dict(m.results)
                 for sid, f in sels.items():
@@ -255,10 +248,10 @@ class Expectation:
     finals: dict[str, Snapshot]
 
     @classmethod
-    def of(cls, messages: Iterable[FeedMessage]) -> Expectation:
+    def of(cls, messages: Iterable[feed.FeedMessage]) -> Expectation:
         model = ReferenceBooks()
         for message in messages:
-            model.feed(message)
+            model.take(message)
         states = {m: {q: content(b) for q, b in s.items()} for m, s in model.states.items()}
         return cls(states, {m: model.snapshot(m) for m in model.books})
 
