@@ -7,7 +7,9 @@ function that mints epochs, so the logic is tested fast and deterministically.
 
 Sequencing: a market's first message is its ``Snapshot`` at ``seq`` 1; every later change
 is one ``Delta`` with ``seq`` one higher. A feed message that changes nothing produces
-nothing and consumes no ``seq``.
+nothing and consumes no ``seq``. Each snapshot and delta carries the book checksum of the
+book it leaves (``crc``, :mod:`protocol.checksum`), kept incrementally: a step recomputes
+the canonical text of the selections it changed only.
 """
 
 from __future__ import annotations
@@ -40,6 +42,7 @@ from protocol import (
     Snapshot,
     UnsetType,
 )
+from protocol.checksum import crc_of_lines, selection_line
 from protocol.types import LADDER_DEPTH, SELECTION_FIELDS, Selection
 
 Output = Snapshot | Delta | EventState
@@ -83,13 +86,15 @@ class FeedRejected(Exception):
 class MarketBook:
     """Authoritative state of one market, advancing one ``seq`` per change."""
 
-    __slots__ = ("_positions", "_snapshot")
+    __slots__ = ("_lines", "_positions", "_snapshot")
 
     def __init__(self, snapshot: Snapshot):
         self._snapshot = msgspec.structs.replace(snapshot, reset=False, conflated=False)
         self._positions: dict[str, int] | None = None
         """Selection id -> index in the snapshot's selections (built when first needed;
         dropped whenever a change may add selections)."""
+        self._lines: list[bytes] | None = None
+        """The checksum line of each selection, in order (built when first needed)."""
 
     @property
     def snapshot(self) -> Snapshot:
@@ -102,6 +107,7 @@ class MarketBook:
         :class:`FeedRejected` for an invalid definition."""
         _check_definition(definition)
         _refuse_final_by_status(definition.status, definition.market_id)
+        selections = tuple(_selection_of(s) for s in definition.selections)
         return cls(
             Snapshot(
                 market_id=definition.market_id,
@@ -113,10 +119,11 @@ class MarketBook:
                 kind=definition.market_kind,
                 name=definition.name,
                 status=definition.status,
-                selections=tuple(_selection_of(s) for s in definition.selections),
+                selections=selections,
                 main=definition.main,
                 reason=definition.reason,
                 volume=definition.volume,
+                crc=crc_of_lines(definition.status, [selection_line(s) for s in selections]),
             )
         )
 
@@ -210,9 +217,21 @@ class MarketBook:
             main=main,
             volume=new_volume,
         )
-        self._snapshot = protocol.apply(current, delta)
-        self._positions = None
-        return delta
+        book = protocol.apply(current, delta)  # The delta has no crc yet: nothing to verify.
+        if changes:
+            self._positions = None
+            self._lines = None
+        crc = crc_of_lines(book.status, self._lines_of(book))
+        self._snapshot = msgspec.structs.replace(book, crc=crc)
+        return msgspec.structs.replace(delta, crc=crc)
+
+    def _lines_of(self, book: Snapshot) -> list[bytes]:
+        """The checksum lines of ``book``'s selections (the current book's, or the book
+        being made when the selections did not change)."""
+        lines = self._lines
+        if lines is None:
+            lines = self._lines = [selection_line(s) for s in book.selections]
+        return lines
 
     def _apply_odds(self, message: FeedOdds) -> Delta | None:
         """:meth:`apply` for prices, the bulk of any feed, without the generic path's
@@ -243,6 +262,7 @@ class MarketBook:
             }
         selections: list[Selection] | None = None
         changes: list[SelectionChange] = []
+        changed: list[int] = []
         for fp in prices:
             price = fp.price
             selection_id = fp.selection_id
@@ -283,6 +303,7 @@ class MarketBook:
                     _check_market_data(change, market_id, selection_id)
                 new = msgspec.structs.replace(old, **fields)
             changes.append(change)
+            changed.append(position)
             if selections is None:
                 selections = list(current.selections)
             selections[position] = new
@@ -291,6 +312,12 @@ class MarketBook:
         new_volume = UNSET if volume is UNSET or volume == current.volume else volume
         if selections is None and new_volume is UNSET:
             return None
+        # Past the last check: the lines may change now that the step cannot be refused.
+        lines = self._lines_of(current)
+        if selections is not None:
+            for position in changed:
+                lines[position] = selection_line(selections[position])
+        crc = crc_of_lines(current.status, lines)
         delta = Delta(
             market_id=market_id,
             event_id=current.event_id,
@@ -299,6 +326,7 @@ class MarketBook:
             ts=message.ts,
             selections=tuple(changes),
             volume=new_volume,
+            crc=crc,
         )
         self._snapshot = msgspec.structs.replace(
             current,
@@ -306,6 +334,7 @@ class MarketBook:
             ts=message.ts,
             selections=current.selections if selections is None else tuple(selections),
             volume=current.volume if new_volume is UNSET else new_volume,
+            crc=crc,
         )
         return delta
 

@@ -3,7 +3,8 @@
 Pure: imports nothing else from the project, does no I/O.
 """
 
-from protocol.book import apply, apply_selection_changes, as_reset
+from protocol.book import apply, apply_selection_changes, as_reset, verify
+from protocol.checksum import checksum
 from protocol.codec import (
     decode_command,
     decode_server,
@@ -81,6 +82,7 @@ __all__ = [
     "apply",
     "apply_selection_changes",
     "as_reset",
+    "checksum",
     "decode_command",
     "decode_server",
     "decode_server_batch",
@@ -88,4 +90,5 @@ __all__ = [
     "decode_server_msgpack",
     "encode",
     "encode_msgpack",
+    "verify",
 ]

@@ -1,4 +1,5 @@
-"""Client-side book rebuilding: apply a delta to a snapshot, checking ``seq`` and ``epoch``.
+"""Client-side book rebuilding: apply a delta to a snapshot, checking ``seq``, ``epoch`` and
+the book checksum.
 
 Clients (and tests) use this instead of re-implementing the rules; the server's gateway
 cache uses it too, so both sides agree by construction.
@@ -8,6 +9,7 @@ from __future__ import annotations
 
 import msgspec
 
+from protocol.checksum import checksum
 from protocol.errors import ApplyError
 from protocol.types import SELECTION_FIELDS, UNSET, Delta, Selection, SelectionChange, Snapshot
 
@@ -16,8 +18,11 @@ def apply(snapshot: Snapshot, delta: Delta) -> Snapshot:
     """Return the book after ``delta``; ``snapshot`` is not modified.
 
     Raises :class:`ApplyError` unless ``delta`` is for the same market and epoch and its
-    ``seq`` is exactly ``snapshot.seq + 1``. On that error the caller must not guess: it
-    takes a fresh snapshot (or resumes) for this market.
+    ``seq`` is exactly ``snapshot.seq + 1``, and, when ``delta`` carries a ``crc``, the
+    book after it has that checksum (reason ``checksum``: the book was already wrong, or
+    the delta does not fit it). On that error the caller must not guess: it takes a fresh
+    snapshot (or resumes, except after ``checksum``) for this market. The new book carries
+    the delta's ``crc`` (none when the delta has none).
     """
     if delta.market_id != snapshot.market_id:
         raise ApplyError("market", f"delta for {delta.market_id} applied to {snapshot.market_id}")
@@ -34,7 +39,7 @@ def apply(snapshot: Snapshot, delta: Delta) -> Snapshot:
             "gap", f"{delta.market_id}: expected seq {snapshot.seq + 1}, got {delta.seq}"
         )
     selections = apply_selection_changes(snapshot.selections, delta.selections)
-    return Snapshot(
+    book = Snapshot(
         market_id=snapshot.market_id,
         event_id=snapshot.event_id,
         seq=delta.seq,
@@ -48,7 +53,25 @@ def apply(snapshot: Snapshot, delta: Delta) -> Snapshot:
         main=snapshot.main if delta.main is UNSET else delta.main,
         reason=snapshot.reason if delta.reason is UNSET else delta.reason,
         volume=snapshot.volume if delta.volume is UNSET else delta.volume,
+        crc=delta.crc,
     )
+    if delta.crc is not None:
+        verify(book)
+    return book
+
+
+def verify(snapshot: Snapshot) -> None:
+    """Check a book against its ``crc`` (nothing to check without one).
+
+    Raises :class:`ApplyError` with reason ``checksum`` when they differ: the book is
+    wrong and the caller takes a fresh snapshot of the market.
+    """
+    if snapshot.crc is not None and (actual := checksum(snapshot)) != snapshot.crc:
+        raise ApplyError(
+            "checksum",
+            f"{snapshot.market_id}: book at seq {snapshot.seq} has checksum {actual}, "
+            f"not {snapshot.crc}",
+        )
 
 
 def apply_selection_changes(

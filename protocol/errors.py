@@ -86,7 +86,8 @@ class ApplyError(Exception):
     """A delta cannot be applied to a book; the client must take a fresh snapshot.
 
     ``reason`` is one of ``gap`` (deltas are missing), ``stale`` (already applied),
-    ``epoch`` (the stream was restarted) or ``market`` (the delta is for another market).
+    ``epoch`` (the stream was restarted), ``market`` (the delta is for another market) or
+    ``checksum`` (the book after it does not have the delta's ``crc``: the book is wrong).
     """
 
     def __init__(self, reason: str, message: str):

@@ -128,7 +128,8 @@ class Snapshot(msgspec.Struct, frozen=True, tag="snapshot", tag_field="type", om
     ``volume`` is the market's traded volume, when the feed gives one (an exchange).
     ``conflated`` is true when the snapshot stands in for updates merged because the
     client fell behind or asked for ``conflate_ms``: exact at ``seq``, it replaces the book
-    like any snapshot.
+    like any snapshot. ``crc``, when present, is the book checksum of ``selections`` and
+    ``status`` (:mod:`protocol.checksum`, ``docs/protocol.md``).
     """
 
     market_id: str
@@ -146,6 +147,7 @@ class Snapshot(msgspec.Struct, frozen=True, tag="snapshot", tag_field="type", om
     reset: bool = False
     volume: Decimal | None = None
     conflated: bool = False
+    crc: int | None = None
 
 
 class Delta(msgspec.Struct, frozen=True, tag="delta", tag_field="type", omit_defaults=True):
@@ -155,6 +157,9 @@ class Delta(msgspec.Struct, frozen=True, tag="delta", tag_field="type", omit_def
     only the selections that changed, with only their changed fields; ``name`` and
     ``main`` (in the sport's lobby or not) appear only when the feed redefined them;
     ``volume`` only when the market's traded volume changed (``null``: none any more).
+    ``crc``, when present, is the book checksum of the book *after* this delta
+    (:mod:`protocol.checksum`): a client whose book gives another value takes a fresh
+    snapshot.
     """
 
     market_id: str
@@ -168,6 +173,7 @@ class Delta(msgspec.Struct, frozen=True, tag="delta", tag_field="type", omit_def
     name: str | UnsetType = UNSET
     main: bool | UnsetType = UNSET
     volume: Decimal | UnsetType | None = UNSET
+    crc: int | None = None
 
 
 class EventState(msgspec.Struct, frozen=True, tag="event", tag_field="type", omit_defaults=True):

@@ -56,6 +56,10 @@ class ClientStats:
     """Deltas already applied (stale seq) that arrived again (never applied)."""
     epoch_breaks: int = 0
     """Deltas of another epoch than the book held (never applied)."""
+    checksum_failures: int = 0
+    """Deltas after which the book would not have the delta's ``crc`` (never applied)."""
+    repeated_snapshots: int = 0
+    """Snapshots of the very book already held (harmless, but not promised)."""
     reset_distances: list[int] = field(default_factory=list)
     """For each ``reset`` snapshot answering a position of the same epoch: its seq minus
     the position's (negative: the server sent an older book than the client held)."""
@@ -260,6 +264,8 @@ class ResilientClient:
                             stats.gaps += 1
                         elif exc.reason == "stale":
                             stats.duplicates += 1
+                        elif exc.reason == "checksum":
+                            stats.checksum_failures += 1
                         else:
                             stats.epoch_breaks += 1
                         if m not in self._healing:
@@ -326,7 +332,7 @@ class ResilientClient:
         elif snap.seq < held.seq:
             stats.regressions += 1  # An older book than the one on screen.
         else:
-            stats.duplicates += 1  # The same book again: harmless, but not promised.
+            stats.repeated_snapshots += 1
         self._healing.discard(m)
         self.books[m] = snap
         self.history.setdefault(m, []).append((kind, snap))

@@ -80,9 +80,10 @@ def notes(rows: Sequence[Verdict]) -> list[str]:
 LEGEND = """\
 deltas: deltas applied by all clients; resets: snapshots that replaced a held book
 (flagged reset, or outside a resume); gaps detected: deltas a client could not apply
-(gap or foreign epoch: healed by a resume, never applied); duplicates: deltas received
-again (never applied); divergences: client books != REST at the end, REST != the pure
-processor, and client states on the way != the pure processor's book at that seq;
+(gap or foreign epoch: never applied, healed by the client, and a failure: the gateway
+must heal them first); duplicates: deltas received again (never applied; a failure too);
+divergences: client books != REST at the end, REST != the checker's reference model, and
+client states on the way != the reference model's book at that seq;
 undetected gaps: a client trusted a jump (unflagged snapshot after a resume, delta across
 a hole); lags: now - feed timestamp of each delta applied (p99 live: the worst client's
 p99 over deltas stamped after its connection opened; worst: any delta, including those

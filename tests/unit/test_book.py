@@ -153,9 +153,27 @@ def test_create_is_a_seq_1_snapshot() -> None:
             Selection("away", "Chelsea", Decimal("3.60")),
         ),
         main=True,
+        crc=protocol.checksum(out),
     )
     assert book(books) is out
     assert epochs == [MARKET]
+
+
+def test_the_checksum_survives_a_refused_message_and_a_restore_without_one() -> None:
+    """The book keeps each selection's checksum line: a price message refused after its
+    first selection was read must leave them as they were, and a book restored from a
+    snapshot stored without ``crc`` builds them afresh."""
+    books = books_after(odds(price("home", "2.20")))
+    with pytest.raises(FeedRejected):
+        books.apply(odds(price("home", "2.40"), price("nobody", "3.00")))
+    out = books.apply(odds(price("draw", "3.50")))
+    assert isinstance(out, Delta)
+    assert out.crc == protocol.checksum(book(books)) == book(books).crc
+    restored = Books(new_epoch)
+    restored.restore([msgspec.structs.replace(book(books), crc=None)])
+    out = restored.apply(odds(price("away", "3.70")))
+    assert isinstance(out, Delta)
+    assert out.crc == protocol.checksum(book(restored))
 
 
 def test_create_keeps_the_initial_status_and_reason() -> None:
@@ -501,6 +519,7 @@ def test_transition(
         seq=previous.seq + 1,
         epoch=EPOCH,
         ts=message.ts,
+        crc=protocol.checksum(after),
         **expected,
     )
     assert isinstance(out, Delta)

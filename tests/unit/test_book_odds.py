@@ -84,7 +84,9 @@ def reference(current: Snapshot, message: FeedOdds) -> tuple[Delta | None, Snaps
         selections=tuple(changes),
         volume=new_volume,
     )
-    return delta, protocol.apply(current, delta)
+    after = protocol.apply(current, delta)
+    crc = protocol.checksum(after)  # In full: the book keeps it incrementally.
+    return msgspec.structs.replace(delta, crc=crc), msgspec.structs.replace(after, crc=crc)
 
 
 def assert_like_reference(books: Books, message: FeedOdds) -> None:

@@ -139,6 +139,7 @@ def test_silence_past_the_bound_suspends_only_the_open_markets_once() -> None:
         ts=WALL,
         status="suspended",
         reason=REASON,
+        crc=protocol.checksum(pipe.book("ev:open")),
     )
     # Stored and published like any change: snapshot, history, channels.
     assert step.batch.snapshots["ev:open"] == pipe.book("ev:open")

@@ -1,7 +1,9 @@
 /**
  * Client-side market books: the same rules as the server's `protocol.apply` (Python): a
- * delta applies only to the same market and epoch at exactly `seq + 1`; anything else is a
+ * delta applies only to the same market and epoch at exactly `seq + 1`, and only when the
+ * book after it has the delta's `crc` (the book checksum, when sent); anything else is a
  * refusal that the caller heals with a fresh snapshot or a resume, never a guess.
+ * `tests/data/conformance` holds the cases every implementation of these rules passes.
  */
 import type {
   DecimalString,
@@ -64,7 +66,7 @@ export interface MarketBook {
   readonly syncing: boolean;
 }
 
-export type RefusalReason = "market" | "epoch" | "stale" | "gap";
+export type RefusalReason = "market" | "epoch" | "stale" | "gap" | "checksum";
 
 export type ApplyResult =
   | { readonly ok: true; readonly book: MarketBook }
@@ -107,26 +109,72 @@ function selectionView(s: Selection): SelectionView {
   };
 }
 
+/** The book of snapshot `s`, or `checksum` when `s` carries a `crc` its book does not have. */
+export function checkSnapshot(s: Snapshot): ApplyResult {
+  const book = fromSnapshot(s);
+  return s.crc == null || checksum(book) === s.crc ? { ok: true, book } : { ok: false, reason: "checksum" };
+}
+
 /** Check `delta` against `book` and return the next book, or why it does not apply. */
 export function applyDelta(book: MarketBook, delta: Delta): ApplyResult {
   if (delta.market_id !== book.marketId) return { ok: false, reason: "market" };
   if (delta.epoch !== book.epoch) return { ok: false, reason: "epoch" };
   if (delta.seq <= book.seq) return { ok: false, reason: "stale" };
   if (delta.seq !== book.seq + 1) return { ok: false, reason: "gap" };
-  return {
-    ok: true,
-    book: {
-      ...book,
-      seq: delta.seq,
-      ts: delta.ts,
-      name: delta.name ?? book.name,
-      main: delta.main ?? book.main,
-      volume: delta.volume === undefined ? book.volume : delta.volume,
-      status: delta.status ?? book.status,
-      reason: delta.reason === undefined ? book.reason : delta.reason,
-      selections: applySelectionChanges(book.selections, delta.selections ?? []),
-    },
+  const next: MarketBook = {
+    ...book,
+    seq: delta.seq,
+    ts: delta.ts,
+    name: delta.name ?? book.name,
+    main: delta.main ?? book.main,
+    volume: delta.volume === undefined ? book.volume : delta.volume,
+    status: delta.status ?? book.status,
+    reason: delta.reason === undefined ? book.reason : delta.reason,
+    selections: applySelectionChanges(book.selections, delta.selections ?? []),
   };
+  if (delta.crc != null && checksum(next) !== delta.crc) return { ok: false, reason: "checksum" };
+  return { ok: true, book: next };
+}
+
+/**
+ * The canonical text of a book's checksum (docs/protocol.md, "Book checksum"): the market's
+ * status, then per selection `\n<id>|<status>|<price>|<back>|<lay>`, a ladder side being its
+ * levels `<price>@<size>` joined by `,`; decimals exactly as sent.
+ */
+export function canonicalText(book: Pick<MarketBook, "status" | "selections">): string {
+  let text = book.status;
+  for (const s of book.selections) {
+    text += `\n${s.selectionId}|${s.status}|${s.price ?? ""}|${levelsText(s.back)}|${levelsText(s.lay)}`;
+  }
+  return text;
+}
+
+function levelsText(levels: readonly Level[]): string {
+  return levels.map(([price, size]) => `${price}@${size}`).join(",");
+}
+
+/** The book checksum: CRC-32 (ISO-HDLC, as zlib) of the canonical text's UTF-8 bytes. */
+export function checksum(book: Pick<MarketBook, "status" | "selections">): number {
+  return crc32(UTF8.encode(canonicalText(book)));
+}
+
+const UTF8 = new TextEncoder();
+
+const CRC_TABLE = (() => {
+  const table = new Uint32Array(256);
+  for (let n = 0; n < 256; n++) {
+    let c = n;
+    for (let k = 0; k < 8; k++) c = c & 1 ? 0xedb88320 ^ (c >>> 1) : c >>> 1;
+    table[n] = c >>> 0;
+  }
+  return table;
+})();
+
+/** CRC-32 of `bytes` (reflected, polynomial 0xEDB88320), as an unsigned integer. */
+export function crc32(bytes: Uint8Array): number {
+  let c = 0xffffffff;
+  for (const b of bytes) c = CRC_TABLE[(c ^ b) & 0xff]! ^ (c >>> 8);
+  return (c ^ 0xffffffff) >>> 0;
 }
 
 /** Merge selection changes, keeping order; a selection never seen before is appended. */

@@ -8,6 +8,7 @@
 import { backoffDelay, type BackoffOptions } from "./backoff.js";
 import {
   applyDelta,
+  checkSnapshot,
   eventView,
   fromSnapshot,
   positionOf,
@@ -696,7 +697,13 @@ export class OddsClient {
     }
     if (this.transport?.kind === "sse") this.confirm();
     const previous = this.books.get(s.market_id);
-    const book = fromSnapshot(s);
+    const checked = checkSnapshot(s);
+    if (!checked.ok) {
+      // The snapshot is not the book its checksum names: keep nothing of it, ask again.
+      this.startHeal(previous ?? fromSnapshot(s), checked.reason);
+      return;
+    }
+    const book = checked.book;
     this.books.set(s.market_id, book);
     this.seenMarkets.add(s.market_id);
     this.endHeal(s.market_id);
@@ -808,11 +815,13 @@ export class OddsClient {
   private startHeal(book: MarketBook, reason: RefusalReason): void {
     if (book.syncing) return; // Already healing; the replay or a snapshot will follow.
     this.stats.gaps += 1;
-    const syncing: MarketBook = { ...book, syncing: true };
+    // A book that fails its checksum has no position to resume from (the deltas after it
+    // would rebuild the same wrong book): an epoch no stream has asks for a fresh snapshot.
+    const syncing: MarketBook = { ...book, syncing: true, ...(reason === "checksum" ? { epoch: "" } : {}) };
     this.books.set(book.marketId, syncing);
     this.notify(`m:${book.marketId}`);
     this.emitter.emit("book", { book: syncing, previous: book, cause: "syncing" });
-    const position = positionOf(book);
+    const position = positionOf(syncing);
     this.emitter.emit("resync", { marketId: book.marketId, reason, position });
     if (this.transport?.kind !== "websocket" || this._state !== "open") {
       // SSE cannot send commands: a new stream brings fresh snapshots.

@@ -1,12 +1,15 @@
 import { afterEach, beforeEach, describe, expect, it, vi } from "vitest";
 import {
+  checksum,
   createClient,
+  fromSnapshot,
   tokenExpiry,
   TRANSITIONS,
   type ClientOptions,
   type ConnectionState,
   type OddsClient,
   type PriceChange,
+  type wire,
 } from "../src/index.js";
 import { EPOCH, FakeEventSource, FakeWebSocket, delta, snapshot } from "./fakes.js";
 
@@ -212,6 +215,38 @@ describe("books", () => {
     expect(client.getMarket(M)?.seq).toBe(4);
     expect(causes).toEqual(["syncing", "reset", "delta"]);
     expect(client.stats.resets).toBe(1);
+  });
+
+  it("takes a fresh snapshot, not a replay, when a delta fails its checksum", () => {
+    const { client, ws } = opened(10);
+    const prices = ["2.20", "3.40", "3.60"] as const;
+    const good = checksum({
+      status: "open",
+      selections: prices.map((price, i) => ({
+        ...fromSnapshot(snapshot(M, 10) as unknown as wire.Snapshot).selections[i]!,
+        price,
+      })),
+    });
+    ws.push(delta(M, 11, { selections: [{ selection_id: "home", price: "2.20" }], crc: good + 1 }));
+    expect(client.getMarket(M)).toMatchObject({ seq: 10, syncing: true });
+    expect(client.getMarket(M)?.selections[0]?.price).toBe("2.10");
+    // Resuming from seq 10 would replay the same delta onto the same book: no epoch is asked.
+    const resume = ws.commands("resume")[0];
+    expect(resume).toMatchObject({ positions: [{ market_id: M, epoch: "", seq: 10 }] });
+    ws.push(delta(M, 12)); // the stream goes on meanwhile: nothing applies to a book in doubt
+    expect(client.getMarket(M)).toMatchObject({ seq: 10, syncing: true });
+    ws.push({ type: "ack", command: "resume", id: resume?.id, markets: [M] });
+    ws.push({ ...snapshot(M, 12, [...prices]), reset: true, crc: good });
+    expect(client.getMarket(M)).toMatchObject({ seq: 12, epoch: EPOCH, syncing: false });
+    ws.push(delta(M, 13, { crc: good }));
+    expect(client.getMarket(M)?.seq).toBe(13);
+  });
+
+  it("does not take a snapshot that fails its checksum", () => {
+    const { client, ws } = opened(10);
+    ws.push({ ...snapshot(M, 12, ["9.99", "3.40", "3.60"]), reset: true, crc: 1 });
+    expect(client.getMarket(M)).toMatchObject({ seq: 10, syncing: true });
+    expect(ws.commands("resume")[0]).toMatchObject({ positions: [{ market_id: M, epoch: "", seq: 10 }] });
   });
 
   it("ignores stale duplicates (e.g. history replayed after a newer snapshot)", () => {

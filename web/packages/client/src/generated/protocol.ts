@@ -52,6 +52,9 @@ export interface Clock {
  * only the selections that changed, with only their changed fields; `name` and
  * `main` (in the sport's lobby or not) appear only when the feed redefined them;
  * `volume` only when the market's traded volume changed (`null`: none any more).
+ * `crc`, when present, is the book checksum of the book *after* this delta
+ * (:mod:`protocol.checksum`): a client whose book gives another value takes a fresh
+ * snapshot.
  */
 export interface Delta {
   readonly type: "delta";
@@ -60,6 +63,8 @@ export interface Delta {
   readonly market_id: string;
   readonly seq: number;
   readonly ts: number;
+  /** @default null */
+  readonly crc?: number | null;
   readonly main?: boolean;
   readonly name?: string;
   readonly reason?: string | null;
@@ -252,7 +257,8 @@ export interface SelectionChange {
  * `volume` is the market's traded volume, when the feed gives one (an exchange).
  * `conflated` is true when the snapshot stands in for updates merged because the
  * client fell behind or asked for `conflate_ms`: exact at `seq`, it replaces the book
- * like any snapshot.
+ * like any snapshot. `crc`, when present, is the book checksum of `selections` and
+ * `status` (:mod:`protocol.checksum`, `docs/protocol.md`).
  */
 export interface Snapshot {
   readonly type: "snapshot";
@@ -268,6 +274,8 @@ export interface Snapshot {
   readonly ts: number;
   /** @default false */
   readonly conflated?: boolean;
+  /** @default null */
+  readonly crc?: number | null;
   /** @default false */
   readonly main?: boolean;
   /** @default null */
