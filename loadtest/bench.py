@@ -899,6 +899,13 @@ def goals(s: dict[str, dict[str, Any]], quick: bool = False) -> list[dict[str, A
         )
     else:
         add("slow clients: fast clients' p99 within 1.2 x", None, "not measured")
+    replay = s.get("replay")
+    rate = (replay or {}).get("largest_records_s")
+    add(
+        "replay: >= 100k records/s, largest recording, one process",
+        None if rate is None else rate >= 100_000,
+        f"{_fmt(rate)} records/s" if rate is not None else "not measured",
+    )
     return out
 
 
