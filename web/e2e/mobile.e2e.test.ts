@@ -31,18 +31,16 @@ let page: Page;
 let staticSite: { url: string; close: () => Promise<void> } | null = null;
 const pageErrors: string[] = [];
 
+/** The part of the page's SDK client (`window.oddstream.client`) the test reads. */
 type PageClient = {
   state: string;
   transportKind: string;
-  stats: { gaps: number; resets: number };
+  stats: { gaps: number };
   on: (t: string, f: (u: { book: { marketId: string; seq: number; epoch: string }; cause: string }) => void) => () => void;
-  getMarket: (id: string) => { seq: number; epoch: string } | undefined;
 };
 
-const client = (): PageClient => (globalThis as unknown as { oddstream: { client: PageClient } }).oddstream.client;
-
 async function state(p: Page): Promise<string> {
-  return p.evaluate(() => (globalThis as unknown as { oddstream: { client: { state: string } } }).oddstream.client.state);
+  return p.evaluate(() => (globalThis as unknown as { oddstream: { client: PageClient } }).oddstream.client.state);
 }
 
 async function shown(p: Page): Promise<{ marketId: string; seq: number; prices: Record<string, string> }[]> {
@@ -104,7 +102,7 @@ afterAll(async () => {
 describe("mobile view on SSE", () => {
   it("streams prices over SSE by choice, with their age, laid out for a phone", async () => {
     await expect.poll(() => state(page), { timeout: 20_000 }).toBe("open");
-    expect(await page.evaluate(() => (globalThis as unknown as { oddstream: { client: { transportKind: string } } }).oddstream.client.transportKind)).toBe("sse");
+    expect(await page.evaluate(() => (globalThis as unknown as { oddstream: { client: PageClient } }).oddstream.client.transportKind)).toBe("sse");
     await expect.poll(async () => (await shown(page)).length, { timeout: 20_000 }).toBeGreaterThanOrEqual(3);
     await expect.poll(async () => (await page.locator("#conn").textContent()) ?? "").toBe("live · sse");
     // The synthetic feed stamps the wall clock: a price's age is seconds, read from its delta's ts.
