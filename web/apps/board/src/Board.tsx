@@ -10,7 +10,7 @@ import {
   type SelectionView,
 } from "@oddstream/client";
 import { useEvent, useLobby, useMarket, useOddsClient } from "@oddstream/react";
-import { Announcer, moveArrow, moveWord } from "../../shared/announce.js";
+import { Announcer, moveArrow, moveWord } from "../../common/announce.js";
 import { Ladder, hasLadder } from "./Ladder.js";
 
 const FLASH_MS = 1200;

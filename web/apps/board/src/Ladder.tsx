@@ -19,7 +19,7 @@ import {
   type PriceFormat,
   type SelectionView,
 } from "@oddstream/client";
-import { moveArrow, moveWord } from "../../shared/announce.js";
+import { moveArrow, moveWord } from "../../common/announce.js";
 
 const DEPTH = 3;
 const MOVE_MS = 1500;

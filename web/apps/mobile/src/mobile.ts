@@ -12,7 +12,7 @@
  * (default: this page's origin).
  */
 import { compareDecimal, createClient, formatPrice, type MarketBook, type OddsClient } from "@oddstream/client";
-import { Announcer, moveArrow, moveWord } from "../../shared/announce.js";
+import { Announcer, moveArrow, moveWord } from "../../common/announce.js";
 
 type Move = "up" | "down" | "none";
 
