@@ -16,13 +16,14 @@ from __future__ import annotations
 
 import bz2
 import logging
+from bisect import bisect_left, insort
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from decimal import Decimal
 from functools import lru_cache
 from pathlib import Path
-from typing import IO, Final, NamedTuple
+from typing import IO, Final
 
 import msgspec
 
@@ -35,7 +36,7 @@ from feeds.model import (
     FeedResult,
     FeedSelection,
 )
-from feeds.replay import ReadReport
+from feeds.replay import ReadReport, Translation, reported
 from protocol import EventPhase, MarketStatus, SelectionStatus
 from protocol.types import LADDER_DEPTH, Level
 
@@ -162,12 +163,48 @@ _FAMILY_OF: Final[dict[str, str]] = {
 }
 
 
+class _PriceLadder:
+    """A full-depth ladder (price -> size) that keeps its prices sorted as it changes,
+    so its best levels are a slice: a change costs a bisection, never a sort of the
+    hundred-odd prices a busy runner carries."""
+
+    __slots__ = ("prices", "sizes")
+
+    def __init__(self) -> None:
+        self.sizes: dict[Decimal, Decimal] = {}
+        self.prices: list[Decimal] = []  # Ascending, the keys of ``sizes``.
+
+    def merge(self, changes: list[_PV]) -> None:
+        sizes = self.sizes
+        for price, size in changes:
+            if size:
+                if price not in sizes:
+                    insort(self.prices, price)
+                sizes[price] = size
+            elif sizes.pop(price, None) is not None:  # Size 0: the level is gone.
+                del self.prices[bisect_left(self.prices, price)]
+
+    def clear(self) -> None:
+        self.sizes.clear()
+        self.prices.clear()
+
+    def highest(self) -> tuple[Level, ...]:
+        """The best back levels: highest price first."""
+        sizes = self.sizes
+        return tuple((p, sizes[p]) for p in reversed(self.prices[-LADDER_DEPTH:]))
+
+    def lowest(self) -> tuple[Level, ...]:
+        """The best lay levels: lowest price first."""
+        sizes = self.sizes
+        return tuple((p, sizes[p]) for p in self.prices[:LADDER_DEPTH])
+
+
 @dataclass(slots=True)
 class _Runner:
     selection_id: str
     definition: _RunnerDefinition
-    full_back: dict[Decimal, Decimal] = field(default_factory=dict)
-    full_lay: dict[Decimal, Decimal] = field(default_factory=dict)
+    full_back: _PriceLadder = field(default_factory=_PriceLadder)
+    full_lay: _PriceLadder = field(default_factory=_PriceLadder)
     best_back: dict[int, _PV] = field(default_factory=dict)
     best_lay: dict[int, _PV] = field(default_factory=dict)
     display_back: dict[int, _PV] = field(default_factory=dict)
@@ -193,10 +230,10 @@ class _Runner:
         """Merge one runner change; return the ladder keys it carried."""
         seen: set[str] = set()
         if rc.atb is not None:
-            _merge_prices(self.full_back, rc.atb)
+            self.full_back.merge(rc.atb)
             seen.add("atb")
         if rc.atl is not None:
-            _merge_prices(self.full_lay, rc.atl)
+            self.full_lay.merge(rc.atl)
             seen.add("atl")
         if rc.batb is not None:
             _merge_levels(self.best_back, rc.batb)
@@ -231,7 +268,7 @@ class _Runner:
         if family == "best":
             return _by_level(self.best_back), _by_level(self.best_lay)
         if family == "full":
-            return _by_price(self.full_back, best_high=True), _by_price(self.full_lay)
+            return self.full_back.highest(), self.full_lay.lowest()
         return (), ()
 
     @property
@@ -260,12 +297,6 @@ def _merge_levels(ladder: dict[int, _PV], changes: list[_LPV]) -> None:
 
 def _by_level(ladder: dict[int, _PV]) -> tuple[Level, ...]:
     return tuple(ladder[level] for level in sorted(ladder)[:LADDER_DEPTH])
-
-
-def _by_price(ladder: dict[Decimal, Decimal], *, best_high: bool = False) -> tuple[Level, ...]:
-    # A C-level sort of a hundred-odd prices beats heapq's Python loop here.
-    best = sorted(ladder, reverse=best_high)[:LADDER_DEPTH]
-    return tuple((price, ladder[price]) for price in best)
 
 
 @dataclass(slots=True)
@@ -325,14 +356,6 @@ def _selection_id(runner_id: int, hc: Decimal | None) -> str:
 class BetfairError(ValueError):
     """A record that cannot be read at all (not JSON, not a stream message, no ``pt``).
     Nothing of it was applied to the cache."""
-
-
-class Translation(NamedTuple):
-    """What one record became: feed messages in order, and the parts of it that were
-    skipped, each with a reason (a market change before its definition...)."""
-
-    messages: list[FeedMessage]
-    problems: list[str]
 
 
 @dataclass(slots=True)
@@ -607,10 +630,7 @@ def read_betfair(path: Path, report: ReadReport) -> Iterator[FeedMessage]:
             except BetfairError as exc:
                 report.skip(line_no, str(exc))
                 continue
-            report.read += 1
-            for problem in translation.problems:
-                report.skip(line_no, problem)
-            yield from translation.messages
+            yield from reported(report, line_no, translation)
     log.debug("betfair %s: %s", path, adapter.stats)
 
 

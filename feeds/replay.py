@@ -14,6 +14,7 @@ import time
 from collections.abc import AsyncIterator, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import NamedTuple
 
 import msgspec
 
@@ -35,6 +36,25 @@ class ReadReport:
         self.skipped.append((line_no, reason))
         self.raw.append(raw)
         log.warning("line %d skipped: %s", line_no, reason)
+
+
+class Translation(NamedTuple):
+    """What a feed adapter made of one record of its source: feed messages in order, and
+    the parts of the record that were skipped, each with a reason."""
+
+    messages: list[FeedMessage]
+    problems: list[str]
+
+
+def reported(
+    report: ReadReport, position: int, translation: Translation, prefix: str = ""
+) -> list[FeedMessage]:
+    """Count a translated record as read and report its problems at ``position`` (each
+    after ``prefix``); returns its messages."""
+    report.read += 1
+    for problem in translation.problems:
+        report.skip(position, prefix + problem)
+    return translation.messages
 
 
 def read_jsonl(path: Path, report: ReadReport | None = None) -> Iterator[FeedMessage]:

@@ -36,7 +36,7 @@ from feeds.model import (
     FeedResult,
     FeedSelection,
 )
-from feeds.replay import ReadReport
+from feeds.replay import ReadReport, Translation, reported
 from protocol import Clock, EventPhase, MarketStatus, SelectionStatus
 
 __all__ = ["MAX_MESSAGE_BYTES", "Translation", "UofAdapter", "UofError", "UofStats", "read_uof"]
@@ -83,11 +83,14 @@ class UofError(ValueError):
     missing ``event_id`` or ``timestamp``). Nothing of it was applied."""
 
 
-class Translation(NamedTuple):
-    """What one message became: feed messages in order, and the parts of it that were
-    skipped, each with a reason."""
+class _Message(NamedTuple):
+    """One message being translated: its root element, event and timestamp, and where
+    its feed messages and problems go."""
 
-    messages: list[FeedMessage]
+    root: ET.Element
+    event_id: str
+    ts: int
+    out: list[FeedMessage]
     problems: list[str]
 
 
@@ -159,19 +162,13 @@ class UofAdapter:
         self.stats.messages += 1
         out: list[FeedMessage] = []
         problems: list[str] = []
-        handler(self, root, event_id, ts, out, problems)
+        handler(self, _Message(root, event_id, ts, out, problems))
         return Translation(out, problems)
 
     # -- odds_change --------------------------------------------------------------------
 
-    def _odds_change(
-        self,
-        root: ET.Element,
-        event_id: str,
-        ts: int,
-        out: list[FeedMessage],
-        problems: list[str],
-    ) -> None:
+    def _odds_change(self, m: _Message) -> None:
+        root, event_id, ts, out, problems = m
         status_element = root.find("sport_event_status")
         if status_element is not None:
             self._event(event_id, ts, out, status_element)
@@ -179,11 +176,7 @@ class UofAdapter:
         if odds is None:
             return
         product = root.get("product")
-        for element in odds.iter("market"):
-            key = _market_key(element, event_id)
-            if key is None:
-                problems.append(f"odds_change {event_id}: market without an id")
-                continue
+        for element, key in _keyed_markets(odds, m):
             market_id, type_id, specifiers = key
             code = _int(element.get("status", "1"))
             if code in _ALREADY_FINAL:
@@ -264,14 +257,8 @@ class UofAdapter:
 
     # -- bet_stop -----------------------------------------------------------------------
 
-    def _bet_stop(
-        self,
-        root: ET.Element,
-        event_id: str,
-        ts: int,
-        out: list[FeedMessage],
-        problems: list[str],
-    ) -> None:
+    def _bet_stop(self, m: _Message) -> None:
+        root, event_id, ts, out, problems = m
         groups = frozenset((root.get("groups") or "all").split("|"))
         code = root.get("market_status", "-1")
         if code not in {"0", "-1"}:
@@ -288,19 +275,9 @@ class UofAdapter:
 
     # -- bet_settlement -----------------------------------------------------------------
 
-    def _bet_settlement(
-        self,
-        root: ET.Element,
-        event_id: str,
-        ts: int,
-        out: list[FeedMessage],
-        problems: list[str],
-    ) -> None:
-        for element in root.iter("market"):
-            key = _market_key(element, event_id)
-            if key is None:
-                problems.append(f"bet_settlement {event_id}: market without an id")
-                continue
+    def _bet_settlement(self, m: _Message) -> None:
+        root, event_id, ts, out, problems = m
+        for element, key in _keyed_markets(root, m):
             market_id, type_id, specifiers = key
             settlement = _settlement(element, market_id, problems)
             if settlement is None:
@@ -338,24 +315,13 @@ class UofAdapter:
 
     # -- bet_cancel ---------------------------------------------------------------------
 
-    def _bet_cancel(
-        self,
-        root: ET.Element,
-        event_id: str,
-        ts: int,
-        out: list[FeedMessage],
-        problems: list[str],
-    ) -> None:
-        if root.get("start_time") is not None or root.get("end_time") is not None:
+    def _bet_cancel(self, m: _Message) -> None:
+        root, event_id, ts, out, _ = m
+        if _windowed(root):
             # Only bets placed in a time window are void: the market itself stands.
             self.stats.partial_cancels += 1
             return
-        for element in root.iter("market"):
-            key = _market_key(element, event_id)
-            if key is None:
-                problems.append(f"bet_cancel {event_id}: market without an id")
-                continue
-            market_id, type_id, specifiers = key
+        for _, (market_id, type_id, specifiers) in _keyed_markets(root, m):
             market = self._prepare_result(market_id, event_id, type_id, specifiers, ts, out, [])
             if market.status == "voided":
                 self.stats.unchanged += 1
@@ -367,47 +333,22 @@ class UofAdapter:
 
     # -- rollbacks ----------------------------------------------------------------------
 
-    def _rollback_bet_settlement(
-        self,
-        root: ET.Element,
-        event_id: str,
-        ts: int,
-        out: list[FeedMessage],
-        problems: list[str],
-    ) -> None:
-        self._rollback(root, event_id, ts, out, problems, "settled")
+    def _rollback_bet_settlement(self, m: _Message) -> None:
+        self._rollback(m, "settled")
 
-    def _rollback_bet_cancel(
-        self,
-        root: ET.Element,
-        event_id: str,
-        ts: int,
-        out: list[FeedMessage],
-        problems: list[str],
-    ) -> None:
-        if root.get("start_time") is not None or root.get("end_time") is not None:
+    def _rollback_bet_cancel(self, m: _Message) -> None:
+        if _windowed(m.root):
             self.stats.partial_cancels += 1  # Undoes a windowed cancel: nothing was applied.
             return
-        self._rollback(root, event_id, ts, out, problems, "voided")
+        self._rollback(m, "voided")
 
-    def _rollback(
-        self,
-        root: ET.Element,
-        event_id: str,
-        ts: int,
-        out: list[FeedMessage],
-        problems: list[str],
-        undoes: MarketStatus,
-    ) -> None:
-        for element in root.iter("market"):
-            key = _market_key(element, event_id)
-            if key is None:
-                problems.append(f"<{root.tag}> {event_id}: market without an id")
-                continue
-            market = self._markets.get(key[0])
+    def _rollback(self, m: _Message, undoes: MarketStatus) -> None:
+        root, _, ts, out, problems = m
+        for _, (market_id, _, _) in _keyed_markets(root, m):
+            market = self._markets.get(market_id)
             if market is None or market.status != undoes:
                 state = "unknown" if market is None else market.status
-                problems.append(f"<{root.tag}> {key[0]}: market is {state}, nothing to undo")
+                problems.append(f"<{root.tag}> {market_id}: market is {state}, nothing to undo")
                 continue
             self._undo_final(market, ts, out)
 
@@ -524,6 +465,24 @@ def _definition(
         main=type_id == "1",
         reason=None if status == "open" else reason,
     )
+
+
+def _windowed(root: ET.Element) -> bool:
+    """A cancel (or its rollback) of the bets placed in a time window only."""
+    return root.get("start_time") is not None or root.get("end_time") is not None
+
+
+def _keyed_markets(
+    parent: ET.Element, m: _Message
+) -> Iterator[tuple[ET.Element, tuple[str, str, str]]]:
+    """The ``market`` elements below ``parent`` with their keys; one without an id is
+    reported and left out."""
+    for element in parent.iter("market"):
+        key = _market_key(element, m.event_id)
+        if key is None:
+            m.problems.append(f"<{m.root.tag}> {m.event_id}: market without an id")
+            continue
+        yield element, key
 
 
 def _market_key(element: ET.Element, event_id: str) -> tuple[str, str, str] | None:
@@ -680,8 +639,5 @@ def read_uof(path: Path, report: ReadReport) -> Iterator[FeedMessage]:
         except (OSError, UofError) as exc:
             report.skip(number, f"{file.name}: {exc}")
             continue
-        report.read += 1
-        for problem in translation.problems:
-            report.skip(number, f"{file.name}: {problem}")
-        yield from translation.messages
+        yield from reported(report, number, translation, f"{file.name}: ")
     log.debug("uof %s: %s", path, adapter.stats)

@@ -18,7 +18,8 @@ on 127.0.0.1), and measures two phases with the very same payloads:
 
 RSS per connection is (RSS with the clients connected and idle - RSS before) / clients,
 and again under load. The end-to-end (Kafka + Redis) and ``books`` scenarios are in
-:mod:`loadtest.e2e`. Nothing here asserts timings: goals are printed as met or not.
+:mod:`loadtest.e2e`, the ``replay`` scenario in :mod:`loadtest.replay_bench`. Nothing
+here asserts timings: goals are printed as met or not.
 
 ``--json`` is rewritten after every scenario, and ``--resume`` keeps what an interrupted
 run already measured. ``--profile DIR`` samples the gateway with py-spy. In ``ws_5k`` the
@@ -141,7 +142,7 @@ FANOUTS = (
     Fanout("sse_1k", "sse", 1_000, 100, quick_systems=SYSTEMS, title="SSE fan-out, 1k"),
     Fanout("sse_5k", "sse", 5_000, 200, title="SSE fan-out, 5k"),
 )
-SCENARIOS = (*(f.name for f in FANOUTS), "slow_mix", "e2e", "books")
+SCENARIOS = (*(f.name for f in FANOUTS), "slow_mix", "e2e", "books", "replay")
 
 
 @dataclass
@@ -898,6 +899,13 @@ def goals(s: dict[str, dict[str, Any]], quick: bool = False) -> list[dict[str, A
         )
     else:
         add("slow clients: fast clients' p99 within 1.2 x", None, "not measured")
+    replay = s.get("replay")
+    rate = (replay or {}).get("largest_records_s")
+    add(
+        "replay: >= 100k records/s, largest recording, one process",
+        None if rate is None else rate >= 100_000,
+        f"{_fmt(rate)} records/s" if rate is not None else "not measured",
+    )
     return out
 
 
@@ -1135,6 +1143,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                         profile_dir=args.profile,
                     ),
                 )
+        if "replay" in wanted:
+            from loadtest.replay_bench import replay_scenario
+
+            run_one("replay", lambda: replay_scenario(quick=args.quick, log=log))
     except KeyboardInterrupt:
         print("\ninterrupted: stopping every process", file=sys.stderr, flush=True)
         procs.stop_all()

@@ -132,7 +132,19 @@ def test_distributed_scenarios_run_or_say_why_not(report: dict[str, Any]) -> Non
 @pytest.mark.timeout(300)
 def test_goals_are_listed_but_not_judged_in_a_quick_run(report: dict[str, Any]) -> None:
     goals = report["goals"]
-    assert len(goals) == 7
+    assert len(goals) == 8
     for goal in goals:
         assert isinstance(goal["goal"], str) and isinstance(goal["why"], str)
         assert goal["met"] is None
+
+
+@pytest.mark.timeout(300)
+def test_replay_scenario_measures_every_recording(report: dict[str, Any]) -> None:
+    scenario = report["scenarios"]["replay"]
+    assert scenario["measured"] is True
+    recordings = {r["recording"]: r for r in scenario["recordings"]}
+    largest = recordings["flumine_SELF-1.181223995_horse_place_inplay.jsonl"]
+    assert largest["records"] == 21_922
+    assert largest["dead_letters"] == 0
+    assert largest["records_s"] > 0 and largest["records_cpu_s"] > 0
+    assert scenario["largest_records_s"] == largest["records_s"]

@@ -13,7 +13,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from feeds.betfair import BetfairAdapter, BetfairError, read_betfair
+from feeds.betfair import BetfairAdapter, BetfairError, _PriceLadder, read_betfair
 from feeds.book import Books
 from feeds.model import (
     FeedEvent,
@@ -623,3 +623,29 @@ def test_arbitrary_records_never_raise_anything_else(records: list[Any]) -> None
             continue
         for message in out.messages:
             assert decode_feed(encode_feed(message)) == message
+
+
+_LADDER_PRICES = st.sampled_from([d(p) for p in ("1.01", "1.5", "2", "2.02", "3.45", "10", "1000")])
+_LADDER_SIZES = st.sampled_from([d(s) for s in ("0", "0", "2", "5.5", "100")])
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.lists(st.tuples(_LADDER_PRICES, _LADDER_SIZES), max_size=6), max_size=12))
+def test_full_depth_ladder_keeps_the_best_levels_of_a_plain_merge(
+    updates: list[list[tuple[Decimal, Decimal]]],
+) -> None:
+    """The sorted full-depth ladder gives, after any sequence of changes (size 0 removes a
+    level, absent or present), the best three levels a full sort of the merged prices gives."""
+    ladder = _PriceLadder()
+    plain: dict[Decimal, Decimal] = {}
+    for update in updates:
+        ladder.merge(update)
+        for price, size in update:
+            if size:
+                plain[price] = size
+            else:
+                plain.pop(price, None)
+        assert ladder.highest() == tuple((p, plain[p]) for p in sorted(plain, reverse=True)[:3])
+        assert ladder.lowest() == tuple((p, plain[p]) for p in sorted(plain)[:3])
+    ladder.clear()
+    assert ladder.highest() == ladder.lowest() == ()

@@ -8,7 +8,7 @@ import { existsSync } from "node:fs";
 import { join } from "node:path";
 import type { Browser, Page } from "playwright-core";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { DIST, DevServer, launchBrowser, screenshotPath, serveDist } from "./harness.js";
+import { DIST, DevServer, launchBrowser, screenshotPath, seriousViolations, serveDist } from "./harness.js";
 
 interface RestSnapshot {
   market_id: string;
@@ -240,5 +240,10 @@ describe("shell: React board + Angular bet slip on one connection", () => {
     await expect.poll(() => connectionState(page), { timeout: 20_000 }).toBe("open");
     await expect.poll(() => agreesWithServer(suspended), { timeout: 30_000, interval: 25 }).toBe("match");
     expect(pageErrors).toEqual([]);
+  });
+
+  it("has no serious or critical accessibility violation (board and slip, items on the slip)", async () => {
+    expect((await slipItems(page)).length).toBeGreaterThan(0);
+    expect(await seriousViolations(page)).toEqual([]);
   });
 });

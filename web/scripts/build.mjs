@@ -4,10 +4,11 @@
 //   dist/sdk/oddstream-client.js   the SDK, one ES module shared by the page (import map)
 //   dist/board/board.js            the React live board   <oddstream-board>
 //   dist/betslip/main.js           the Angular bet slip   <oddstream-betslip>
+//   dist/mobile/                   the mobile view on SSE (page, mobile.js, sw.js, manifest, icon)
 //   dist/shell.js, dist/index.html the shell
 // and prints the size of each (raw and gzip) to stdout and dist/sizes.json.
 import { spawnSync } from "node:child_process";
-import { copyFileSync, mkdirSync, readFileSync, readdirSync, rmSync, statSync, writeFileSync } from "node:fs";
+import { copyFileSync, cpSync, mkdirSync, readFileSync, readdirSync, rmSync, statSync, writeFileSync } from "node:fs";
 import { dirname, join, relative, resolve } from "node:path";
 import { fileURLToPath } from "node:url";
 import { gzipSync } from "node:zlib";
@@ -52,6 +53,14 @@ function lib(entry, outDir, fileName, { external = [], plugins = [] } = {}) {
   });
 }
 
+/** One module built alone into `file`, beside others in its folder (lib mode empties its outDir). */
+async function single(entry, file, options) {
+  const tmp = `${file}.tmp`;
+  await lib(entry, tmp, "out.js", options);
+  copyFileSync(join(tmp, "out.js"), file);
+  rmSync(tmp, { recursive: true, force: true });
+}
+
 const t0 = Date.now();
 rmSync(join(dist, "index.html"), { force: true });
 mkdirSync(dist, { recursive: true });
@@ -74,10 +83,15 @@ console.log("build: Angular bet slip -> dist/betslip/main.js");
 run(bin("ng"), ["build"], join(web, "apps/betslip"));
 rmSync(join(dist, "betslip", "prerendered-routes.json"), { force: true });
 
+console.log("build: mobile view -> dist/mobile/");
+const mobile = join(dist, "mobile");
+await lib(join(web, "apps/mobile/src/mobile.ts"), mobile, "mobile.js", { external: ["@oddstream/client"] });
+await single(join(web, "apps/mobile/src/sw.ts"), join(mobile, "sw.js"));
+cpSync(join(web, "apps/mobile/public"), mobile, { recursive: true });
+copyFileSync(join(web, "apps/mobile/index.html"), join(mobile, "index.html"));
+
 console.log("build: shell -> dist/index.html");
-await lib(join(web, "apps/shell/src/shell.ts"), join(dist, "shell-tmp"), "shell.js", { external: ["@oddstream/client"] });
-copyFileSync(join(dist, "shell-tmp", "shell.js"), join(dist, "shell.js"));
-rmSync(join(dist, "shell-tmp"), { recursive: true, force: true });
+await single(join(web, "apps/shell/src/shell.ts"), join(dist, "shell.js"), { external: ["@oddstream/client"] });
 
 function files(dir) {
   return readdirSync(dir).flatMap((name) => {
@@ -86,8 +100,10 @@ function files(dir) {
   });
 }
 const sizes = {};
-for (const [name, dir] of [["sdk", "sdk"], ["board", "board"], ["betslip", "betslip"], ["shell", "."]]) {
-  const list = name === "shell" ? [join(dist, "shell.js"), join(web, "apps/shell/index.html")] : files(join(dist, dir)).filter((f) => f.endsWith(".js"));
+for (const [name, dir] of [["sdk", "sdk"], ["board", "board"], ["betslip", "betslip"], ["mobile", "mobile"], ["shell", "."]]) {
+  // The mobile view: its script, service worker, page and manifest (the SDK is counted apart).
+  const own = (f) => f.endsWith(".js") || (name === "mobile" && /\.(html|json)$/.test(f));
+  const list = name === "shell" ? [join(dist, "shell.js"), join(web, "apps/shell/index.html")] : files(join(dist, dir)).filter(own);
   let raw = 0;
   let gz = 0;
   for (const f of list) {

@@ -9,7 +9,9 @@ import {
   type PriceFormat,
   type SelectionView,
 } from "@oddstream/client";
-import { useEvent, useLobby, useMarket } from "@oddstream/react";
+import { useEvent, useLobby, useMarket, useOddsClient } from "@oddstream/react";
+import { Announcer, moveArrow, moveWord } from "../../common/announce.js";
+import { Ladder, hasLadder } from "./Ladder.js";
 
 const FLASH_MS = 1200;
 
@@ -32,15 +34,43 @@ export function Board(props: { sports: readonly string[] }) {
       {props.sports.map((sport) => (
         <Sport key={sport} sport={sport} format={format} />
       ))}
+      <Announcements />
     </div>
   );
+}
+
+/**
+ * The polite live region: price moves and suspensions of the markets on the board, at most
+ * one sentence every few seconds (see `Announcer`), suspensions first.
+ */
+function Announcements() {
+  const client = useOddsClient();
+  const region = useRef<HTMLDivElement>(null);
+  useEffect(() => {
+    if (!region.current) return undefined;
+    const announcer = new Announcer(region.current);
+    const name = (marketId: string, selectionId: string): string =>
+      client.getMarket(marketId)?.selections.find((s) => s.selectionId === selectionId)?.name ?? selectionId;
+    const offs = [
+      client.on("price", (p) => {
+        if (p.direction !== "none") announcer.say(`${p.marketId}/${p.selectionId}`, `${name(p.marketId, p.selectionId)} ${moveWord(p.direction)} to ${p.price ?? "no price"}`);
+      }),
+      client.on("suspended", (s) => announcer.say(s.marketId, `${s.book.name} suspended${s.reason ? `, ${s.reason}` : ""}`, true)),
+      client.on("reopened", (s) => announcer.say(s.marketId, `${s.book.name} open again`, true)),
+    ];
+    return () => {
+      for (const off of offs) off();
+      announcer.dispose();
+    };
+  }, [client]);
+  return <div ref={region} className="sr" data-testid="announcer" />;
 }
 
 function Sport({ sport, format }: { sport: string; format: PriceFormat }) {
   const lobby = useLobby(sport);
   return (
     <section className="sport" data-sport={sport}>
-      <h3>{sport}</h3>
+      <h3>{sport.replace(/_/g, " ")}</h3>
       {lobby.events.length === 0 ? <div className="empty">Waiting for events…</div> : null}
       {lobby.events.map((entry) => (
         <EventRow key={entry.eventId} eventId={entry.eventId} marketIds={entry.marketIds} format={format} />
@@ -111,8 +141,11 @@ function EventState({ event }: { event: EventView }) {
 }
 
 function Market(props: { marketId: string; event: EventView; format: PriceFormat }) {
-  const book = useMarket(props.marketId, { subscribe: false });
+  // At most one render per display frame, with the latest book: an exchange market moves
+  // many times a second, and nobody reads faster than the screen draws.
+  const book = useMarket(props.marketId, { subscribe: false, perFrame: true });
   if (!book) return null;
+  if (hasLadder(book)) return <Ladder book={book} event={props.event} format={props.format} />;
   const final = book.status === "settled" || book.status === "voided";
   const blocked = book.status !== "open" || book.syncing;
   return (
@@ -170,7 +203,13 @@ function PriceButton(props: { book: MarketBook; sel: SelectionView; event: Event
       }
     >
       <span className="lbl">{label}</span>
-      <span className="px">{formatPrice(sel.price, props.format)}</span>
+      <span className="px">
+        {formatPrice(sel.price, props.format)}
+        <span className="dir" aria-hidden="true">
+          {moveArrow(flash)}
+        </span>
+      </span>
+      {flash ? <span className="sr"> ({moveWord(flash)})</span> : null}
     </button>
   );
 }

@@ -22,6 +22,9 @@ const client = createClient({
   transport: transport === "sse" || transport === "websocket" ? transport : "auto",
 });
 registerSharedClient(client);
+// `?sports=horse_racing,greyhounds`: the lobbies the board shows (default: the page's own).
+const sports = params.get("sports");
+if (sports) document.querySelector("oddstream-board")?.setAttribute("sports", sports);
 // For the console and the browser tests.
 (globalThis as { oddstream?: { client: OddsClient } }).oddstream = { client };
 

@@ -273,6 +273,14 @@ export class OddsClient {
   /** Resume commands in flight: id -> the markets whose positions they carry. */
   private readonly resumes = new Map<number, { kind: "gap" | "connection"; markets: readonly string[] }>();
   private sseRestart = false;
+  /** The last SSE `id:`: a stream the client opens itself resumes from it (`?last_event_id=`). */
+  private sseToken: string | null = null;
+  private readonly online = (): void => {
+    if (this._state !== "closed") this.reconnect("back online", 0);
+  };
+  private readonly offline = (): void => {
+    if (this._state !== "closed") this.scheduleReconnect("offline");
+  };
 
   constructor(options: ClientOptions = {}) {
     this.opts = options;
@@ -306,6 +314,7 @@ export class OddsClient {
 
   /** Close for good (until `connect()`); books are kept. */
   close(): void {
+    this.watchNetwork(false);
     this.dropTransport();
     clearTimeout(this.reconnectTimer);
     if (this._state !== "closed") this.setState("closed", { reason: "closed by client" });
@@ -403,7 +412,24 @@ export class OddsClient {
     this.notify("state");
   }
 
+  /**
+   * A page's network going away (a phone between cells, airplane mode) drops the connection
+   * at once instead of waiting for the heartbeat timeout; its return reconnects without
+   * waiting for the backoff. Both resume as after any reconnect.
+   */
+  private watchNetwork(on: boolean): void {
+    if (typeof window === "undefined") return;
+    if (on) {
+      window.addEventListener("online", this.online);
+      window.addEventListener("offline", this.offline);
+    } else {
+      window.removeEventListener("online", this.online);
+      window.removeEventListener("offline", this.offline);
+    }
+  }
+
   private open(): void {
+    if (this._state === "closed") this.watchNetwork(true);
     clearTimeout(this.reconnectTimer);
     this.confirmed = false;
     this.seenMarkets.clear();
@@ -416,6 +442,7 @@ export class OddsClient {
       closed: (info: { code: number; reason: string; opened: boolean; retry: boolean }) =>
         this.onClosed(info),
       retrying: () => this.onSseRetrying(),
+      token: (token: string) => (this.sseToken = token),
     };
     if (this.kind === "websocket") {
       const Ctor = this.opts.WebSocket ?? (globalThis.WebSocket as unknown as WebSocketConstructor);
@@ -634,6 +661,9 @@ export class OddsClient {
         any = true;
       }
     }
+    // A stream of the client's own (not the browser's retry) resumes like one: every market
+    // the token names and the query still covers continues exactly, or is reset, flagged.
+    if (any && this.sseToken !== null) url.searchParams.set("last_event_id", this.sseToken);
     return any ? url.href : null;
   }
 

@@ -29,7 +29,8 @@ export interface EventSourceLike {
   readonly readyState: number;
   onopen: ((ev: unknown) => void) | null;
   onerror: ((ev: unknown) => void) | null;
-  addEventListener(type: string, listener: (ev: { data: string }) => void): void;
+  /** `lastEventId`: the stream's last `id:` so far (the resume token), "" before any. */
+  addEventListener(type: string, listener: (ev: { data: string; lastEventId?: string }) => void): void;
   close(): void;
 }
 export type EventSourceConstructor = new (url: string) => EventSourceLike;
@@ -43,6 +44,8 @@ export interface TransportHandler {
   closed(info: { code: number; reason: string; opened: boolean; retry: boolean }): void;
   /** SSE only: the browser is reconnecting by itself (it will send Last-Event-ID). */
   retrying?(): void;
+  /** SSE only: the resume token (`id:`) of the event just handed up. */
+  token?(token: string): void;
 }
 
 export interface Transport {
@@ -185,7 +188,10 @@ export function openEventSource(
     es.addEventListener(type, (ev) => {
       if (done) return;
       const message = decode(ev.data);
-      if (message) handler.message(message);
+      if (!message) return;
+      // The token first: it covers this message, which the handler may act on at once.
+      if (ev.lastEventId) handler.token?.(ev.lastEventId);
+      handler.message(message);
     });
   }
   return {

@@ -506,3 +506,58 @@ describe("access tokens", () => {
     expect(client.state).toBe("closed");
   });
 });
+
+describe("SSE by choice", () => {
+  function sse(): { client: OddsClient; es: FakeEventSource } {
+    const { client } = make({ transport: "sse" });
+    client.subscribe({ markets: [M] });
+    client.connect();
+    const es = FakeEventSource.instances.at(-1);
+    if (!es) throw new Error("no EventSource");
+    es.accept();
+    es.push(snapshot(M, 4) as { type: string }, "tok4");
+    es.push(delta(M, 5, { selections: [{ selection_id: "home", price: "2.00" }] }) as { type: string }, "tok5");
+    es.push({ type: "heartbeat" });
+    return { client, es };
+  }
+
+  it("opens SSE at once, and a stream it opens itself resumes from the last id", () => {
+    const { client, es } = sse();
+    expect(FakeWebSocket.instances).toHaveLength(0);
+    expect(es.url).toBe("http://gw.test/sse?markets=fb-1%3A1x2");
+    // The browser gives up after its own retries: the client opens the next stream itself.
+    for (let i = 0; i < 4; i++) {
+      Object.assign(es, { readyState: 0 });
+      es.onerror?.({});
+    }
+    vi.advanceTimersByTime(1000);
+    const next = FakeEventSource.instances.at(-1);
+    expect(next).not.toBe(es);
+    expect(next?.url).toBe("http://gw.test/sse?markets=fb-1%3A1x2&last_event_id=tok5");
+    next?.accept();
+    next?.push(delta(M, 6, { selections: [{ selection_id: "home", price: "1.90" }] }) as { type: string }, "tok6");
+    expect(client.getMarket(M)?.seq).toBe(6);
+  });
+
+  it("drops the stream when the network goes and reopens it, resuming, when it returns", () => {
+    const page = new EventTarget();
+    vi.stubGlobal("window", page);
+    try {
+      const { client, es } = sse();
+      page.dispatchEvent(new Event("offline"));
+      expect(es.closed).toBe(true);
+      expect(client.state).toBe("reconnecting");
+      page.dispatchEvent(new Event("online"));
+      vi.advanceTimersByTime(0); // At once, not after the backoff.
+      expect(client.state).toBe("connecting");
+      expect(FakeEventSource.instances.at(-1)?.url).toContain("last_event_id=tok5");
+      client.close();
+      const streams = FakeEventSource.instances.length;
+      page.dispatchEvent(new Event("online"));
+      vi.advanceTimersByTime(0);
+      expect(FakeEventSource.instances).toHaveLength(streams);
+    } finally {
+      vi.unstubAllGlobals();
+    }
+  });
+});

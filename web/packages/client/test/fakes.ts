@@ -77,13 +77,15 @@ export class FakeEventSource implements EventSourceLike {
   onopen: ((ev: unknown) => void) | null = null;
   onerror: ((ev: unknown) => void) | null = null;
   closed = false;
-  private readonly listeners = new Map<string, ((ev: { data: string }) => void)[]>();
+  private readonly listeners = new Map<string, ((ev: { data: string; lastEventId?: string }) => void)[]>();
+  /** The stream's last `id:`, as the browser keeps it. */
+  lastEventId = "";
 
   constructor(readonly url: string) {
     FakeEventSource.instances.push(this);
   }
 
-  addEventListener(type: string, listener: (ev: { data: string }) => void): void {
+  addEventListener(type: string, listener: (ev: { data: string; lastEventId?: string }) => void): void {
     const list = this.listeners.get(type) ?? [];
     list.push(listener);
     this.listeners.set(type, list);
@@ -99,8 +101,11 @@ export class FakeEventSource implements EventSourceLike {
     this.onopen?.({});
   }
 
-  push(message: { type: string }): void {
-    for (const l of this.listeners.get(message.type) ?? []) l({ data: JSON.stringify(message) });
+  /** One event; `id` is its `id:` line (none: the stream's last id stays). */
+  push(message: { type: string }, id?: string): void {
+    if (id !== undefined) this.lastEventId = id;
+    const ev = { data: JSON.stringify(message), lastEventId: this.lastEventId };
+    for (const l of this.listeners.get(message.type) ?? []) l(ev);
   }
 }
 

@@ -32,6 +32,29 @@ export interface HookOptions {
    * false to read a market that another subscription (its event or lobby) already covers.
    */
   readonly subscribe?: boolean;
+  /**
+   * useMarket only: re-render at most once per display frame (requestAnimationFrame) with
+   * the latest book, however many deltas arrived in between (default false: every change).
+   * For busy exchange markets, whose ladders move many times a second.
+   */
+  readonly perFrame?: boolean;
+}
+
+/** `notify` deferred to the next animation frame, coalesced: many calls, one frame. */
+function perFrame(watch: (notify: () => void) => () => void): (notify: () => void) => () => void {
+  return (notify) => {
+    let frame = 0;
+    const stop = watch(() => {
+      frame ||= requestAnimationFrame(() => {
+        frame = 0;
+        notify();
+      });
+    });
+    return () => {
+      stop();
+      cancelAnimationFrame(frame);
+    };
+  };
 }
 
 function useTopic(client: OddsClient, kind: "markets" | "events" | "lobbies", id: string | undefined, on: boolean): void {
@@ -45,9 +68,14 @@ function useTopic(client: OddsClient, kind: "markets" | "events" | "lobbies", id
 export function useMarket(marketId: string | undefined, options: HookOptions = {}): MarketBook | undefined {
   const client = useOddsClient();
   useTopic(client, "markets", marketId, options.subscribe ?? true);
+  const framed = options.perFrame ?? false;
   const subscribe = useCallback(
-    (onChange: () => void) => (marketId === undefined ? () => {} : client.watchMarket(marketId, onChange)),
-    [client, marketId],
+    (onChange: () => void) => {
+      if (marketId === undefined) return () => {};
+      const watch = (notify: () => void): (() => void) => client.watchMarket(marketId, notify);
+      return (framed ? perFrame(watch) : watch)(onChange);
+    },
+    [client, marketId, framed],
   );
   const get = (): MarketBook | undefined => (marketId === undefined ? undefined : client.getMarket(marketId));
   return useSyncExternalStore(subscribe, get, get);

@@ -30,38 +30,48 @@ interface SlipEntry {
   readonly accepted: string | null;
 }
 
+// The host is the list item itself (`<li oddstream-slip-item>`), so the slip's list holds
+// only list items, as assistive technology expects.
 @Component({
-  selector: "oddstream-slip-item",
+  selector: "li[oddstream-slip-item]",
   changeDetection: ChangeDetectionStrategy.OnPush,
+  host: {
+    class: "item",
+    "[class.blocked]": "blocked()",
+    "[class.changed]": "changed()",
+    "[attr.data-market-id]": "entry().pick.marketId",
+    "[attr.data-selection-id]": "entry().pick.selectionId",
+    "[attr.data-price]": "live() ?? ''",
+    "[attr.data-accepted]": "entry().accepted ?? ''",
+    "[attr.data-state]": "blocked() ? 'blocked' : changed() ? 'changed' : 'ok'",
+  },
   template: `
-    <li class="item" [class.blocked]="blocked()" [class.changed]="changed()"
-        [attr.data-market-id]="entry().pick.marketId" [attr.data-selection-id]="entry().pick.selectionId"
-        [attr.data-price]="live() ?? ''" [attr.data-accepted]="entry().accepted ?? ''"
-        [attr.data-state]="blocked() ? 'blocked' : changed() ? 'changed' : 'ok'">
-      <div class="head">
-        <span class="sel">{{ entry().pick.label }}</span>
-        <button type="button" class="remove" title="Remove" (click)="removed.emit()">×</button>
-      </div>
-      <div class="sub">{{ entry().pick.marketName }} · {{ entry().pick.eventName }}</div>
-      <div class="price-line">
-        @if (changed()) {
-          <span class="old">{{ fmt(entry().accepted) }}</span>
-          <span class="arrow">→</span>
-          <span class="new" [class.up]="direction() === 'up'" [class.down]="direction() === 'down'">{{ fmt(live()) }}</span>
-        } @else {
-          <span class="cur">{{ fmt(live()) }}</span>
-        }
-        @if (blocked()) {
-          <span class="badge" data-testid="blocked">{{ blockedText() }}</span>
-        }
-      </div>
+    <div class="head">
+      <span class="sel">{{ entry().pick.label }}</span>
+      <button type="button" class="remove" title="Remove" [attr.aria-label]="'Remove ' + entry().pick.label" (click)="removed.emit()">×</button>
+    </div>
+    <div class="sub">{{ entry().pick.marketName }} · {{ entry().pick.eventName }}</div>
+    <div class="price-line">
       @if (changed()) {
-        <div class="actions">
-          <button type="button" class="accept" [disabled]="blocked()" (click)="accepted.emit(live())">Accept</button>
-          <button type="button" class="reject" (click)="removed.emit()">Reject</button>
-        </div>
+        <span class="old">{{ fmt(entry().accepted) }}</span>
+        <span class="arrow">→</span>
+        <span class="new" [class.up]="direction() === 'up'" [class.down]="direction() === 'down'">{{ fmt(live()) }}</span>
+        <!-- The move in a glyph and a word, not by colour alone. -->
+        <span class="dir" aria-hidden="true">{{ direction() === 'up' ? '▲' : direction() === 'down' ? '▼' : '' }}</span>
+        <span class="sr">{{ direction() === 'up' ? '(up)' : direction() === 'down' ? '(down)' : '' }}</span>
+      } @else {
+        <span class="cur">{{ fmt(live()) }}</span>
       }
-    </li>
+      @if (blocked()) {
+        <span class="badge" data-testid="blocked">{{ blockedText() }}</span>
+      }
+    </div>
+    @if (changed()) {
+      <div class="actions">
+        <button type="button" class="accept" [disabled]="blocked()" (click)="accepted.emit(live())">Accept</button>
+        <button type="button" class="reject" (click)="removed.emit()">Reject</button>
+      </div>
+    }
   `,
 })
 export class SlipItemComponent {
@@ -125,7 +135,7 @@ export class SlipItemComponent {
       }
       <ul>
         @for (e of entries(); track e.key) {
-          <oddstream-slip-item [entry]="e" (accepted)="accept(e.key, $event)" (removed)="remove(e.key)" />
+          <li oddstream-slip-item [entry]="e" (accepted)="accept(e.key, $event)" (removed)="remove(e.key)"></li>
         }
       </ul>
       @if (placed()) {
