@@ -50,6 +50,9 @@ build() {
         exit 1
     fi
     log "$image: built in $((SECONDS - started)) s, $(docker image inspect -f '{{.Size}}' "$image" | awk '{printf "%.0f MB", $1 / 1e6}')"
+    # Older builds of the same image go (their layers stay while another tag uses them).
+    docker images --format '{{.Repository}}:{{.Tag}}' "${image%%:*}" | grep -vxF "$image" \
+        | xargs -r docker rmi >/dev/null 2>&1 || true
 }
 
 mkdir -p "$CACHE"
