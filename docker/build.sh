@@ -23,6 +23,9 @@ log() { printf '[build] %s\n' "$*" >&2; }
 if [ -z "${BASE_IMAGE:-}" ] || [ -z "${NODE_IMAGE:-}" ]; then
     eval "$(docker/base.sh)"
 fi
+for base in "$BASE_IMAGE" "$NODE_IMAGE"; do
+    docker image inspect "$base" >/dev/null 2>&1 || docker pull -q "$base" >&2
+done
 
 # hash_of PATH... : one hash of the named files' paths and contents (tracked or not,
 # ignored files left out), and of the base images' ids.

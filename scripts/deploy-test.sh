@@ -3,7 +3,8 @@
 #   * Docker (Debian's docker.io; dockerd started with --bridge=none --iptables=false if
 #     none runs, and stopped afterwards), Compose (docker-compose), debootstrap;
 #   * helm and actionlint, built by `go install` into .cache/go/bin (kept);
-#   * the images (docker/build.sh: cached by content; the base by docker/base.sh).
+#   * the images (docker/build.sh: cached by content; on the bases BASE_IMAGE and
+#     NODE_IMAGE when both are set, else on the local ones docker/base.sh makes).
 # Then pytest: images built from the local base, the compose stack with its failover
 # checks (WebSocket and SSE through HAProxy, `docker stop` of a gateway, `docker kill` of
 # a book processor), `kubectl kustomize` of each overlay and `helm template` validated
@@ -91,8 +92,9 @@ if [ "$mode" = manifests ]; then
 fi
 
 need dockerd docker.io
-need docker-compose docker-compose
-need debootstrap debootstrap
+docker compose version >/dev/null 2>&1 || need docker-compose docker-compose
+# Local bases from Debian's archive unless registry images are named (CI: docker/base.sh).
+[ -n "${BASE_IMAGE:-}" ] && [ -n "${NODE_IMAGE:-}" ] || need debootstrap debootstrap
 start_dockerd
 started=$SECONDS
 docker/build.sh >/dev/null
