@@ -52,29 +52,29 @@ kubectl_or_kustomize() {
     go_tool kustomize sigs.k8s.io/kustomize/kustomize/v5@v5.5.0
 }
 
-DOCKERD_PID=""
+# The dockerd start_dockerd started (its own pid file, whatever sudo put in between).
 stop_dockerd() {
-    if [ -n "$DOCKERD_PID" ]; then
-        log "stopping the dockerd this script started (pid $DOCKERD_PID)"
-        kill -TERM "$DOCKERD_PID" 2>/dev/null || true
-        local i
-        for i in $(seq 1 100); do kill -0 "$DOCKERD_PID" 2>/dev/null || return 0; sleep 0.2; done
-        kill -KILL "$DOCKERD_PID" 2>/dev/null || true
-    fi
+    local pid i
+    pid="$(cat "$LOGS/dockerd.pid" 2>/dev/null || true)"
+    [ -n "$pid" ] || return 0
+    log "stopping the dockerd this script started (pid $pid)"
+    as_root kill -TERM "$pid" 2>/dev/null || true
+    for i in $(seq 1 100); do kill -0 "$pid" 2>/dev/null || return 0; sleep 0.2; done
+    as_root kill -KILL "$pid" 2>/dev/null || true
 }
 
 start_dockerd() {
     docker info >/dev/null 2>&1 && return 0
     log "starting dockerd (no bridge, no iptables: containers use host networking)"
     mkdir -p "$LOGS"
-    as_root setsid dockerd --bridge=none --iptables=false --ip6tables=false \
-        </dev/null >"$LOGS/dockerd.log" 2>&1 &
-    DOCKERD_PID=$!
+    rm -f "$LOGS/dockerd.pid"
+    as_root dockerd --bridge=none --iptables=false --ip6tables=false \
+        --pidfile "$LOGS/dockerd.pid" </dev/null >"$LOGS/dockerd.log" 2>&1 &
+    local launcher=$! i
     trap stop_dockerd EXIT
-    local i
     for i in $(seq 1 150); do
-        docker info >/dev/null 2>&1 && return 0
-        kill -0 "$DOCKERD_PID" 2>/dev/null || { tail -n 20 "$LOGS/dockerd.log" >&2; die "dockerd exited"; }
+        docker info >/dev/null 2>&1 && [ -s "$LOGS/dockerd.pid" ] && return 0
+        kill -0 "$launcher" 2>/dev/null || { tail -n 20 "$LOGS/dockerd.log" >&2; die "dockerd exited"; }
         sleep 0.2
     done
     die "dockerd not ready after 30 s (log: .cache/deploy/dockerd.log)"
