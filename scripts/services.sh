@@ -18,6 +18,8 @@
 #                                           Kafka keeps its data (no reformat)
 #   scripts/services.sh stop  kafka|redis   graceful stop (TERM, then KILL)
 #   scripts/services.sh restart kafka|redis graceful stop + start
+#   scripts/services.sh jars          fetch Kafka's jars (once), print their folder
+#                                     (the Kafka image is built from them: docker/)
 #
 # stdout of `up` and `env` is exactly (eval-able):
 #   ODDSTREAM_KAFKA=127.0.0.1:<port>
@@ -412,6 +414,7 @@ main() {
         restart)
             need_service "${2:-}"; lock; svc_stop "$2"
             if [ "$2" = kafka ]; then kafka_start keep; else redis_start keep; fi ;;
+        jars)   lock; kafka_fetch_jars; printf '%s\n' "$LIBS" ;;
         -h|--help|help) usage ;;
         *) usage; exit 2 ;;
     esac

@@ -30,3 +30,4 @@ echo "test: web (types, build, SDK unit tests, browser tests)" >&2
 web/scripts/test.sh
 echo "test: pytest" >&2
 .venv/bin/pytest "$@"
+scripts/deploy-test.sh
