@@ -17,8 +17,8 @@ from typing import Any
 from channels.broker import BrokerError
 from channels.store import StoreError
 from oddstream import options
-from oddstream.options import SettingsError
 from oddstream.process import Failed, run
+from server.settings import SettingsError
 
 HELP: dict[options.Role, str] = {
     "dev": "everything in one process: synthetic feed, books, gateway",

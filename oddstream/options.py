@@ -30,7 +30,7 @@ from typing import Any, Literal, TypeVar
 from urllib.parse import urlparse
 
 from feeds.staleness import STALE_AFTER_S
-from server.settings import Settings
+from server.settings import Settings, SettingsError
 
 Role = Literal["dev", "gateway", "books", "feed"]
 ROLES: tuple[Role, ...] = ("dev", "gateway", "books", "feed")
@@ -131,10 +131,6 @@ class Rule:
     name: str
     ok: Callable[[Mapping[str, Any]], bool]
     expected: str
-
-
-class SettingsError(ValueError):
-    """A setting is invalid; the message names it (flag and environment variable)."""
 
 
 _GATEWAY_DEFAULTS: dict[str, Any] = {f.name: f.default for f in dataclasses.fields(Settings)}

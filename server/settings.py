@@ -11,6 +11,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 
+class SettingsError(ValueError):
+    """A setting is invalid; the message names it (flag and environment variable). Raised
+    by the checks that build settings, including gateway code a check calls."""
+
+
 @dataclass(frozen=True, slots=True)
 class Settings:
     host: str = "127.0.0.1"

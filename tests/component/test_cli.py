@@ -7,7 +7,8 @@ import sys
 
 import pytest
 
-from oddstream.options import DevSettings, FeedSettings, SettingsError, load
+from oddstream.options import DevSettings, FeedSettings, load
+from server.settings import SettingsError
 
 
 @pytest.mark.parametrize(
