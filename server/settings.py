@@ -12,7 +12,8 @@ from dataclasses import dataclass
 
 
 class SettingsError(ValueError):
-    """A setting is invalid; the message names it (flag and environment variable)."""
+    """A setting is invalid; the message names it (flag and environment variable). Raised
+    by the checks that build settings, including gateway code a check calls."""
 
 
 @dataclass(frozen=True, slots=True)

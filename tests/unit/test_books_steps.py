@@ -38,6 +38,11 @@ def run(script: Script) -> list[tuple[set[int], set[int], dict[int, Phase]]]:
     return seen
 
 
+#: The first step sending, the second stored, a third applied.
+THREE_APPLIED: Script = [
+    *[("apply", 1), ("storing", 1), ("stored", 1), ("sending", 1)],
+    *[("apply", 2), ("storing", 2), ("stored", 2), ("apply", 3)],
+]
 A, STORING, STORED, SENDING = Phase.APPLIED, Phase.STORING, Phase.STORED, Phase.SENDING
 
 CASES: list[tuple[str, Script, tuple[set[int], set[int], dict[int, Phase]]]] = [
@@ -59,31 +64,12 @@ CASES: list[tuple[str, Script, tuple[set[int], set[int], dict[int, Phase]]]] = [
     ),
     (
         "a third step waits for the first to be done (two do I/O at once, at most)",
-        [
-            ("apply", 1),
-            ("storing", 1),
-            ("stored", 1),
-            ("sending", 1),
-            ("apply", 2),
-            ("storing", 2),
-            ("stored", 2),
-            ("apply", 3),
-        ],
+        THREE_APPLIED,
         (set(), set(), {1: SENDING, 2: STORED, 3: A}),
     ),
     (
         "once the first is done, the third may store and the second send",
-        [
-            ("apply", 1),
-            ("storing", 1),
-            ("stored", 1),
-            ("sending", 1),
-            ("apply", 2),
-            ("storing", 2),
-            ("stored", 2),
-            ("apply", 3),
-            ("done", 1),
-        ],
+        [*THREE_APPLIED, ("done", 1)],
         ({3}, {2}, {2: STORED, 3: A}),
     ),
     (

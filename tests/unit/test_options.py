@@ -15,10 +15,9 @@ from oddstream.options import (
     BooksSettings,
     DevSettings,
     GatewaySettings,
-    SettingsError,
     load,
 )
-from server.settings import Settings
+from server.settings import Settings, SettingsError
 
 
 def test_every_gateway_setting_has_one_row() -> None:
