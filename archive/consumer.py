@@ -21,7 +21,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -85,6 +85,8 @@ class ArchiveRunner:
         self._last: dict[str, tuple[str, int]] = {}
         """market -> (epoch, seq) last stored by this run, to count gaps."""
         self.stats = ArchiveStats()
+        self.observers: list[Callable[[], None]] = []
+        """Called after every batch stored and every assignment (tests wait on them)."""
 
     def stop(self) -> None:
         """Ask :meth:`run` to finish its batch and return."""
@@ -142,12 +144,18 @@ class ArchiveRunner:
         stats.records += rows.count
         stats.batches += 1
         stats.retries = self._writer.retries
+        log.debug("archive: stored %d records, next offsets %s", rows.count, offsets)
         with contextlib.suppress(CommitFailedError, IllegalStateError):
             # For lag monitoring only; MySQL holds the offsets that count.
             async with asyncio.timeout(self._config.io_timeout_s):
                 await self._consumer.commit(
                     {tp: records[-1].offset + 1 for tp, records in fetched.items()}
                 )
+        self._observe()
+
+    def _observe(self) -> None:
+        for observer in self.observers:
+            observer()
 
     async def _on_assigned(self, partitions: list[int]) -> None:
         self.stats.rebalances += 1
@@ -160,6 +168,7 @@ class ArchiveRunner:
             else:
                 await consumer.seek_to_beginning(tp)
         log.info("archive: assigned %s, stored offsets %s", sorted(partitions), stored)
+        self._observe()
 
     async def _close(self, consumer: Any) -> None:
         async with asyncio.timeout(self._config.io_timeout_s):

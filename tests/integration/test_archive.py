@@ -1,0 +1,399 @@
+"""The archive on real Kafka and a real MySQL (MariaDB): feed -> books -> ``deltas`` ->
+archive -> MySQL history, compared with a pure :class:`Processor` fed the same messages.
+
+Each test has its own topics, consumer groups and database (``oddstream_t<hex>``, dropped
+afterwards), so tests sharing the services do not see each other.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import subprocess
+import uuid
+from collections.abc import AsyncIterator, Callable, Sequence
+from itertools import islice
+from pathlib import Path
+from typing import Any
+
+import msgspec
+import pytest
+
+import protocol
+from archive.consumer import ArchiveConfig, ArchiveRunner
+from archive.db import MysqlUrl, connect
+from archive.rows import RESULT_STATES
+from channels.broker import MemoryBroker
+from channels.store import MemoryStore
+from feeds.betfair import read_betfair
+from feeds.books_runner import BooksRunner
+from feeds.embedded import epoch_minter
+from feeds.kafka_feed import TopicNames
+from feeds.model import FeedMessage, encode_feed, topic_of
+from feeds.processor import FeedRecord, Processor
+from feeds.replay import ReadReport
+from feeds.synthetic import MatchDay
+from feeds.uof import read_uof
+from protocol import Delta, Snapshot
+from tests.component.test_real_feeds import settle_rollback_story
+from tests.data import FEEDS as DATA
+from tests.integration import procs
+from tests.integration.test_kafka_books import config, new_group, running, send_all, wait_for
+
+pytestmark = pytest.mark.integration
+
+WAIT_S = 60.0
+ROOT = Path(__file__).resolve().parents[2]
+
+
+# -- fixtures and helpers ---------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def mysql_base() -> MysqlUrl:
+    value = os.environ.get("ODDSTREAM_MYSQL", "").strip()
+    if not value:
+        pytest.fail(
+            "ODDSTREAM_MYSQL is not set: the archive tests need a real MySQL/MariaDB; start "
+            'the services with: set -a; eval "$(scripts/services.sh up)"; set +a',
+            pytrace=False,
+        )
+    return MysqlUrl.parse(value)
+
+
+@pytest.fixture
+async def mysql(mysql_base: MysqlUrl) -> AsyncIterator[MysqlUrl]:
+    """A database of this test's own."""
+    name = f"oddstream_t{uuid.uuid4().hex[:12]}"
+    admin = await connect(mysql_base, autocommit=True)
+    try:
+        async with admin.cursor() as cur:
+            await cur.execute(f"CREATE DATABASE `{name}` CHARACTER SET utf8mb4")
+        yield mysql_base.with_database(name)
+    finally:
+        with contextlib.suppress(Exception):
+            admin.close()
+        admin = await connect(mysql_base, autocommit=True)
+        async with admin.cursor() as cur:
+            await cur.execute(f"DROP DATABASE IF EXISTS `{name}`")
+        admin.close()
+
+
+async def query(url: MysqlUrl, sql: str, *args: Any) -> list[tuple[Any, ...]]:
+    conn = await connect(url, autocommit=True)
+    try:
+        async with conn.cursor() as cur:
+            await cur.execute(sql, args)
+            return list(await cur.fetchall())
+    finally:
+        conn.close()
+
+
+def reference_stream(messages: Sequence[FeedMessage]) -> dict[str, list[Snapshot | Delta]]:
+    """Per market, the messages a pure processor makes of ``messages`` in send order."""
+    processor = Processor(epoch_minter())
+    records = [
+        FeedRecord(topic_of(m), 0, i, encode_feed(m), m.event_id.encode())
+        for i, m in enumerate(messages)
+    ]
+    streams: dict[str, list[Snapshot | Delta]] = {}
+    for market_id, payload in processor.process(records).deltas:
+        message = protocol.decode_server(payload)
+        assert isinstance(message, Snapshot | Delta)
+        streams.setdefault(market_id, []).append(message)
+    return streams
+
+
+async def archived_stream(url: MysqlUrl) -> dict[str, list[Snapshot | Delta]]:
+    rows = await query(
+        url, "SELECT market_id, payload FROM market_messages ORDER BY market_id, epoch, seq"
+    )
+    streams: dict[str, list[Snapshot | Delta]] = {}
+    for market_id, payload in rows:
+        message = protocol.decode_server(payload)
+        assert isinstance(message, Snapshot | Delta)
+        streams.setdefault(market_id, []).append(message)
+    return streams
+
+
+def no_epoch(message: Snapshot | Delta) -> Snapshot | Delta:
+    return msgspec.structs.replace(message, epoch="")
+
+
+def books_of(stream: Sequence[Snapshot | Delta]) -> list[Snapshot]:
+    """The book at every seq of one market's stream."""
+    first = stream[0]
+    assert isinstance(first, Snapshot)
+    books = [first]
+    for delta in stream[1:]:
+        assert isinstance(delta, Delta)
+        books.append(protocol.apply(books[-1], delta))
+    return books
+
+
+async def final_results(url: MysqlUrl) -> dict[tuple[str, str], tuple[str, Any, Any]]:
+    """Each selection's last result row (a rollback row says ``active``)."""
+    rows = await query(
+        url,
+        "SELECT market_id, selection_id, status, dead_heat, void_factor FROM results "
+        "ORDER BY market_id, epoch, seq",
+    )
+    last: dict[tuple[str, str], tuple[str, Any, Any]] = {}
+    for market_id, selection_id, status, dead_heat, void_factor in rows:
+        before = last.get((market_id, selection_id), ("active", None, None))
+        last[(market_id, selection_id)] = (
+            status or before[0],
+            dead_heat if dead_heat is not None else before[1],
+            void_factor if void_factor is not None else before[2],
+        )
+    return {k: v for k, v in last.items() if v[0] != "active"}
+
+
+def expected_results(
+    streams: dict[str, list[Snapshot | Delta]],
+) -> dict[tuple[str, str], tuple[str, Any, Any]]:
+    out = {}
+    for market_id, stream in streams.items():
+        for s in books_of(stream)[-1].selections:
+            if s.status in RESULT_STATES:
+                factors = (None if f is None else str(f) for f in (s.dead_heat, s.void_factor))
+                out[(market_id, s.selection_id)] = (s.status, *factors)
+    return out
+
+
+async def archive_until(runner: ArchiveRunner, done: Callable[[], bool]) -> None:
+    """Run ``runner`` until ``done`` holds (checked after each batch), then stop it."""
+    moved = asyncio.Event()
+    runner.observers.append(moved.set)
+    task = asyncio.create_task(runner.run())
+    try:
+        async with asyncio.timeout(WAIT_S):
+            while not done():
+                assert not task.done(), "the archive ended first"
+                moved.clear()
+                waiter = asyncio.ensure_future(moved.wait())
+                await asyncio.wait({task, waiter}, return_when=asyncio.FIRST_COMPLETED)
+                waiter.cancel()
+    finally:
+        runner.stop()
+        await task
+
+
+async def through_books(
+    kafka: str, topics: TopicNames, messages: Sequence[FeedMessage]
+) -> BooksRunner:
+    """Send ``messages`` to the feed topics and run a book processor until it applied
+    them all (its deltas are on the ``deltas`` topic)."""
+    await send_all(kafka, topics, messages)
+    runner = BooksRunner(
+        kafka, MemoryStore(), MemoryBroker(), config=config(topics, new_group(), stale_after_s=None)
+    )
+    async with running(runner):
+        await wait_for([runner], lambda: runner.stats.records >= len(messages))
+    return runner
+
+
+def archive_runner(
+    kafka: str, url: MysqlUrl, topics: TopicNames, **overrides: Any
+) -> ArchiveRunner:
+    settings: dict[str, Any] = {
+        "group_id": new_group(),
+        "heartbeat_interval_ms": 300,
+        "session_timeout_ms": 6_000,
+    }
+    settings.update(overrides)
+    return ArchiveRunner(kafka, url, topics.deltas, ArchiveConfig(**settings))
+
+
+def uof_story(tmp_path: Path) -> list[FeedMessage]:
+    """Settlements, a rollback, a dead heat, cancels and a cancel rolled back."""
+    for name, raw in settle_rollback_story().items():
+        (tmp_path / name).write_bytes(raw)
+    return list(read_uof(tmp_path, ReadReport()))
+
+
+def feed(name: str, tmp_path: Path) -> list[FeedMessage]:
+    if name == "uof-story":
+        return uof_story(tmp_path)
+    return list(read_betfair(DATA / "betfair" / name, ReadReport()))
+
+
+# -- tests -----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "recording",
+    [
+        "bflw_BASIC-1.132153978_horse_win_basic.jsonl",
+        "flumine_1.197931750_greyhound_win.jsonl",
+        "flumine_1.200806927_cricket_match_odds.jsonl",
+        "flumine_SELF-1.181223995_horse_place_inplay.jsonl",
+        "nautilus_1-206064380_horse_win_au.jsonl.bz2",
+        "uof-story",
+    ],
+)
+async def test_history_reproduces_the_book_at_every_seq(
+    kafka_bootstrap: str, topics: TopicNames, mysql: MysqlUrl, recording: str, tmp_path: Path
+) -> None:
+    messages = feed(recording, tmp_path)
+    books = await through_books(kafka_bootstrap, topics, messages)
+    runner = archive_runner(kafka_bootstrap, mysql, topics)
+    await archive_until(runner, lambda: runner.stats.records >= books.stats.deltas)
+    assert (runner.stats.records, runner.stats.gaps, runner.stats.malformed) == (
+        books.stats.deltas,
+        0,
+        0,
+    )
+
+    expected = reference_stream(messages)
+    archived = await archived_stream(mysql)
+    assert sorted(archived) == sorted(expected)
+    for market_id, stream in expected.items():
+        got = archived[market_id]
+        # Every message, so the book at every seq (epochs are minted per process).
+        assert [no_epoch(m) for m in got] == [no_epoch(m) for m in stream], market_id
+        assert [no_epoch(b) for b in books_of(got)] == [no_epoch(b) for b in books_of(stream)]
+    assert await final_results(mysql) == expected_results(expected)
+    prices = await query(mysql, "SELECT COUNT(*) FROM prices")
+    assert prices[0][0] > 0
+
+
+async def test_uof_story_rows(
+    kafka_bootstrap: str, topics: TopicNames, mysql: MysqlUrl, tmp_path: Path
+) -> None:
+    """Settlements, the rollback and the dead heat are rows of their own."""
+    books = await through_books(kafka_bootstrap, topics, uof_story(tmp_path))
+    runner = archive_runner(kafka_bootstrap, mysql, topics)
+    await archive_until(runner, lambda: runner.stats.records >= books.stats.deltas)
+    rows = await query(
+        mysql,
+        "SELECT seq, selection_id, status, dead_heat, is_rollback FROM results "
+        "WHERE market_id = %s ORDER BY seq, selection_id",
+        "sr:match:123/48/score=42.5",
+    )
+    assert rows == [
+        (3, "1", "winner", None, 0),
+        (3, "2", "loser", None, 0),
+        (4, "1", "active", None, 1),
+        (4, "2", "active", None, 1),
+        (5, "1", "winner", "0.5", 0),
+        (5, "2", "winner", "0.5", 0),
+    ]
+    changes = await query(
+        mysql,
+        "SELECT seq, status, reason FROM market_changes WHERE market_id = %s ORDER BY seq",
+        "sr:match:123/48/score=42.5",
+    )
+    assert [c[1:] for c in changes[1:]] == [
+        ("suspended", "bet_stop"),
+        ("settled", None),
+        ("suspended", "rollback"),
+        ("settled", None),
+    ]
+
+
+# -- crashes ---------------------------------------------------------------------------
+
+
+def match_day(count: int) -> list[FeedMessage]:
+    return list(islice(MatchDay(seed=11, events=12), count))
+
+
+async def history_keys(url: MysqlUrl) -> list[tuple[Any, ...]]:
+    return await query(url, "SELECT market_id, epoch, seq FROM market_messages")
+
+
+async def assert_complete(url: MysqlUrl, messages: Sequence[FeedMessage], stored: int) -> None:
+    """Every message the books made is stored once: the streams equal the reference."""
+    expected = reference_stream(messages)
+    archived = await archived_stream(url)
+    assert sum(len(s) for s in archived.values()) == stored
+    assert {m: [no_epoch(x) for x in s] for m, s in archived.items()} == {
+        m: [no_epoch(x) for x in s] for m, s in expected.items()
+    }
+
+
+async def test_archive_sigkill_mid_stream_neither_loses_nor_duplicates(
+    kafka_bootstrap: str, topics: TopicNames, mysql: MysqlUrl
+) -> None:
+    messages = match_day(20_000)
+    books = await through_books(kafka_bootstrap, topics, messages)
+    total = books.stats.deltas
+    args = [
+        "archive",
+        "--kafka",
+        kafka_bootstrap,
+        "--mysql",
+        _url(mysql),
+        "--topic-prefix",
+        topics.prefix,
+        "--group",
+        new_group(),
+        "--archive-batch",
+        "500",
+        "--log-level",
+        "debug",
+    ]
+    async with procs.processes() as started:
+        first = await procs.start(started, "archive-1", args)
+        await first.wait_line("archive: stored", timeout=WAIT_S)
+        first.kill()
+        await first.proc.wait()
+        partial = len(await history_keys(mysql))
+        assert 0 < partial < total, "killed mid-stream"
+        second = await procs.start(started, "archive-2", args)
+        await _until_stored(second, mysql, total)
+        assert await second.stop() == 0
+    keys = await history_keys(mysql)
+    assert len(keys) == len(set(keys)) == total
+    await assert_complete(mysql, messages, total)
+
+
+async def test_mysql_restart_mid_stream_the_archive_waits_and_resumes(
+    kafka_bootstrap: str, topics: TopicNames, mysql: MysqlUrl
+) -> None:
+    messages = match_day(20_000)
+    books = await through_books(kafka_bootstrap, topics, messages)
+    total = books.stats.deltas
+    runner = archive_runner(kafka_bootstrap, mysql, topics, max_records=500)
+    started: list[asyncio.Task[None]] = []
+
+    def restart_once() -> None:
+        # Killed between two batches (synchronously, so the next write finds it gone);
+        # started again meanwhile, while the archive retries.
+        if not started and runner.stats.batches >= 2:
+            _mariadb("kill")
+            started.append(asyncio.create_task(asyncio.to_thread(_mariadb, "start")))
+
+    runner.observers.append(restart_once)
+    try:
+        await archive_until(runner, lambda: runner.stats.records >= total)
+    finally:
+        await asyncio.gather(*started)
+    assert started
+    assert runner.stats.retries > 0
+    keys = await history_keys(mysql)
+    assert len(keys) == len(set(keys)) == total
+    await assert_complete(mysql, messages, total)
+
+
+def _url(url: MysqlUrl) -> str:
+    return f"mysql://{url.user}:{url.password}@{url.host}:{url.port}/{url.database}"
+
+
+def _mariadb(command: str) -> None:
+    subprocess.run(
+        [str(ROOT / "scripts" / "mariadb.sh"), command],
+        check=True,
+        timeout=120,
+        stdout=subprocess.DEVNULL,
+    )
+
+
+async def _until_stored(proc: procs.Proc, url: MysqlUrl, total: int) -> None:
+    """Wait, line by line of the archive's debug output, until ``total`` messages are
+    stored."""
+    async with asyncio.timeout(WAIT_S):
+        while len(await history_keys(url)) < total:
+            await proc.next_line()
