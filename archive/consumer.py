@@ -6,9 +6,12 @@ not Kafka's committed offsets, is the authority on where each partition stands: 
 assignment the runner reads the offsets stored there and seeks to them (``earliest``
 for a partition it never stored). The Kafka commit afterwards serves lag monitoring.
 
-Writes happen in the fetch loop itself, one batch at a time, so a rebalance (whose
-callbacks run inside ``getmany``) never finds a write in flight: every partition handed
-over has its last batch committed, or not begun.
+Writes happen in the fetch loop, one batch at a time. aiokafka runs a rebalance in its
+own task, possibly while a batch is being written: reading the stored offsets on
+assignment waits for that write to commit or fail (the writer serialises its calls), so
+the seek goes to where the database really stands. A batch fetched for a partition that
+was then revoked may still be written by this member while the new owner reads the
+same records again: the idempotent inserts make the overlap harmless.
 
 A record that is not a market message is counted (``malformed``) and skipped: the
 ``deltas`` topic is written by the book processors, so one is a bug upstream, not input
@@ -180,7 +183,7 @@ class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]
         self._runner = runner
 
     async def on_partitions_revoked(self, revoked: Iterable[Any]) -> None:
-        """Nothing to do: no write is in flight during a rebalance (module docstring)."""
+        """Nothing to hand over: MySQL holds the offsets (module docstring)."""
 
     async def on_partitions_assigned(self, assigned: Iterable[Any]) -> None:
         await self._runner._on_assigned([tp.partition for tp in assigned])

@@ -41,6 +41,8 @@ async def migrate(conn: Any) -> list[str]:
     """Apply what is missing on ``conn`` (autocommit); the versions applied now."""
     applied_now = []
     async with conn.cursor() as cur:
+        # "Already exists" notes of re-runnable DDL are expected, not worth a warning.
+        await cur.execute("SET SESSION sql_notes = 0")
         await cur.execute(_TABLE)
         await cur.execute("SELECT version FROM schema_migrations")
         done = {row[0] for row in await cur.fetchall()}

@@ -60,7 +60,9 @@ class Writer:
     """The archive's one connection for writes. :meth:`open` connects and applies the
     migrations; :meth:`write` stores a batch and its offsets, waiting out a lost
     database for at most ``wait_s`` (reconnecting with a capped back-off) before it
-    raises :class:`ArchiveError`."""
+    raises :class:`ArchiveError`. Calls are serialised: :meth:`offsets` during a
+    rebalance waits for a write in flight to commit, so it reads the offsets that write
+    stored."""
 
     def __init__(self, url: MysqlUrl, group: str, topic: str, *, wait_s: float = 300.0):
         self._url = url
@@ -68,11 +70,15 @@ class Writer:
         self._topic = topic
         self._wait_s = wait_s
         self._conn: Any = None
+        self._lock = asyncio.Lock()
+        """One user of the connection at a time: the fetch loop writes while a rebalance
+        (in aiokafka's coordination task) reads the offsets."""
         self.retries = 0
         """Writes that failed on a lost connection and were retried."""
 
     async def open(self) -> None:
-        await self._retrying(self._connect)
+        async with self._lock:
+            await self._retrying(self._connect)
 
     async def close(self) -> None:
         if self._conn is not None:
@@ -96,7 +102,8 @@ class Writer:
             await self._conn.commit()  # End the read's snapshot (REPEATABLE READ).
             return {int(p): int(o) for p, o in rows if int(p) in wanted}
 
-        return await self._retrying(read)
+        async with self._lock:
+            return await self._retrying(read)
 
     async def write(self, rows: Rows, offsets: Mapping[int, int]) -> None:
         """Store ``rows`` and the ``offsets`` (partition -> next offset) after them, in one
@@ -125,7 +132,8 @@ class Writer:
                     await conn.rollback()
                 raise
 
-        await self._retrying(transaction)
+        async with self._lock:
+            await self._retrying(transaction)
 
     async def _connect(self) -> None:
         await self.close()

@@ -20,6 +20,8 @@ REPORT_S = 5.0
 
 
 async def main(settings: ArchiveSettings) -> None:
+    if not settings.mysql:
+        raise Failed(2, "invalid setting mysql (--mysql / ODDSTREAM_MYSQL): required by archive")
     await topics.ensure(settings, adopt=True)
     runner = ArchiveRunner(
         settings.kafka,

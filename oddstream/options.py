@@ -79,7 +79,7 @@ def _redis_ok(value: str) -> bool:
 def _mysql_ok(value: str) -> bool:
     from archive.db import mysql_ok
 
-    return mysql_ok(value)
+    return value == "" or mysql_ok(value)
 
 
 def _feed_ok(spec: str) -> bool:
@@ -95,7 +95,7 @@ def _feed_ok(spec: str) -> bool:
 #: Required settings have no default and must name something.
 KAFKA = Check(_kafka_ok, "host:port[,host:port] (required)")
 REDIS = Check(_redis_ok, "a redis://host:port/db URL (required)")
-MYSQL = Check(_mysql_ok, "a mysql://user:password@host:port/database URL (required)")
+MYSQL = Check(_mysql_ok, "a mysql://user:password@host:port/database URL (archive: required)")
 
 
 @dataclass(frozen=True, slots=True)
@@ -264,10 +264,16 @@ OPTIONS: tuple[Option, ...] = (
     Option("redis", "Redis URL `redis://host:port/db`", frozenset({"gateway", "books"}), REDIS, ""),
     Option(
         "mysql",
-        "the archive's MySQL (or MariaDB) `mysql://user:password@host:port/database`",
-        frozenset({"archive"}),
+        "the archive's MySQL (or MariaDB) `mysql://user:password@host:port/database`; on a "
+        "gateway it enables the history API (`docs/data.md`), empty: off",
+        frozenset({"gateway", "archive"}),
         MYSQL,
-        "",
+    ),
+    Option(
+        "mysql_pool",
+        "connections the gateway's history API may hold to MySQL at most",
+        frozenset({"gateway"}),
+        between(1, 64),
     ),
     Option(
         "partitions",

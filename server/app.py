@@ -14,7 +14,9 @@ from starlette.responses import FileResponse, Response
 from starlette.routing import BaseRoute, Mount, Route
 from starlette.staticfiles import StaticFiles
 
-from server import rest
+from archive.db import MysqlUrl
+from archive.query import History
+from server import history, rest
 from server.gateway import Gateway
 from server.sse import sse_endpoint
 
@@ -33,7 +35,8 @@ def build_app(
     """The ASGI app of one gateway. ``background`` coroutines (the embedded pipeline in
     ``oddstream dev``) run for the app's lifetime, owned by its lifespan. ``web_dist`` is
     the built web shell (React board + Angular bet slip) served at ``/``; without it,
-    the plain demo page. WebSocket upgrades (``/ws``) never reach this app: the server
+    the plain demo page. With ``--mysql``, the archive's history routes
+    (:mod:`server.history`). WebSocket upgrades (``/ws``) never reach this app: the server
     hands them to :mod:`server.ws` (see :func:`server.serve.serve`)."""
 
     @contextlib.asynccontextmanager
@@ -47,8 +50,17 @@ def build_app(
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
             await gateway.close()
+            if archive is not None:
+                await archive.close()
 
+    settings = gateway.settings
+    archive = (
+        History(MysqlUrl.parse(settings.mysql), pool_size=settings.mysql_pool)
+        if settings.mysql
+        else None
+    )
     routes: list[BaseRoute] = [
+        *(history.routes() if archive is not None else ()),
         Route("/sse", sse_endpoint),
         Route("/v1/events", rest.list_events),
         Route("/v1/events/{event_id}", rest.get_event),
@@ -66,4 +78,5 @@ def build_app(
         routes.append(Route("/", index))
     app = Starlette(routes=routes, lifespan=lifespan)
     app.state.gateway = gateway
+    app.state.history = archive
     return app

@@ -28,3 +28,6 @@ class Settings:
     drain_s: float = 10.0
     # Storage.
     history_size: int = 256
+    # The archive's read side (server/history.py): off without a MySQL URL.
+    mysql: str = ""
+    mysql_pool: int = 4

@@ -15,14 +15,16 @@ import uuid
 from collections.abc import AsyncIterator, Callable, Sequence
 from itertools import islice
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
+import httpx
 import msgspec
 import pytest
 
 import protocol
 from archive.consumer import ArchiveConfig, ArchiveRunner
 from archive.db import MysqlUrl, connect
+from archive.query import HistoryPage, ResultsPage
 from archive.rows import RESULT_STATES
 from channels.broker import MemoryBroker
 from channels.store import MemoryStore
@@ -36,6 +38,7 @@ from feeds.replay import ReadReport
 from feeds.synthetic import MatchDay
 from feeds.uof import read_uof
 from protocol import Delta, Snapshot
+from tests.component.stack import running_stack
 from tests.component.test_real_feeds import settle_rollback_story
 from tests.data import FEEDS as DATA
 from tests.integration import procs
@@ -44,6 +47,7 @@ from tests.integration.test_kafka_books import config, new_group, running, send_
 pytestmark = pytest.mark.integration
 
 WAIT_S = 60.0
+T = TypeVar("T")
 ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -397,3 +401,110 @@ async def _until_stored(proc: procs.Proc, url: MysqlUrl, total: int) -> None:
     async with asyncio.timeout(WAIT_S):
         while len(await history_keys(url)) < total:
             await proc.next_line()
+
+
+# -- the read side: REST on the gateway -------------------------------------------------
+
+
+async def pages(client: httpx.AsyncClient, url: str, kind: type[T]) -> list[T]:
+    """Every page of a paginated answer, following ``next``."""
+    out: list[T] = []
+    cursor: str | None = None
+    for _ in range(1_000):
+        page_url = url if cursor is None else f"{url}&cursor={cursor}"
+        response = await client.get(page_url)
+        assert response.status_code == 200, response.text
+        page = msgspec.json.decode(response.content, type=kind)
+        out.append(page)
+        cursor = page.next  # type: ignore[attr-defined]
+        if cursor is None:
+            return out
+    raise AssertionError("pagination did not end")
+
+
+async def test_rest_market_history_is_the_book_at_an_instant_and_the_changes_since(
+    kafka_bootstrap: str, topics: TopicNames, mysql: MysqlUrl
+) -> None:
+    messages = feed("flumine_1.197931750_greyhound_win.jsonl", Path())
+    books = await through_books(kafka_bootstrap, topics, messages)
+    runner = archive_runner(kafka_bootstrap, mysql, topics)
+    await archive_until(runner, lambda: runner.stats.records >= books.stats.deltas)
+    market_id, stream = max(reference_stream(messages).items(), key=lambda kv: len(kv[1]))
+    every_book = books_of(stream)
+    start, end = stream[len(stream) // 2].ts, stream[-1].ts
+    at = max(i for i, m in enumerate(stream) if m.ts <= start)
+
+    async with (
+        running_stack(mysql=_url(mysql)) as stack,
+        httpx.AsyncClient(base_url=stack.url) as client,
+    ):
+        got = await pages(
+            client,
+            f"/v1/markets/{market_id}/history?from={start}&to={end}&limit=7",
+            HistoryPage,
+        )
+        assert got[0].book is not None
+        assert no_epoch(got[0].book) == no_epoch(every_book[at])
+        assert all(p.book is None for p in got[1:])
+        changes = [no_epoch(m) for p in got for m in p.changes]
+        assert changes == [no_epoch(m) for m in stream if start < m.ts <= end]
+        assert len(got) > 2
+
+        unknown = await client.get("/v1/markets/nope/history?from=0&to=1")
+        assert (unknown.status_code, unknown.json()["code"]) == (404, "unknown_market")
+        for query_string, code in [
+            ("from=0", "bad_request"),
+            ("from=0&to=1&limit=0", "bad_request"),
+            ("from=0&to=1&limit=99999999", "bad_request"),
+            ("from=5&to=1", "bad_request"),
+            ("from=-1&to=1", "bad_request"),
+            (f"from=0&to=1&cursor={'x' * 300}", "bad_request"),
+            ("from=0&to=1&cursor=garbage", "bad_cursor"),
+        ]:
+            bad = await client.get(f"/v1/markets/{market_id}/history?{query_string}")
+            assert (bad.status_code, bad.json()["code"]) == (400, code), query_string
+
+
+async def test_rest_results_of_an_event_and_by_sport(
+    kafka_bootstrap: str, topics: TopicNames, mysql: MysqlUrl, tmp_path: Path
+) -> None:
+    books = await through_books(kafka_bootstrap, topics, uof_story(tmp_path))
+    runner = archive_runner(kafka_bootstrap, mysql, topics)
+    await archive_until(runner, lambda: runner.stats.records >= books.stats.deltas)
+    (sport,) = (await query(mysql, "SELECT sport FROM events WHERE event_id = 'sr:match:123'"))[0]
+
+    async with (
+        running_stack(mysql=_url(mysql)) as stack,
+        httpx.AsyncClient(base_url=stack.url) as client,
+    ):
+        paged = await pages(client, "/v1/events/sr:match:123/results?limit=2", ResultsPage)
+        rows = [r for p in paged for r in p.results]
+        whole = (await client.get("/v1/events/sr:match:123/results?limit=1000")).json()
+        assert len(rows) == len(whole["results"]) and whole["next"] is None
+        assert len(paged) > 1
+        story = [
+            (r.seq, r.selection_id, r.status, r.dead_heat, r.rollback)
+            for r in rows
+            if r.market_id == "sr:match:123/48/score=42.5"
+        ]
+        assert story == [
+            (3, "1", "winner", None, False),
+            (3, "2", "loser", None, False),
+            (4, "1", "active", None, True),
+            (4, "2", "active", None, True),
+            (5, "1", "winner", "0.5", False),
+            (5, "2", "winner", "0.5", False),
+        ]
+        by_sport = await pages(
+            client, f"/v1/results?sport={sport}&from=0&to=10000&limit=3", ResultsPage
+        )
+        in_window = [r for p in by_sport for r in p.results]
+        assert {(r.market_id, r.seq, r.selection_id) for r in rows if r.ts < 10_000} <= {
+            (r.market_id, r.seq, r.selection_id) for r in in_window
+        }
+        assert all(0 <= r.ts < 10_000 for r in in_window)
+        none = await client.get("/v1/results?sport=curling&from=0&to=10000")
+        assert none.json() == {"results": [], "next": None}
+        missing = await client.get("/v1/events/sr:match:999/results")
+        assert (missing.status_code, missing.json()["code"]) == (404, "not_found")
+        assert (await client.get("/v1/results?from=0&to=1")).status_code == 400
