@@ -88,6 +88,8 @@ class ArchiveRunner:
         self._last: dict[str, tuple[str, int]] = {}
         """market -> (epoch, seq) last stored by this run, to count gaps."""
         self.stats = ArchiveStats()
+        self.positions: dict[int, int] = {}
+        """partition -> next offset, as last stored by this member."""
         self.observers: list[Callable[[], None]] = []
         """Called after every batch stored and every assignment (tests wait on them)."""
 
@@ -144,6 +146,7 @@ class ArchiveRunner:
                 last[message.market_id] = (message.epoch, message.seq)
             offsets[tp.partition] = records[-1].offset + 1
         await self._writer.write(rows, offsets)
+        self.positions.update(offsets)
         stats.records += rows.count
         stats.batches += 1
         stats.retries = self._writer.retries
