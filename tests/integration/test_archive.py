@@ -204,6 +204,16 @@ async def through_books(
     return runner
 
 
+async def archived(
+    kafka: str, topics: TopicNames, url: MysqlUrl, messages: Sequence[FeedMessage]
+) -> ArchiveRunner:
+    """``messages`` through a book processor and an archive (stopped when it stored them)."""
+    books = await through_books(kafka, topics, messages)
+    runner = archive_runner(kafka, url, topics)
+    await archive_until(runner, lambda: stored(runner) >= books.stats.deltas)
+    return runner
+
+
 def archive_runner(
     kafka: str, url: MysqlUrl, topics: TopicNames, **overrides: Any
 ) -> ArchiveRunner:
@@ -247,16 +257,14 @@ async def test_history_reproduces_the_book_at_every_seq(
     kafka_bootstrap: str, topics: TopicNames, mysql: MysqlUrl, recording: str, tmp_path: Path
 ) -> None:
     messages = feed(recording, tmp_path)
-    books = await through_books(kafka_bootstrap, topics, messages)
-    runner = archive_runner(kafka_bootstrap, mysql, topics)
-    await archive_until(runner, lambda: stored(runner) >= books.stats.deltas)
+    runner = await archived(kafka_bootstrap, topics, mysql, messages)
     assert (runner.stats.gaps, runner.stats.malformed) == (0, 0)
 
     expected = reference_stream(messages)
-    archived = await archived_stream(mysql)
-    assert sorted(archived) == sorted(expected)
+    in_mysql = await archived_stream(mysql)
+    assert sorted(in_mysql) == sorted(expected)
     for market_id, stream in expected.items():
-        got = archived[market_id]
+        got = in_mysql[market_id]
         # Every message, so the book at every seq (epochs are minted per process).
         assert [no_epoch(m) for m in got] == [no_epoch(m) for m in stream], market_id
         assert [no_epoch(b) for b in books_of(got)] == [no_epoch(b) for b in books_of(stream)]
@@ -269,9 +277,7 @@ async def test_uof_story_rows(
     kafka_bootstrap: str, topics: TopicNames, mysql: MysqlUrl, tmp_path: Path
 ) -> None:
     """Settlements, the rollback and the dead heat are rows of their own."""
-    books = await through_books(kafka_bootstrap, topics, uof_story(tmp_path))
-    runner = archive_runner(kafka_bootstrap, mysql, topics)
-    await archive_until(runner, lambda: stored(runner) >= books.stats.deltas)
+    await archived(kafka_bootstrap, topics, mysql, uof_story(tmp_path))
     rows = await query(
         mysql,
         "SELECT seq, selection_id, status, dead_heat, is_rollback FROM results "
@@ -428,9 +434,7 @@ async def test_rest_market_history_is_the_book_at_an_instant_and_the_changes_sin
     kafka_bootstrap: str, topics: TopicNames, mysql: MysqlUrl
 ) -> None:
     messages = feed("flumine_1.197931750_greyhound_win.jsonl", Path())
-    books = await through_books(kafka_bootstrap, topics, messages)
-    runner = archive_runner(kafka_bootstrap, mysql, topics)
-    await archive_until(runner, lambda: stored(runner) >= books.stats.deltas)
+    await archived(kafka_bootstrap, topics, mysql, messages)
     market_id, stream = max(reference_stream(messages).items(), key=lambda kv: len(kv[1]))
     every_book = books_of(stream)
     start, end = stream[len(stream) // 2].ts, stream[-1].ts
@@ -470,9 +474,7 @@ async def test_rest_market_history_is_the_book_at_an_instant_and_the_changes_sin
 async def test_rest_results_of_an_event_and_by_sport(
     kafka_bootstrap: str, topics: TopicNames, mysql: MysqlUrl, tmp_path: Path
 ) -> None:
-    books = await through_books(kafka_bootstrap, topics, uof_story(tmp_path))
-    runner = archive_runner(kafka_bootstrap, mysql, topics)
-    await archive_until(runner, lambda: stored(runner) >= books.stats.deltas)
+    await archived(kafka_bootstrap, topics, mysql, uof_story(tmp_path))
     (sport,) = (await query(mysql, "SELECT sport FROM events WHERE event_id = 'sr:match:123'"))[0]
 
     async with (
