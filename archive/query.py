@@ -23,7 +23,7 @@ import base64
 import binascii
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
-from typing import Any
+from typing import Any, Protocol
 
 import msgspec
 
@@ -80,11 +80,13 @@ class ResultsPage(msgspec.Struct, frozen=True):
     next: str | None
 
 
-def _encode_cursor(*key: object) -> str:
+def encode_cursor(*key: object) -> str:
+    """An opaque page cursor for ``key`` (:func:`decode_cursor` reads it back)."""
     return base64.urlsafe_b64encode(msgspec.json.encode(key)).decode().rstrip("=")
 
 
-def _decode_cursor(cursor: str, types: Sequence[type]) -> tuple[Any, ...]:
+def decode_cursor(cursor: str, types: Sequence[type]) -> tuple[Any, ...]:
+    """The key of a cursor, checked against ``types``; raises ``bad_cursor``."""
     try:
         raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
         values = msgspec.json.decode(raw)
@@ -103,7 +105,43 @@ _RESULT_COLUMNS = (
     "r.market_id, r.epoch, r.seq, r.selection_id, r.event_id, r.ts, r.status, r.dead_heat, "
     "r.void_factor, r.is_rollback"
 )
-_RESULT_KEY_TYPES = (int, str, str, int, str)
+#: The types of a results cursor's key: (ts, market_id, epoch, seq, selection_id).
+RESULT_KEY_TYPES = (int, str, str, int, str)
+
+
+def result_row(r: Sequence[Any]) -> ResultRow:
+    """A row of ``results`` (its columns in table order) as a :class:`ResultRow`."""
+    return ResultRow(
+        str(r[0]),
+        str(r[1]),
+        int(r[2]),
+        str(r[3]),
+        str(r[4]),
+        int(r[5]),
+        r[6],
+        r[7],
+        r[8],
+        bool(r[9]),
+    )
+
+
+class HistorySource(Protocol):
+    """What the gateway's history routes read: :class:`History` (MySQL) or
+    :class:`archive.memory.MemoryHistory` (``oddstream dev``)."""
+
+    async def market_history(
+        self, market_id: str, from_ts: int, to_ts: int, *, limit: int, cursor: str | None
+    ) -> HistoryPage: ...
+
+    async def event_results(
+        self, event_id: str, *, limit: int, cursor: str | None
+    ) -> ResultsPage: ...
+
+    async def results(
+        self, sport: str, from_ts: int, to_ts: int, *, limit: int, cursor: str | None
+    ) -> ResultsPage: ...
+
+    async def close(self) -> None: ...
 
 
 class History:
@@ -161,7 +199,7 @@ class History:
             book = await self.book_at(market_id, from_ts)
             after: tuple[Any, ...] = (from_ts, "\U0010ffff", 2**62)
         else:
-            after = _decode_cursor(cursor, (int, str, int))
+            after = decode_cursor(cursor, (int, str, int))
         rows = await self._rows(
             "SELECT ts, epoch, seq, payload FROM market_messages WHERE market_id = %s "
             "AND ts <= %s AND (ts > %s OR (ts = %s AND (epoch > %s OR (epoch = %s AND seq > %s))))"
@@ -176,7 +214,7 @@ class History:
             market_id,
             book,
             changes,
-            None if last is None else _encode_cursor(int(last[0]), str(last[1]), int(last[2])),
+            None if last is None else encode_cursor(int(last[0]), str(last[1]), int(last[2])),
         )
 
     async def book_at(self, market_id: str, ts: int) -> Snapshot | None:
@@ -254,7 +292,7 @@ class History:
     ) -> ResultsPage:
         after: tuple[object, ...] = (-(2**62), "", "", -1, "")
         if cursor is not None:
-            after = _decode_cursor(cursor, _RESULT_KEY_TYPES)
+            after = decode_cursor(cursor, RESULT_KEY_TYPES)
         rows = await self._rows(
             f"SELECT {_RESULT_COLUMNS} FROM results r JOIN events e ON e.event_id = r.event_id "  # noqa: S608 - constants
             f"WHERE {where} AND (r.ts, r.market_id, r.epoch, r.seq, r.selection_id) > "
@@ -263,25 +301,11 @@ class History:
             (*args, *after, limit + 1),
         )
         more = len(rows) > limit
-        results = [
-            ResultRow(
-                str(r[0]),
-                str(r[1]),
-                int(r[2]),
-                str(r[3]),
-                str(r[4]),
-                int(r[5]),
-                r[6],
-                r[7],
-                r[8],
-                bool(r[9]),
-            )
-            for r in rows[:limit]
-        ]
+        results = [result_row(r) for r in rows[:limit]]
         last = results[-1] if more else None
         return ResultsPage(
             results,
             None
             if last is None
-            else _encode_cursor(last.ts, last.market_id, last.epoch, last.seq, last.selection_id),
+            else encode_cursor(last.ts, last.market_id, last.epoch, last.seq, last.selection_id),
         )

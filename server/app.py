@@ -15,7 +15,7 @@ from starlette.routing import BaseRoute, Mount, Route
 from starlette.staticfiles import StaticFiles
 
 from archive.db import MysqlUrl
-from archive.query import History
+from archive.query import History, HistorySource
 from server import history, rest
 from server.gateway import Gateway
 from server.sse import sse_endpoint
@@ -30,14 +30,18 @@ async def index(request: Request) -> Response:
 
 
 def build_app(
-    gateway: Gateway, background: Sequence[Background] = (), web_dist: Path | None = None
+    gateway: Gateway,
+    background: Sequence[Background] = (),
+    web_dist: Path | None = None,
+    archive: HistorySource | None = None,
 ) -> Starlette:
     """The ASGI app of one gateway. ``background`` coroutines (the embedded pipeline in
     ``oddstream dev``) run for the app's lifetime, owned by its lifespan. ``web_dist`` is
     the built web shell (React board + Angular bet slip) served at ``/``; without it,
-    the plain demo page. With ``--mysql``, the archive's history routes
-    (:mod:`server.history`). WebSocket upgrades (``/ws``) never reach this app: the server
-    hands them to :mod:`server.ws` (see :func:`server.serve.serve`)."""
+    the plain demo page. With ``--mysql`` (or an ``archive`` given: ``oddstream dev``'s
+    in memory), the archive's history routes (:mod:`server.history`). WebSocket
+    upgrades (``/ws``) never reach this app: the server hands them to :mod:`server.ws`
+    (see :func:`server.serve.serve`)."""
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -54,11 +58,8 @@ def build_app(
                 await archive.close()
 
     settings = gateway.settings
-    archive = (
-        History(MysqlUrl.parse(settings.mysql), pool_size=settings.mysql_pool)
-        if settings.mysql
-        else None
-    )
+    if settings.mysql:
+        archive = History(MysqlUrl.parse(settings.mysql), pool_size=settings.mysql_pool)
     routes: list[BaseRoute] = [
         *(history.routes() if archive is not None else ()),
         Route("/sse", sse_endpoint),

@@ -1,4 +1,5 @@
-"""REST over the archive (``docs/data.md``), mounted only when the gateway has ``--mysql``:
+"""REST over the archive (``docs/data.md``), mounted only when the gateway has ``--mysql``
+(or, in ``oddstream dev``, the archive in memory):
 
 - ``GET /v1/markets/{market_id}/history?from=&to=&limit=&cursor=``: the book at ``from``
   and the messages after it up to ``to`` (feed epoch milliseconds);
@@ -21,7 +22,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
-from archive.query import DEFAULT_PAGE, MAX_PAGE, History, QueryError
+from archive.query import DEFAULT_PAGE, MAX_PAGE, HistorySource, QueryError
 from server.rest import error_response, json_response
 
 _encoder = msgspec.json.Encoder(decimal_format="string")
@@ -78,13 +79,13 @@ def _text(value: str, name: str) -> str:
     return value
 
 
-def _history(request: Request) -> History:
-    history: History = request.app.state.history
+def _history(request: Request) -> HistorySource:
+    history: HistorySource = request.app.state.history
     return history
 
 
 def _endpoint(
-    answer: Callable[[Request, History], Awaitable[msgspec.Struct]],
+    answer: Callable[[Request, HistorySource], Awaitable[msgspec.Struct]],
 ) -> Callable[[Request], Awaitable[Response]]:
     async def endpoint(request: Request) -> Response:
         try:
@@ -98,20 +99,20 @@ def _endpoint(
     return endpoint
 
 
-async def _market_history(request: Request, history: History) -> msgspec.Struct:
+async def _market_history(request: Request, history: HistorySource) -> msgspec.Struct:
     market_id = _text(request.path_params["market_id"], "market_id")
     start, end = _window(request)
     limit, cursor = _page(request)
     return await history.market_history(market_id, start, end, limit=limit, cursor=cursor)
 
 
-async def _event_results(request: Request, history: History) -> msgspec.Struct:
+async def _event_results(request: Request, history: HistorySource) -> msgspec.Struct:
     event_id = _text(request.path_params["event_id"], "event_id")
     limit, cursor = _page(request)
     return await history.event_results(event_id, limit=limit, cursor=cursor)
 
 
-async def _results(request: Request, history: History) -> msgspec.Struct:
+async def _results(request: Request, history: HistorySource) -> msgspec.Struct:
     sport = _text(request.query_params.get("sport", ""), "sport")
     start, end = _window(request)
     limit, cursor = _page(request)
@@ -119,7 +120,7 @@ async def _results(request: Request, history: History) -> msgspec.Struct:
 
 
 def routes() -> list[BaseRoute]:
-    """The routes; they read ``app.state.history`` (a :class:`History`). Mount them before
+    """The routes; they read ``app.state.history`` (a :class:`HistorySource`). Mount them before
     ``/v1/markets/{market_id:path}``, which would otherwise take ``.../history``."""
     return [
         Route("/v1/markets/{market_id:path}/history", _endpoint(_market_history)),
