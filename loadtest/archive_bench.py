@@ -7,10 +7,10 @@ A pure book processor turns ``--feed`` synthetic match-day messages into market
 messages, which are produced to a fresh ``deltas`` topic first; then one
 :class:`~archive.consumer.ArchiveRunner` (in this process) reads them all into a fresh
 database (``<database>_bench_<hex>``, dropped afterwards, as is the topic). Printed: the
-deltas archived per second
-between the first batch stored and the last (the group join left out), the rows per table,
-and the goal (>= 70k deltas/s: one ``books`` process at full speed). Nothing asserts a
-timing; on a shared machine the figure is only indicative.
+deltas archived per second between the first batch stored and the last (the group join
+left out), the rows per table, the history query's p50/p99 on the busiest market
+(``--queries``), and the goal (>= 70k deltas/s: one ``books`` process at full speed).
+Nothing asserts a timing; on a shared machine the figure is only indicative.
 """
 
 from __future__ import annotations
@@ -20,14 +20,17 @@ import asyncio
 import sys
 import time
 import uuid
+from collections import Counter
 from collections.abc import Sequence
 from itertools import islice
 from typing import Any
 
+import msgspec
 from aiokafka.admin import AIOKafkaAdminClient
 
 from archive.consumer import ArchiveConfig, ArchiveRunner
 from archive.db import MysqlUrl, connect
+from archive.query import History
 from feeds.embedded import epoch_minter
 from feeds.kafka_feed import TopicNames, ensure_topics, new_producer
 from feeds.model import encode_feed, topic_of
@@ -60,6 +63,37 @@ async def produce(bootstrap: str, topic: str, messages: Sequence[tuple[str, byte
         await asyncio.gather(*futures)
     finally:
         await producer.stop()
+
+
+async def query_latency(url: MysqlUrl, messages: Sequence[tuple[str, bytes]], count: int) -> None:
+    """p50/p99 of ``History.market_history`` (book at an instant + a page of 100 changes)
+    on the market with the most messages, at instants spread over its life, one at a time."""
+    busiest = Counter(market_id for market_id, _ in messages).most_common(1)[0][0]
+    stamps = sorted(
+        msgspec.json.decode(payload, type=_Stamped).ts
+        for market_id, payload in messages
+        if market_id == busiest
+    )
+    history = History(url, pool_size=1)
+    try:
+        took = []
+        for i in range(count):
+            at = stamps[i * (len(stamps) - 1) // max(count - 1, 1)]
+            start = time.perf_counter()
+            await history.market_history(busiest, at, stamps[-1], limit=100, cursor=None)
+            took.append(time.perf_counter() - start)
+    finally:
+        await history.close()
+    took.sort()
+    p50, p99 = took[len(took) // 2], took[min(len(took) - 1, len(took) * 99 // 100)]
+    print(
+        f"archive_bench: history of the busiest market ({len(stamps)} messages), {count} "
+        f"queries: p50 {p50 * 1000:.1f} ms, p99 {p99 * 1000:.1f} ms"
+    )
+
+
+class _Stamped(msgspec.Struct):
+    ts: int
 
 
 async def run(args: argparse.Namespace) -> int:
@@ -114,6 +148,7 @@ async def run(args: argparse.Namespace) -> int:
             f"rebalances {runner.stats.rebalances}; rows {counts}"
         )
         print(f"archive_bench: goal >= {GOAL:,} deltas/s: {'met' if rate >= GOAL else 'NOT met'}")
+        await query_latency(url, messages, args.queries)
     finally:
         async with admin_db.cursor() as cur:
             await cur.execute(f"DROP DATABASE IF EXISTS `{url.database}`")
@@ -136,6 +171,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--partitions", type=int, default=6)
     parser.add_argument("--batch", type=int, default=5_000, help="records per transaction")
     parser.add_argument("--timeout-s", type=float, default=600.0)
+    parser.add_argument("--queries", type=int, default=200, help="history queries timed")
     return asyncio.run(run(parser.parse_args(argv)))
 
 
