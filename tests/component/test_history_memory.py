@@ -15,7 +15,14 @@ from channels.store import MemoryStore
 from server.app import build_app
 from server.gateway import Gateway
 from server.settings import Settings
-from tests.integration.test_archive import books_of, feed, no_epoch, reference_stream, uof_story
+from tests.integration.test_archive import (
+    STORY_RESULTS,
+    books_of,
+    feed,
+    no_epoch,
+    reference_stream,
+    uof_story,
+)
 from tests.integration.test_archive import pages as all_pages
 
 GREYHOUNDS = "flumine_1.197931750_greyhound_win.jsonl"
@@ -79,13 +86,6 @@ async def test_results_of_the_uof_story(tmp_path: Path) -> None:
             for r in p.results
             if r.market_id == "sr:match:123/48/score=42.5"
         ]
-        assert story == [
-            (3, "1", "winner", None, False),
-            (3, "2", "loser", None, False),
-            (4, "1", "active", None, True),
-            (4, "2", "active", None, True),
-            (5, "1", "winner", "0.5", False),
-            (5, "2", "winner", "0.5", False),
-        ]
+        assert story == STORY_RESULTS
         missing = await http.get("/v1/events/sr:match:999/results")
         assert (missing.status_code, missing.json()["code"]) == (404, "not_found")

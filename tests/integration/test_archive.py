@@ -226,6 +226,18 @@ def archive_runner(
     return ArchiveRunner(kafka, url, topics.deltas, ArchiveConfig(**settings))
 
 
+#: The result rows of the story's market ``sr:match:123/48/score=42.5``: (seq, selection,
+#: status, dead heat, rollback): a settlement, its rollback, a dead-heat settlement.
+STORY_RESULTS = [
+    (3, "1", "winner", None, False),
+    (3, "2", "loser", None, False),
+    (4, "1", "active", None, True),
+    (4, "2", "active", None, True),
+    (5, "1", "winner", "0.5", False),
+    (5, "2", "winner", "0.5", False),
+]
+
+
 def uof_story(tmp_path: Path) -> list[FeedMessage]:
     """Settlements, a rollback, a dead heat, cancels and a cancel rolled back."""
     for name, raw in settle_rollback_story().items():
@@ -284,14 +296,7 @@ async def test_uof_story_rows(
         "WHERE market_id = %s ORDER BY seq, selection_id",
         "sr:match:123/48/score=42.5",
     )
-    assert rows == [
-        (3, "1", "winner", None, 0),
-        (3, "2", "loser", None, 0),
-        (4, "1", "active", None, 1),
-        (4, "2", "active", None, 1),
-        (5, "1", "winner", "0.5", 0),
-        (5, "2", "winner", "0.5", 0),
-    ]
+    assert [(*r[:4], bool(r[4])) for r in rows] == STORY_RESULTS
     changes = await query(
         mysql,
         "SELECT seq, status, reason FROM market_changes WHERE market_id = %s ORDER BY seq",
@@ -491,14 +496,7 @@ async def test_rest_results_of_an_event_and_by_sport(
             for r in rows
             if r.market_id == "sr:match:123/48/score=42.5"
         ]
-        assert story == [
-            (3, "1", "winner", None, False),
-            (3, "2", "loser", None, False),
-            (4, "1", "active", None, True),
-            (4, "2", "active", None, True),
-            (5, "1", "winner", "0.5", False),
-            (5, "2", "winner", "0.5", False),
-        ]
+        assert story == STORY_RESULTS
         by_sport = await pages(
             client, f"/v1/results?sport={sport}&from=0&to=10000&limit=3", ResultsPage
         )
