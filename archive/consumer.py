@@ -13,10 +13,12 @@ the seek goes to where the database really stands. A batch fetched for a partiti
 was then revoked may still be written by this member while the new owner reads the
 same records again: the idempotent inserts make the overlap harmless.
 
-A record that is not a market message is counted (``malformed``) and skipped: the
-``deltas`` topic is written by the book processors, so one is a bug upstream, not input
-to retry. A ``seq`` that does not follow the last one stored in this process run is
-counted as a gap (the processor's at-most-once window on ``deltas``; ``docs/data.md``).
+A record that is not a market message, or has a field wider than its column, is
+counted (``malformed``), logged and skipped: the ``deltas`` topic is written by the
+book processors, so one is a bug upstream (or a feed id beyond the schema's widths), not
+input to retry: retrying would stop the archive on it forever. A ``seq`` that does not
+follow the last one stored in this process run is counted as a gap (the processor's
+at-most-once window on ``deltas``; ``docs/data.md``).
 """
 
 from __future__ import annotations
@@ -33,7 +35,7 @@ from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.errors import CommitFailedError, IllegalStateError
 
 from archive.db import MysqlUrl
-from archive.rows import Rows
+from archive.rows import Rows, Unstorable
 from archive.writer import Writer
 
 log = logging.getLogger(__name__)
@@ -133,8 +135,9 @@ class ArchiveRunner:
             for record in records:
                 try:
                     message = rows.add(record.value)
-                except msgspec.DecodeError:
+                except (msgspec.DecodeError, Unstorable) as exc:
                     stats.malformed += 1
+                    log.warning("archive: record %s@%d skipped: %s", tp, record.offset, exc)
                     continue
                 before = last.get(message.market_id)
                 if (

@@ -29,6 +29,34 @@ def _text(value: Decimal | None) -> str | None:
     return None if value is None else str(value)
 
 
+#: The widths of the text columns (archive/migrations), in characters.
+ID, EPOCH, LABEL, NAME, NUMBER = 128, 64, 64, 255, 40
+
+
+class Unstorable(ValueError):
+    """A market message with a field wider than its column: storing it would fail the
+    whole batch (strict SQL mode), and again on every retry."""
+
+
+def _check(message: Snapshot | Delta) -> None:
+    texts: list[tuple[object, int]] = [
+        (message.market_id, ID),
+        (message.event_id, ID),
+        (message.epoch, EPOCH),
+        (_given(message.name), NAME),
+        (_given(message.reason), NAME),
+    ]
+    if isinstance(message, Snapshot):
+        texts += [(message.sport, LABEL), (message.kind, LABEL)]
+    for c in message.selections:
+        texts += [(c.selection_id, ID), (_given(c.name), NAME)]
+        texts += [(_given(c.price), NUMBER), (_given(c.dead_heat), NUMBER)]
+        texts.append((_given(c.void_factor), NUMBER))
+    for value, width in texts:
+        if value is not None and len(str(value)) > width:
+            raise Unstorable(f"{str(value)[:40]!r}... is longer than {width} characters")
+
+
 def _given(value: T | UnsetType | None) -> T | None:
     """A delta's field: ``None`` when absent (unchanged) or set to null."""
     return None if value is UNSET else value
@@ -52,9 +80,11 @@ class Rows:
     def add(self, payload: bytes) -> Snapshot | Delta:
         """Collect the rows of one message of the ``deltas`` topic (its JSON bytes).
 
-        Raises :class:`msgspec.DecodeError` for a payload that is not a market message
-        (nothing is collected then); the caller decides what to do with it."""
+        Raises :class:`msgspec.DecodeError` for a payload that is not a market message,
+        :class:`Unstorable` for one the columns cannot hold (nothing is collected then);
+        the caller decides what to do with it."""
         message = _decode(payload)
+        _check(message)
         key = (message.market_id, message.epoch, message.seq)
         kind = "snapshot" if isinstance(message, Snapshot) else "delta"
         self.messages.append((*key, kind, message.ts, payload))

@@ -8,7 +8,7 @@ import msgspec
 import pytest
 
 import protocol
-from archive.rows import Rows
+from archive.rows import Rows, Unstorable
 from protocol import Delta, Selection, SelectionChange, Snapshot
 
 KEY = ("m1", "e0", 7)
@@ -111,4 +111,21 @@ def test_not_a_market_message_is_refused_and_collects_nothing() -> None:
         rows.add(b'{"type":"heartbeat","ts":1}')
     with pytest.raises(msgspec.DecodeError):
         rows.add(b"not json")
+    assert (rows.count, rows.messages) == (0, [])
+
+
+@pytest.mark.parametrize(
+    "message",
+    [
+        msgspec.structs.replace(SNAPSHOT, market_id="m" * 129),
+        msgspec.structs.replace(SNAPSHOT, sport="s" * 65),
+        msgspec.structs.replace(SNAPSHOT, selections=(Selection("1", "n" * 256),)),
+        delta(SelectionChange("1", price=Decimal("1." + "1" * 40))),
+        delta(reason="r" * 256),
+    ],
+)
+def test_a_field_wider_than_its_column_is_refused(message: Snapshot | Delta) -> None:
+    rows = Rows()
+    with pytest.raises(Unstorable):
+        rows.add(protocol.encode(message))
     assert (rows.count, rows.messages) == (0, [])
