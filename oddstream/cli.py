@@ -1,5 +1,5 @@
-"""The ``oddstream`` command: ``dev`` (everything in one process), ``feed``, ``books`` and
-``gateway`` (the distributed mode).
+"""The ``oddstream`` command: ``dev`` (everything in one process), ``feed``, ``books``,
+``archive`` and ``gateway`` (the distributed mode).
 
 Each role's flags come from the settings table (:mod:`oddstream.options`); a role's
 wiring is imported only when it runs, so a gateway process never imports Kafka code. A bad
@@ -24,6 +24,7 @@ HELP: dict[options.Role, str] = {
     "dev": "everything in one process: synthetic feed, books, gateway",
     "gateway": "a gateway: Redis in; WebSocket, SSE and REST out",
     "books": "a book processor: Kafka in; Redis and Kafka out",
+    "archive": "the archive: the deltas topic in; MySQL history out",
     "feed": "produce a feed to Kafka, or record one from it",
 }
 
@@ -94,6 +95,10 @@ async def _main(settings: options.RoleSettings, args: argparse.Namespace) -> Non
         from oddstream import books
 
         await books.main(settings)
+    elif isinstance(settings, options.ArchiveSettings):
+        from oddstream import archive
+
+        await archive.main(settings)
     else:
         from oddstream import feed
 

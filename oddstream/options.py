@@ -32,10 +32,10 @@ from urllib.parse import urlparse
 from feeds.staleness import STALE_AFTER_S
 from server.settings import Settings, SettingsError
 
-Role = Literal["dev", "gateway", "books", "feed"]
-ROLES: tuple[Role, ...] = ("dev", "gateway", "books", "feed")
+Role = Literal["dev", "gateway", "books", "archive", "feed"]
+ROLES: tuple[Role, ...] = ("dev", "gateway", "books", "archive", "feed")
 _SERVING: frozenset[Role] = frozenset({"dev", "gateway"})
-_DISTRIBUTED_IN: frozenset[Role] = frozenset({"books", "feed"})
+_DISTRIBUTED_IN: frozenset[Role] = frozenset({"books", "archive", "feed"})
 _SYNTH: frozenset[Role] = frozenset({"dev", "feed"})
 _ALL: frozenset[Role] = frozenset(ROLES)
 
@@ -106,6 +106,12 @@ def _jwt_key_ok(value: str) -> bool:
     return True
 
 
+def _mysql_ok(value: str) -> bool:
+    from archive.db import mysql_ok
+
+    return value == "" or mysql_ok(value)
+
+
 def _feed_ok(spec: str) -> bool:
     from feeds.sources import SourceError, check_spec
 
@@ -119,6 +125,7 @@ def _feed_ok(spec: str) -> bool:
 #: Required settings have no default and must name something.
 KAFKA = Check(_kafka_ok, "host:port[,host:port] (required)")
 REDIS = Check(_redis_ok, "a redis://host:port/db URL (required)")
+MYSQL = Check(_mysql_ok, "a mysql://user:password@host:port/database URL (archive: required)")
 
 
 @dataclass(frozen=True, slots=True)
@@ -389,19 +396,48 @@ OPTIONS: tuple[Option, ...] = (
     Option("kafka", "Kafka bootstrap servers `host:port[,host:port]`", _DISTRIBUTED_IN, KAFKA, ""),
     Option("redis", "Redis URL `redis://host:port/db`", frozenset({"gateway", "books"}), REDIS, ""),
     Option(
+        "mysql",
+        "the archive's MySQL (or MariaDB) `mysql://user:password@host:port/database`; on a "
+        "gateway it enables the history API (`docs/data.md`), empty: off",
+        frozenset({"gateway", "archive"}),
+        MYSQL,
+    ),
+    Option(
+        "mysql_pool",
+        "connections the gateway's history API may hold to MySQL at most",
+        frozenset({"gateway"}),
+        between(1, 64),
+    ),
+    Option(
         "partitions",
-        "partitions of the feed topics when `oddstream feed` or `books` creates them (`books` "
-        "keeps the count of topics that exist)",
+        "partitions of the topics when `oddstream feed`, `books` or `archive` creates them "
+        "(`books` and `archive` keep the count of topics that exist)",
         _DISTRIBUTED_IN,
         at_least(1),
         6,
     ),
     Option(
         "group",
-        "consumer group of the book processors",
-        frozenset({"books"}),
+        "consumer group of the book processors (of the archive writers, for `archive`)",
+        frozenset({"books", "archive"}),
         None,
         "oddstream-books",
+        {"archive": "oddstream-archive"},
+    ),
+    Option(
+        "archive_batch",
+        "records the archive reads per fetch and writes per MySQL transaction",
+        frozenset({"archive"}),
+        at_least(1),
+        5_000,
+    ),
+    Option(
+        "mysql_wait_s",
+        "how long the archive waits for an unreachable MySQL (retrying its batch) before it "
+        "stops with status 1",
+        frozenset({"archive"}),
+        above(0),
+        300.0,
     ),
     Option(
         "topic_prefix",
@@ -471,6 +507,20 @@ class BooksSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class ArchiveSettings:
+    """``oddstream archive``: the ``deltas`` topic in; MySQL history out."""
+
+    kafka: str
+    mysql: str
+    partitions: int
+    group: str
+    archive_batch: int
+    mysql_wait_s: float
+    topic_prefix: str
+    log_level: str
+
+
+@dataclass(frozen=True, slots=True)
 class FeedSettings:
     """``oddstream feed ...``: produce a feed to Kafka, or record one from it."""
 
@@ -486,14 +536,15 @@ class FeedSettings:
 
 _BY_NAME = {o.name: o for o in OPTIONS}
 
-RoleSettings = GatewaySettings | DevSettings | BooksSettings | FeedSettings
+RoleSettings = GatewaySettings | DevSettings | BooksSettings | ArchiveSettings | FeedSettings
 TYPES: dict[Role, type[RoleSettings]] = {
     "dev": DevSettings,
     "gateway": GatewaySettings,
     "books": BooksSettings,
+    "archive": ArchiveSettings,
     "feed": FeedSettings,
 }
-R = TypeVar("R", GatewaySettings, DevSettings, BooksSettings, FeedSettings)
+R = TypeVar("R", GatewaySettings, DevSettings, BooksSettings, ArchiveSettings, FeedSettings)
 
 
 def of(role: Role) -> tuple[Option, ...]:

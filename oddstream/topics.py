@@ -1,19 +1,22 @@
-"""The Kafka topics of the roles that produce or consume them (``books``, ``feed``)."""
+"""The Kafka topics of the roles that produce or consume them (``books``, ``archive``,
+``feed``)."""
 
 from __future__ import annotations
 
 from aiokafka.errors import KafkaError
 
 from feeds.kafka_feed import TopicLayoutError, TopicNames, ensure_topics, partition_counts
-from oddstream.options import BooksSettings, FeedSettings
+from oddstream.options import ArchiveSettings, BooksSettings, FeedSettings
 from oddstream.process import Failed
 
 
-def names(settings: BooksSettings | FeedSettings) -> TopicNames:
+def names(settings: BooksSettings | ArchiveSettings | FeedSettings) -> TopicNames:
     return TopicNames(prefix=settings.topic_prefix)
 
 
-async def ensure(settings: BooksSettings | FeedSettings, *, adopt: bool = False) -> None:
+async def ensure(
+    settings: BooksSettings | ArchiveSettings | FeedSettings, *, adopt: bool = False
+) -> None:
     """Create missing topics with ``--partitions``. With ``adopt`` (processors), feed topics
     that already exist keep their partition count: the deployment chose it. Raises
     :class:`Failed` when Kafka does not answer or the topics disagree."""

@@ -24,6 +24,8 @@
 # stdout of `up` and `env` is exactly (eval-able):
 #   ODDSTREAM_KAFKA=127.0.0.1:<port>
 #   ODDSTREAM_REDIS=redis://127.0.0.1:<port>/0
+#   ODDSTREAM_MYSQL=mysql://oddstream:oddstream@127.0.0.1:<port>/oddstream
+# (MariaDB is scripts/mariadb.sh's: port ODDSTREAM_MYSQL_PORT, 13306 by default)
 # e.g.   set -a; eval "$(scripts/services.sh up)"; set +a
 # All other output goes to stderr.
 #
@@ -352,6 +354,7 @@ cmd_env() {
     elif pid_alive redis >/dev/null; then print_redis "redis://127.0.0.1:$(redis_port)/0"
     else log "redis is not running (run: scripts/services.sh up)"; rc=1
     fi
+    "$ROOT/scripts/mariadb.sh" env || rc=1
     return "$rc"
 }
 
@@ -367,6 +370,7 @@ cmd_up() {
     else
         redis_start fresh
     fi
+    "$ROOT/scripts/mariadb.sh" up >/dev/null
     cmd_env
 }
 
@@ -374,6 +378,7 @@ cmd_down() {
     lock
     svc_stop kafka
     svc_stop redis
+    "$ROOT/scripts/mariadb.sh" down
     log "down"
 }
 

@@ -12,7 +12,7 @@ trap cleanup EXIT
 env_lines=$(scripts/services.sh up)
 started=1
 eval "$env_lines"
-export ODDSTREAM_KAFKA ODDSTREAM_REDIS
+export ODDSTREAM_KAFKA ODDSTREAM_REDIS ODDSTREAM_MYSQL
 echo "test: Kafka at $ODDSTREAM_KAFKA, Redis at $ODDSTREAM_REDIS" >&2
 
 echo "test: ruff" >&2

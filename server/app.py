@@ -14,7 +14,9 @@ from starlette.responses import FileResponse, Response
 from starlette.routing import BaseRoute, Mount, Route
 from starlette.staticfiles import StaticFiles
 
-from server import rest
+from archive.db import MysqlUrl
+from archive.query import History, HistorySource
+from server import history, rest
 from server.admission import Admission
 from server.gateway import Gateway
 
@@ -28,14 +30,19 @@ async def index(request: Request) -> Response:
 
 
 def build_app(
-    gateway: Gateway, background: Sequence[Background] = (), web_dist: Path | None = None
+    gateway: Gateway,
+    background: Sequence[Background] = (),
+    web_dist: Path | None = None,
+    archive: HistorySource | None = None,
 ) -> Starlette:
     """The ASGI app of one gateway. ``background`` coroutines (the embedded pipeline in
     ``oddstream dev``) run for the app's lifetime, owned by its lifespan. ``web_dist`` is
     the built web shell (React board + Angular bet slip) served at ``/``; without it,
-    the plain demo page. WebSocket upgrades (``/ws``) and SSE streams (``/sse``) never
-    reach this app: the edge hands them to :mod:`server.ws` and :mod:`server.sse` (see
-    :mod:`server.listener`). ``/metrics`` is on the operator listener (:func:`ops_app`)."""
+    the plain demo page. With ``--mysql`` (or an ``archive`` given: ``oddstream dev``'s
+    in memory), the archive's history routes (:mod:`server.history`). WebSocket upgrades
+    (``/ws``) and SSE streams (``/sse``) never reach this app: the edge hands them to
+    :mod:`server.ws` and :mod:`server.sse` (see :mod:`server.listener`). ``/metrics`` is
+    on the operator listener (:func:`ops_app`)."""
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -48,8 +55,14 @@ def build_app(
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
             await gateway.close()
+            if archive is not None:
+                await archive.close()
 
+    settings = gateway.settings
+    if settings.mysql:
+        archive = History(MysqlUrl.parse(settings.mysql), pool_size=settings.mysql_pool)
     routes: list[BaseRoute] = [
+        *(history.routes() if archive is not None else ()),
         Route("/v1/events", rest.list_events),
         Route("/v1/events/{event_id}", rest.get_event),
         Route("/v1/markets", rest.list_markets),
@@ -66,6 +79,7 @@ def build_app(
         routes.append(Route("/", index))
     app = Starlette(routes=routes, lifespan=lifespan)
     app.state.gateway = gateway
+    app.state.history = archive
     return app
 
 

@@ -71,3 +71,6 @@ class Settings:
     jwks_refetch_s: float = 30.0
     # Seconds an SSE ticket (``POST /v1/tickets``) stays usable, once.
     ticket_ttl_s: float = 30.0
+    # The archive's read side (server/history.py): off without a MySQL URL.
+    mysql: str = ""
+    mysql_pool: int = 4

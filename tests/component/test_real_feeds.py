@@ -518,11 +518,11 @@ def uof(root: str, event: str, ts: int, body: str = "", **attrs: str) -> bytes:
     )
 
 
-async def test_uof_settle_rollback_cancel_story(tmp_path: Path) -> None:
-    """The real odds_change opens the markets; a bet stop, a settlement, its rollback,
-    a new settlement, a cancel and its rollback (the real rollback_bet_cancel, for its
-    own event) follow. Each is an ordinary delta with the next seq."""
-    files = {
+def settle_rollback_story() -> dict[str, bytes]:
+    """UOF messages by file name: the real odds_change opens the markets; a bet stop, a
+    settlement, its rollback, a new settlement, a cancel and its rollback (the real
+    rollback_bet_cancel, for its own event) follow."""
+    return {
         "01.xml": data_file(UOF / "go-uof-sdk_odds_change-0.xml").read_bytes(),
         "02.xml": uof("bet_stop", "sr:match:123", 2000, groups="all"),
         "03.xml": uof(
@@ -562,6 +562,13 @@ async def test_uof_settle_rollback_cancel_story(tmp_path: Path) -> None:
         ),
         "09.xml": data_file(UOF / "go-uof-sdk_rollback_bet_cancel.xml").read_bytes(),
     }
+
+
+async def test_uof_settle_rollback_cancel_story(tmp_path: Path) -> None:
+    """The real odds_change opens the markets; a bet stop, a settlement, its rollback,
+    a new settlement, a cancel and its rollback (the real rollback_bet_cancel, for its
+    own event) follow. Each is an ordinary delta with the next seq."""
+    files = settle_rollback_story()
     for name, raw in files.items():
         (tmp_path / name).write_bytes(raw)
     report = ReadReport()

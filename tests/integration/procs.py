@@ -46,6 +46,14 @@ class Proc:
                 self._line_added.clear()
                 await self._line_added.wait()
 
+    async def next_line(self, timeout: float = 60) -> None:
+        """Wait until the process prints one more line, or exits."""
+        count = len(self.lines)
+        async with asyncio.timeout(timeout):
+            while len(self.lines) == count and not self._reader.done():
+                self._line_added.clear()
+                await self._line_added.wait()
+
     async def url(self) -> str:
         line = await self.wait_line("serving on ")
         return line.split("serving on ")[1].split()[0].rstrip("/")
