@@ -59,7 +59,7 @@ build() {
 }
 
 mkdir -p "$CACHE"
-app="oddstream:$(hash_of pyproject.toml README.md protocol feeds channels server web docker/Dockerfile docker/python.sh docker/healthcheck.py .dockerignore)"
+app="oddstream:$(hash_of pyproject.toml README.md protocol feeds channels server archive oddstream web docker/Dockerfile docker/python.sh docker/healthcheck.py .dockerignore)"
 kafka="oddstream-kafka:$(hash_of docker/kafka scripts/kafka)"
 redis="oddstream-redis:$(hash_of docker/redis)"
 lb="oddstream-haproxy:$(hash_of docker/haproxy)"
