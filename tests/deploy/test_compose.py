@@ -181,7 +181,9 @@ async def more_deltas(clients: list[ResilientClient], timeout: float = 30) -> No
 
 async def test_failover_through_the_load_balancer(stack: Stack) -> None:
     kafka, redis = f"127.0.0.1:{KAFKA}", f"redis://127.0.0.1:{REDIS}/0"
-    dep = Deployment([], kafka, redis, Scale(seed=SEED), "", "oddstream-books")
+    dep = Deployment(
+        kafka=kafka, redis=redis, prefix="", group="oddstream-books", scale=Scale(seed=SEED)
+    )
     # Before any client starts: computing it holds the GIL for seconds, which a client
     # would take for a silent (dead) connection.
     expectation = await asyncio.to_thread(Expectation.synthetic, SEED, EVENTS, LIMIT)
