@@ -19,6 +19,7 @@ import websockets
 
 import protocol
 from tests.component.stack import Books, event, match_result, odds, running_stack
+from tests.security import report
 
 M1 = "fb-1:1x2"
 
@@ -135,3 +136,11 @@ def assert_neighbour_healthy(srv: ThreadedServer, since: int) -> None:
     assert not srv.neighbour.errors, srv.neighbour.errors
     seqs = srv.neighbour.seqs()
     assert seqs == list(range(seqs[0], seqs[0] + len(seqs))), "a gap or a doubled delta"
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    if not report.ROWS:
+        return
+    terminalreporter.write_sep("=", "security suite")
+    terminalreporter.write_line(report.table(report.ROWS))
+    terminalreporter.write_line(f"(written to {report.write(report.ROWS)})")

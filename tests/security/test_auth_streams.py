@@ -28,6 +28,7 @@ from tests.component.stack import (
     sse_messages,
     ws_client,
 )
+from tests.security import report
 from tests.security.session_helpers import AUDIENCE, SECRET, hs256
 
 M1 = "fb-1:1x2"
@@ -91,27 +92,45 @@ async def test_a_token_grants_its_channels_and_nothing_else() -> None:
         ):
             await client.send(command)
             refused = await _error(client)
+            report.record(
+                f"wrong-channel token, {command['type']} {command['id']}",
+                f"error {ErrorCode.FORBIDDEN}",
+                f"error {refused.code}",
+            )
             assert (refused.code, refused.id) == (ErrorCode.FORBIDDEN, command["id"])
         assert client.books.at(M3) == 0
 
 
 @pytest.mark.parametrize(
-    ("token", "code", "says"),
+    ("case", "token", "code", "says"),
     [
-        (hs256(key="another-secret-of-forty-characters-long!!"), "token_invalid", "signature"),
-        (hs256(exp_in=-30), "token_expired", "expired"),
-        (hs256(aud="someone-else"), "token_invalid", "wrong audience"),
+        (
+            "forged",
+            hs256(key="another-secret-of-forty-characters-long!!"),
+            "token_invalid",
+            "signature",
+        ),
+        ("expired", hs256(exp_in=-30), "token_expired", "expired"),
+        ("wrong-audience", hs256(aud="someone-else"), "token_invalid", "wrong audience"),
     ],
     ids=["forged", "expired", "wrong-audience"],
 )
-async def test_refused_auth_is_an_error_then_4102(token: str, code: str, says: str) -> None:
+async def test_refused_auth_is_an_error_then_4102(
+    case: str, token: str, code: str, says: str
+) -> None:
     async with jwt_stack(jwt_audience=AUDIENCE) as stack, ws_client(stack) as client:
         await client.send({"type": "auth", "token": token, "id": 9})
         refused = await client.recv()
         assert isinstance(refused, protocol.Error)
+        close_code = await _close_code(client)
+        report.record(
+            f"{case} token, WebSocket auth",
+            f"error {code}, close {int(CloseCode.UNAUTHORIZED)}",
+            f"error {refused.code}, close {close_code}",
+        )
         assert (refused.code, refused.id) == (code, 9)
         assert says in refused.message
-        assert await _close_code(client) == CloseCode.UNAUTHORIZED
+        assert close_code == CloseCode.UNAUTHORIZED
 
 
 async def test_expiry_closes_with_4003_and_positions_that_resume_with_a_new_token() -> None:
