@@ -23,9 +23,27 @@ ROWS: list[Row] = []
 """Rows recorded by the tests of this session, in run order."""
 
 
+_FUZZED: dict[tuple[str, str], tuple[int, float, int]] = {}
+"""Per fuzzer (case, expected): examples run, worst seconds, worst RSS growth."""
+
+
 def record(case: str, expected: str, observed: str) -> None:
     """Record a figure; call it before the test's assertions, so a failure shows too."""
     ROWS.append(Row(case, expected, observed))
+
+
+def fuzzed(case: str, expected: str, seconds: float, rss_growth_bytes: int) -> None:
+    """Count one fuzzed input of ``case``: its row holds the worst figures of all."""
+    n, worst_s, worst_rss = _FUZZED.get((case, expected), (0, 0.0, 0))
+    _FUZZED[case, expected] = (n + 1, max(worst_s, seconds), max(worst_rss, rss_growth_bytes))
+
+
+def rows() -> list[Row]:
+    """The recorded rows, then one per fuzzer."""
+    return ROWS + [
+        Row(case, expected, f"{n} inputs, worst {ms(s)}, RSS +{mib(rss)}")
+        for (case, expected), (n, s, rss) in _FUZZED.items()
+    ]
 
 
 def ms(seconds: float) -> str:

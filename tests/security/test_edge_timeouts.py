@@ -28,7 +28,8 @@ NEW_CLIENT_S = 0.1
 
 @dataclass
 class Held:
-    """One attacking connection: when it opened, and when the server closed it."""
+    """One attacking connection: when it started to connect (before the server could
+    start its timer), and when the server closed it."""
 
     reader: asyncio.StreamReader
     writer: asyncio.StreamWriter
@@ -40,8 +41,9 @@ class Held:
 async def open_connections(stack: Stack, n: int) -> list[Held]:
     held = []
     for _ in range(n):
+        opened = time.monotonic()
         reader, writer = await asyncio.open_connection("127.0.0.1", stack.node.port)
-        held.append(Held(reader, writer, time.monotonic()))
+        held.append(Held(reader, writer, opened))
     return held
 
 
@@ -91,13 +93,13 @@ async def test_held_connections_are_closed_in_time_while_a_new_client_is_served(
         held_s = [c.closed - c.opened for c in conns]
         report.record(
             f"{N} {attack} connections, timeouts {HEADER_TIMEOUT_S:g} s",
-            f"closed in {HEADER_TIMEOUT_S * 0.9:g}-{HEADER_TIMEOUT_S + SLACK_S:g} s; "
-            f"new client < {report.ms(NEW_CLIENT_S)}",
+            f"closed in {HEADER_TIMEOUT_S * 0.99:g}-{HEADER_TIMEOUT_S + SLACK_S:g} s; "
+            f"new client (median of 3) < {report.ms(NEW_CLIENT_S)}",
             f"{N} closed in {min(held_s):.2f}-{max(held_s):.2f} s; new client "
             + ", ".join(report.ms(t) for t in latencies),
         )
-        assert min(latencies) < NEW_CLIENT_S
-        assert min(held_s) >= HEADER_TIMEOUT_S * 0.9, "closed before the timeout"
+        assert sorted(latencies)[1] < NEW_CLIENT_S
+        assert min(held_s) >= HEADER_TIMEOUT_S * 0.99, "closed before the timeout"
         for conn in conns:
             assert conn.answer == b"" or conn.answer.startswith(b"HTTP/1.1 408 ")
         stats = stack.node.admission.stats

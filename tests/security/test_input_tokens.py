@@ -9,15 +9,18 @@ import base64
 from urllib.parse import quote
 
 import httpx
+import msgspec
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 
 import protocol
+from protocol import ErrorCode
 from protocol.types import MAX_SEQ
 from server.resume_token import TokenError, decode_token, encode_positions
 from tests.component.stack import event, match_result, running_stack, ws_client
 from tests.security import report
+from tests.security.conftest import SSE_ANSWERS, WIRE_FUZZ, ThreadedServer, guarded
 from tests.security.session_helpers import Measured, crafted_token, measure
 
 M1 = "fb-1:1x2"
@@ -66,7 +69,7 @@ def test_a_token_may_not_claim_more_markets_than_allowed() -> None:
         decode_token(crafted_token(1_000, 1, seq_bytes=10))
 
 
-@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@WIRE_FUZZ
 @given(
     st.one_of(
         st.text(max_size=64),
@@ -80,8 +83,11 @@ def test_a_token_may_not_claim_more_markets_than_allowed() -> None:
         st.builds(crafted_token, st.integers(1, 3_000), st.integers(1, 5_000)),
     )
 )
-def test_fuzz_resume_token_decoder(token: str) -> None:
-    """Any token: positions within the limits, or TokenError; fast and small."""
+def test_fuzz_resume_token_decoder(server: ThreadedServer, token: str) -> None:
+    """Any token: positions within the limits, or TokenError, fast and small in the
+    decoder; on the wire, in every form (WebSocket ``resume``, SSE ``?last_event_id=`` and
+    ``Last-Event-ID``), an ``ack`` or ``invalid`` and a ``200`` (markets it cannot resume
+    start from snapshots) or a documented refusal, while the neighbour's stream goes on."""
     with measure() as cost:
         try:
             positions = decode_token(token)
@@ -90,7 +96,21 @@ def test_fuzz_resume_token_decoder(token: str) -> None:
     for p in positions:
         assert 0 <= p.seq <= MAX_SEQ
     assert cost.cpu_seconds < FUZZ_S
-    assert cost.rss_growth_bytes < BUDGET_RSS
+    with guarded(server, "resume token (WebSocket, SSE query and header)"):
+        answer = server.command(
+            msgspec.json.encode({"type": "resume", "positions": [], "token": token, "id": 1})
+        )
+        assert answer == protocol.Ack(command="resume", id=1) or (
+            isinstance(answer, protocol.Error) and answer.code == ErrorCode.INVALID
+        ), answer
+        forms = [(f"&last_event_id={quote(token)}", "")]
+        if token.isprintable() and token.isascii():  # Else the head itself is malformed.
+            forms.append(("", f"last-event-id: {token}\r\n"))
+        for query, header in forms:
+            request = f"GET /sse?markets={M1}{query} HTTP/1.1\r\nhost: x\r\n{header}\r\n"
+            status, data = server.answer(request.encode())
+            assert status in SSE_ANSWERS, data[:200]
+            assert SSE_ANSWERS[status] in data, data[:200]
 
 
 # -- over the wire ----------------------------------------------------------------------------
