@@ -3,20 +3,23 @@
 :class:`Authenticator` turns a JWT (or an SSE ticket) into a :class:`Grant`, the set of
 channel patterns a connection may follow; :func:`check` decides whether a grant covers
 the markets, events and lobbies a request names. The session calls both from
-:meth:`server.session.Session.authorize`, REST from its snapshot routes. Every refusal is
-an :class:`~protocol.ProtocolError` with a documented code (``unauthorized``,
-``token_invalid``, ``token_expired``, ``forbidden``, ``unavailable``).
+:meth:`server.session.Session.authorize`, REST from its snapshot routes (through
+:meth:`Authenticator.authorize`, which counts what it refuses). Every refusal is an
+:class:`~protocol.ProtocolError` with a documented code (``unauthorized``,
+``token_invalid``, ``token_expired``, ``forbidden``, ``unavailable``), counted by code in
+:attr:`Authenticator.refusals` (``oddstream_auth_refusals_total`` in ``/metrics``).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import re
 import secrets
 import time
 import urllib.request
-from collections.abc import Awaitable, Callable, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -40,6 +43,14 @@ MAX_JWKS_BYTES = 1 << 20
 JWKS_TIMEOUT_S = 5.0
 #: Tickets outstanding at once per gateway.
 MAX_TICKETS = 10_000
+#: The codes of an auth refusal: the fixed label values of ``oddstream_auth_refusals_total``.
+REFUSAL_CODES = (
+    ErrorCode.UNAUTHORIZED,
+    ErrorCode.FORBIDDEN,
+    ErrorCode.TOKEN_INVALID,
+    ErrorCode.TOKEN_EXPIRED,
+    ErrorCode.UNAVAILABLE,
+)
 _PREFIXES = ("market:", "event:", "lobby:")
 _BEARER = "bearer "
 
@@ -274,6 +285,30 @@ class Authenticator:
         self._audience = settings.jwt_audience or None
         self._issuer = settings.jwt_issuer or None
         self.tickets = Tickets(settings.ticket_ttl_s)
+        self.refusals: dict[str, int] = dict.fromkeys(REFUSAL_CODES, 0)
+        """Refusals so far, by code (``REFUSAL_CODES``)."""
+
+    @contextlib.contextmanager
+    def _counted(self) -> Iterator[None]:
+        """Count a refusal raised in the block by its code."""
+        try:
+            yield
+        except ProtocolError as exc:
+            if exc.code in self.refusals:
+                self.refusals[exc.code] += 1
+            raise
+
+    async def authorize(
+        self,
+        grant: Grant,
+        markets: Iterable[str],
+        events: Iterable[str],
+        lobbies: Iterable[str],
+        books: BookLookup,
+    ) -> None:
+        """:func:`check`, its refusals counted."""
+        with self._counted():
+            await check(grant, markets, events, lobbies, books)
 
     @property
     def jwks(self) -> Jwks | None:
@@ -282,6 +317,10 @@ class Authenticator:
     async def verify(self, token: str) -> Grant:
         """The grant of a JWT. Raises :class:`ProtocolError`: ``token_expired``,
         ``token_invalid`` (the message says which check failed), ``unavailable``."""
+        with self._counted():
+            return await self._verify(token)
+
+    async def _verify(self, token: str) -> Grant:
         if not self.required:
             return EVERYTHING
         if len(token) > MAX_TOKEN_CHARS:
@@ -323,7 +362,8 @@ class Authenticator:
         if token is not None:
             return await self.verify(token)
         if ticket is not None and self.required:
-            return self.tickets.redeem(ticket)
+            with self._counted():
+                return self.tickets.redeem(ticket)
         return self.anonymous
 
 

@@ -9,6 +9,7 @@ doubled.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterable, Mapping
 from functools import partial
 from typing import NamedTuple
@@ -21,7 +22,7 @@ import protocol
 from channels.store import StoreError
 from protocol import ErrorCode, ProtocolError, Snapshot
 from protocol.types import MAX_NAME_CHARS, MAX_NAMES
-from server.auth import bearer, check
+from server.auth import bearer
 from server.gateway import Gateway
 from server.resume_token import PositionTracker
 from server.session import lookup_books
@@ -135,7 +136,7 @@ async def authorized(request: Request, query: StreamQuery) -> None:
     gateway = _gateway(request)
     grant = await gateway.auth.credentials(request.headers.get("authorization"), None)
     books = partial(lookup_books, gateway.relay, gateway.store)
-    await check(grant, query.markets, query.events, query.lobbies, books)
+    await gateway.auth.authorize(grant, query.markets, query.events, query.lobbies, books)
 
 
 async def get_market(request: Request) -> Response:
@@ -279,4 +280,11 @@ async def metrics(request: Request) -> Response:
             f"# TYPE oddstream_relay_{name}_total counter",
             f"oddstream_relay_{name}_total {value}",
         ]
+    lines.append("# TYPE oddstream_auth_refusals_total counter")
+    lines += [
+        f'oddstream_auth_refusals_total{{code="{code}"}} {n}'
+        for code, n in gateway.auth.refusals.items()
+    ]
+    for name, value in dataclasses.asdict(gateway.session_stats).items():
+        lines += [f"# TYPE oddstream_{name}_total counter", f"oddstream_{name}_total {value}"]
     return Response("\n".join(lines) + "\n", media_type="text/plain; version=0.0.4")

@@ -286,3 +286,43 @@ async def test_sse_stream_ends_at_the_token_expiry_with_its_positions() -> None:
                 assert message.reason == "token_expired"
                 assert [p.market_id for p in message.positions] == [M1]
         assert kinds == ["ack", "snapshot", "error", "reconnect"]  # Then the stream ended.
+
+
+async def test_refusals_are_counted_in_the_operator_metrics() -> None:
+    """Auth refusals by code (WebSocket and REST alike), rate-limited commands and the
+    closes for rate-limit abuse and for an expired token, on the operator listener."""
+    quotas = {"command_rate": 0.5, "command_burst": 2, "rate_limit_close_after": 3}
+    async with jwt_stack(ops=True, **quotas) as stack:
+        async with ws_client(stack) as forged:
+            await forged.send({"type": "auth", "token": hs256(key="x" * 40)})
+            assert await _close_code(forged) == CloseCode.UNAUTHORIZED
+        async with ws_client(stack) as anonymous:
+            await anonymous.send({"type": "subscribe", "markets": [M1]})
+            assert (await _error(anonymous)).code == ErrorCode.UNAUTHORIZED
+        async with ws_client(stack) as narrow:
+            await narrow.send({"type": "auth", "token": hs256("p-1", ["event:fb-1"])})
+            await narrow.send({"type": "subscribe", "markets": [M3]})
+            assert (await _error(narrow)).code == ErrorCode.FORBIDDEN
+        async with ws_client(stack) as abuser:
+            for _ in range(5):  # Two within the burst, then three refused: closed.
+                await abuser.send({"type": "ping"})
+            assert await _close_code(abuser) == CloseCode.RATE_LIMITED
+        async with ws_client(stack) as expiring:
+            await expiring.send({"type": "auth", "token": hs256("p-1", ["*"], exp_in=2)})
+            assert await _close_code(expiring) == CloseCode.TOKEN_EXPIRED
+        async with httpx.AsyncClient(base_url=stack.url) as http:
+            expired = {"authorization": "Bearer " + hs256("p", ["*"], exp_in=-30)}
+            assert (await http.get(f"/v1/markets/{M1}", headers=expired)).status_code == 401
+        async with httpx.AsyncClient(base_url=stack.ops_url) as ops:
+            metrics = (await ops.get("/metrics")).text.splitlines()
+    for line in (
+        'oddstream_auth_refusals_total{code="unauthorized"} 1',
+        'oddstream_auth_refusals_total{code="forbidden"} 1',
+        'oddstream_auth_refusals_total{code="token_invalid"} 1',
+        'oddstream_auth_refusals_total{code="token_expired"} 1',
+        'oddstream_auth_refusals_total{code="unavailable"} 0',
+        "oddstream_rate_limited_commands_total 3",
+        "oddstream_rate_limit_closes_total 1",
+        "oddstream_token_expired_closes_total 1",
+    ):
+        assert line in metrics
