@@ -94,6 +94,15 @@ class Grant:
     def allows(self, channel: str) -> bool:
         return self._regex is not None and self._regex.fullmatch(channel) is not None
 
+    def allows_market(self, market_id: str, event_id: str, sport: str, main: bool) -> bool:
+        """A market is covered by its own channel, its event's, or (a main market) its
+        sport's lobby."""
+        return (
+            self.allows(f"market:{market_id}")
+            or self.allows(f"event:{event_id}")
+            or (main and self.allows(f"lobby:{sport}"))
+        )
+
 
 #: The grant of ``--auth none``.
 EVERYTHING = Grant.of(["*"])
@@ -111,8 +120,7 @@ async def check(
     books: BookLookup,
 ) -> None:
     """Raise :class:`ProtocolError` (``forbidden``, or ``unauthorized`` for an anonymous
-    grant) unless ``grant`` covers every name; a market is covered by its own channel,
-    its event's, or (a main market) its sport's lobby."""
+    grant) unless ``grant`` covers every name (a market: :meth:`Grant.allows_market`)."""
     if grant.everything:
         return
     for channel in (*(f"event:{e}" for e in events), *(f"lobby:{s}" for s in lobbies)):
@@ -124,10 +132,7 @@ async def check(
     known = await books(unnamed)
     for m in unnamed:
         book = known.get(m)
-        if book is None or not (
-            grant.allows(f"event:{book.event_id}")
-            or (book.main and grant.allows(f"lobby:{book.sport}"))
-        ):
+        if book is None or not grant.allows_market(m, book.event_id, book.sport, book.main):
             raise _denied(grant, f"market:{m}")
 
 

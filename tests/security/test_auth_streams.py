@@ -237,6 +237,45 @@ async def test_rest_snapshots_honour_the_same_authorisation() -> None:
         assert (response.status_code, response.json()["code"]) == (401, "token_expired")
 
 
+@pytest.mark.parametrize(
+    ("anonymous", "channels", "events", "markets"),
+    [
+        ("", None, [], []),
+        ("lobby:*", None, ["fb-1", "fb-2"], [M1, M3]),  # The main markets of every lobby.
+        ("", ["event:fb-1"], ["fb-1"], [M1, M2]),
+        ("", [f"market:{M3}"], ["fb-2"], [M3]),
+        ("", ["event:fb-*"], ["fb-1", "fb-2"], [M1, M2, M3]),
+    ],
+    ids=["anonymous", "anonymous-lobbies", "event", "market", "pattern"],
+)
+async def test_rest_lists_show_what_the_caller_may_follow(
+    anonymous: str, channels: list[str] | None, events: list[str], markets: list[str]
+) -> None:
+    headers = {} if channels is None else {"authorization": "Bearer " + hs256("p", channels)}
+    async with (
+        jwt_stack(anonymous=anonymous) as stack,
+        httpx.AsyncClient(base_url=stack.url, timeout=5, headers=headers) as http,
+    ):
+        listed = (await http.get("/v1/events")).json()
+        assert [e["event_id"] for e in listed] == events
+        listed = (await http.get("/v1/markets")).json()
+        assert sorted(m["market_id"] for m in listed) == sorted(markets)
+        listed = (await http.get("/v1/markets?event_id=fb-1")).json()
+        assert sorted(m["market_id"] for m in listed) == sorted(set(markets) - {M3})
+        for event_id in ("fb-1", "fb-2"):
+            answer = await http.get(f"/v1/events/{event_id}")
+            expected = 200 if event_id in events else 401 if channels is None else 403
+            assert answer.status_code == expected, (event_id, answer.text)
+
+
+async def test_rest_lists_refuse_a_bad_token() -> None:
+    async with jwt_stack() as stack, httpx.AsyncClient(base_url=stack.url, timeout=5) as http:
+        expired = {"authorization": "Bearer " + hs256("p", ["*"], exp_in=-30)}
+        for path in ("/v1/events", "/v1/markets", "/v1/events/fb-1"):
+            answer = await http.get(path, headers=expired)
+            assert (answer.status_code, answer.json()["code"]) == (401, "token_expired")
+
+
 async def test_auth_none_acknowledges_auth_and_allows_everything() -> None:
     async with running_stack() as stack, ws_client(stack) as client:
         await stack.feed.send(event(), match_result())
