@@ -1,10 +1,9 @@
 """Access tokens and the channels they grant (``docs/auth.md``).
 
 :class:`Authenticator` turns a JWT (or an SSE ticket) into a :class:`Grant`, the set of
-channel patterns a connection may follow; :func:`check` decides whether a grant covers
-the markets, events and lobbies a request names. The session calls both from
-:meth:`server.session.Session.authorize`, REST from its snapshot routes (through
-:meth:`Authenticator.authorize`, which counts what it refuses). Every refusal is an
+channel patterns a connection may follow; :meth:`Authenticator.authorize` decides whether
+a grant covers the markets, events and lobbies a request names. The session calls both
+from :meth:`server.session.Session.authorize`, REST from its routes. Every refusal is an
 :class:`~protocol.ProtocolError` with a documented code (``unauthorized``,
 ``token_invalid``, ``token_expired``, ``forbidden``, ``unavailable``), counted by code in
 :attr:`Authenticator.refusals` (``oddstream_auth_refusals_total`` in ``/metrics``).
@@ -110,30 +109,6 @@ EVERYTHING = Grant.of(["*"])
 #: Books of markets by id, for markets granted through their event or lobby (relay or
 #: storage); markets it does not know are left out.
 BookLookup = Callable[[list[str]], Awaitable[Mapping[str, Snapshot]]]
-
-
-async def check(
-    grant: Grant,
-    markets: Iterable[str],
-    events: Iterable[str],
-    lobbies: Iterable[str],
-    books: BookLookup,
-) -> None:
-    """Raise :class:`ProtocolError` (``forbidden``, or ``unauthorized`` for an anonymous
-    grant) unless ``grant`` covers every name (a market: :meth:`Grant.allows_market`)."""
-    if grant.everything:
-        return
-    for channel in (*(f"event:{e}" for e in events), *(f"lobby:{s}" for s in lobbies)):
-        if not grant.allows(channel):
-            raise _denied(grant, channel)
-    unnamed = [m for m in dict.fromkeys(markets) if not grant.allows(f"market:{m}")]
-    if not unnamed:
-        return
-    known = await books(unnamed)
-    for m in unnamed:
-        book = known.get(m)
-        if book is None or not grant.allows_market(m, book.event_id, book.sport, book.main):
-            raise _denied(grant, f"market:{m}")
 
 
 def _denied(grant: Grant, channel: str) -> ProtocolError:
@@ -311,9 +286,23 @@ class Authenticator:
         lobbies: Iterable[str],
         books: BookLookup,
     ) -> None:
-        """:func:`check`, its refusals counted."""
+        """Raise :class:`ProtocolError` (``forbidden``, or ``unauthorized`` for an
+        anonymous grant; counted) unless ``grant`` covers every name (a market:
+        :meth:`Grant.allows_market`)."""
         with self._counted():
-            await check(grant, markets, events, lobbies, books)
+            if grant.everything:
+                return
+            for channel in (*(f"event:{e}" for e in events), *(f"lobby:{s}" for s in lobbies)):
+                if not grant.allows(channel):
+                    raise _denied(grant, channel)
+            unnamed = [m for m in dict.fromkeys(markets) if not grant.allows(f"market:{m}")]
+            if not unnamed:
+                return
+            known = await books(unnamed)
+            for m in unnamed:
+                book = known.get(m)
+                if book is None or not grant.allows_market(m, book.event_id, book.sport, book.main):
+                    raise _denied(grant, f"market:{m}")
 
     @property
     def jwks(self) -> Jwks | None:

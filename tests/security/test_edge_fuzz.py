@@ -16,6 +16,7 @@ from tests.security.conftest import DEADLINE_S, WIRE_FUZZ, ThreadedServer, guard
 from tests.security.wire import (
     HTTP_STATUSES,
     client_frame,
+    is_utf8,
     read_until_closed,
     status_of,
     ws_handshake,
@@ -118,15 +119,7 @@ def test_any_websocket_frames_get_an_answer_or_a_documented_close(
     assert set(codes) <= allowed, codes
     if isinstance(frames, list):
         payload, opcode, fin, rsv = frames[0]
-        if opcode == 0x1 and fin and not rsv and not _utf8(payload):
+        if opcode == 0x1 and fin and not rsv and not is_utf8(payload):
             # 1007, unless a later frame of the same packet broke the framing, which the
             # protocol reads first (1002).
             assert codes[:1] in ([1007], [1002]), "a text message that is not UTF-8: 1007"
-
-
-def _utf8(data: bytes) -> bool:
-    try:
-        data.decode()
-    except UnicodeDecodeError:
-        return False
-    return True

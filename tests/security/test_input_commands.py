@@ -25,6 +25,7 @@ from tests.component.stack import (
 )
 from tests.security.conftest import WIRE_FUZZ, ThreadedServer, guarded
 from tests.security.session_helpers import measure
+from tests.security.wire import is_utf8
 
 M1 = "fb-1:1x2"
 DEEP = b'{"type":"ping","id":1,"x":' + b"[" * 10_000 + b"]" * 10_000 + b"}"
@@ -132,7 +133,7 @@ def test_fuzz_command_decoder(server: ThreadedServer, data: bytes) -> None:
     assert code in {None, "bad_json", "unknown_type", "invalid", "too_deep"}
     assert cost.cpu_seconds < 0.05
     with guarded(server, "command decoder (WebSocket)"):
-        answer = server.command(data.decode() if _utf8(data) else data)
+        answer = server.command(data.decode() if is_utf8(data) else data)
     if code is not None:
         assert isinstance(answer, protocol.Error), answer
         assert answer.code == code
@@ -140,14 +141,6 @@ def test_fuzz_command_decoder(server: ThreadedServer, data: bytes) -> None:
         assert answer.code in set(ErrorCode), answer
     else:
         assert isinstance(answer, protocol.Ack), answer
-
-
-def _utf8(data: bytes) -> bool:
-    try:
-        data.decode()
-    except UnicodeDecodeError:
-        return False
-    return True
 
 
 async def test_a_neighbour_keeps_a_contiguous_stream_while_a_client_sends_garbage() -> None:
