@@ -1,22 +1,24 @@
 """Access tokens and the channels they grant (``docs/auth.md``).
 
 :class:`Authenticator` turns a JWT (or an SSE ticket) into a :class:`Grant`, the set of
-channel patterns a connection may follow; :func:`check` decides whether a grant covers
-the markets, events and lobbies a request names. The session calls both from
-:meth:`server.session.Session.authorize`, REST from its snapshot routes. Every refusal is
-an :class:`~protocol.ProtocolError` with a documented code (``unauthorized``,
-``token_invalid``, ``token_expired``, ``forbidden``, ``unavailable``).
+channel patterns a connection may follow; :meth:`Authenticator.authorize` decides whether
+a grant covers the markets, events and lobbies a request names. The session calls both
+from :meth:`server.session.Session.authorize`, REST from its routes. Every refusal is an
+:class:`~protocol.ProtocolError` with a documented code (``unauthorized``,
+``token_invalid``, ``token_expired``, ``forbidden``, ``unavailable``), counted by code in
+:attr:`Authenticator.refusals` (``oddstream_auth_refusals_total`` in ``/metrics``).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import re
 import secrets
 import time
 import urllib.request
-from collections.abc import Awaitable, Callable, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -40,6 +42,14 @@ MAX_JWKS_BYTES = 1 << 20
 JWKS_TIMEOUT_S = 5.0
 #: Tickets outstanding at once per gateway.
 MAX_TICKETS = 10_000
+#: The codes of an auth refusal: the fixed label values of ``oddstream_auth_refusals_total``.
+REFUSAL_CODES = (
+    ErrorCode.UNAUTHORIZED,
+    ErrorCode.FORBIDDEN,
+    ErrorCode.TOKEN_INVALID,
+    ErrorCode.TOKEN_EXPIRED,
+    ErrorCode.UNAVAILABLE,
+)
 _PREFIXES = ("market:", "event:", "lobby:")
 _BEARER = "bearer "
 
@@ -83,6 +93,15 @@ class Grant:
     def allows(self, channel: str) -> bool:
         return self._regex is not None and self._regex.fullmatch(channel) is not None
 
+    def allows_market(self, market_id: str, event_id: str, sport: str, main: bool) -> bool:
+        """A market is covered by its own channel, its event's, or (a main market) its
+        sport's lobby."""
+        return (
+            self.allows(f"market:{market_id}")
+            or self.allows(f"event:{event_id}")
+            or (main and self.allows(f"lobby:{sport}"))
+        )
+
 
 #: The grant of ``--auth none``.
 EVERYTHING = Grant.of(["*"])
@@ -90,34 +109,6 @@ EVERYTHING = Grant.of(["*"])
 #: Books of markets by id, for markets granted through their event or lobby (relay or
 #: storage); markets it does not know are left out.
 BookLookup = Callable[[list[str]], Awaitable[Mapping[str, Snapshot]]]
-
-
-async def check(
-    grant: Grant,
-    markets: Iterable[str],
-    events: Iterable[str],
-    lobbies: Iterable[str],
-    books: BookLookup,
-) -> None:
-    """Raise :class:`ProtocolError` (``forbidden``, or ``unauthorized`` for an anonymous
-    grant) unless ``grant`` covers every name; a market is covered by its own channel,
-    its event's, or (a main market) its sport's lobby."""
-    if grant.everything:
-        return
-    for channel in (*(f"event:{e}" for e in events), *(f"lobby:{s}" for s in lobbies)):
-        if not grant.allows(channel):
-            raise _denied(grant, channel)
-    unnamed = [m for m in dict.fromkeys(markets) if not grant.allows(f"market:{m}")]
-    if not unnamed:
-        return
-    known = await books(unnamed)
-    for m in unnamed:
-        book = known.get(m)
-        if book is None or not (
-            grant.allows(f"event:{book.event_id}")
-            or (book.main and grant.allows(f"lobby:{book.sport}"))
-        ):
-            raise _denied(grant, f"market:{m}")
 
 
 def _denied(grant: Grant, channel: str) -> ProtocolError:
@@ -274,6 +265,44 @@ class Authenticator:
         self._audience = settings.jwt_audience or None
         self._issuer = settings.jwt_issuer or None
         self.tickets = Tickets(settings.ticket_ttl_s)
+        self.refusals: dict[str, int] = dict.fromkeys(REFUSAL_CODES, 0)
+        """Refusals so far, by code (``REFUSAL_CODES``)."""
+
+    @contextlib.contextmanager
+    def _counted(self) -> Iterator[None]:
+        """Count a refusal raised in the block by its code."""
+        try:
+            yield
+        except ProtocolError as exc:
+            if exc.code in self.refusals:
+                self.refusals[exc.code] += 1
+            raise
+
+    async def authorize(
+        self,
+        grant: Grant,
+        markets: Iterable[str],
+        events: Iterable[str],
+        lobbies: Iterable[str],
+        books: BookLookup,
+    ) -> None:
+        """Raise :class:`ProtocolError` (``forbidden``, or ``unauthorized`` for an
+        anonymous grant; counted) unless ``grant`` covers every name (a market:
+        :meth:`Grant.allows_market`)."""
+        with self._counted():
+            if grant.everything:
+                return
+            for channel in (*(f"event:{e}" for e in events), *(f"lobby:{s}" for s in lobbies)):
+                if not grant.allows(channel):
+                    raise _denied(grant, channel)
+            unnamed = [m for m in dict.fromkeys(markets) if not grant.allows(f"market:{m}")]
+            if not unnamed:
+                return
+            known = await books(unnamed)
+            for m in unnamed:
+                book = known.get(m)
+                if book is None or not grant.allows_market(m, book.event_id, book.sport, book.main):
+                    raise _denied(grant, f"market:{m}")
 
     @property
     def jwks(self) -> Jwks | None:
@@ -282,6 +311,10 @@ class Authenticator:
     async def verify(self, token: str) -> Grant:
         """The grant of a JWT. Raises :class:`ProtocolError`: ``token_expired``,
         ``token_invalid`` (the message says which check failed), ``unavailable``."""
+        with self._counted():
+            return await self._verify(token)
+
+    async def _verify(self, token: str) -> Grant:
         if not self.required:
             return EVERYTHING
         if len(token) > MAX_TOKEN_CHARS:
@@ -323,7 +356,8 @@ class Authenticator:
         if token is not None:
             return await self.verify(token)
         if ticket is not None and self.required:
-            return self.tickets.redeem(ticket)
+            with self._counted():
+                return self.tickets.redeem(ticket)
         return self.anonymous
 
 

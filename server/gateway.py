@@ -22,7 +22,7 @@ from protocol import Heartbeat, Snapshot
 from server.auth import Authenticator
 from server.outbox import Outbox
 from server.resume_token import TOKEN_BUDGET, TokenCache
-from server.session import MAX_CONFLATE_MS, ConnectionInfo, Quotas, Session
+from server.session import MAX_CONFLATE_MS, ConnectionInfo, Quotas, Session, SessionStats
 from server.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -92,6 +92,7 @@ class Gateway:
         self._snapshot_frames: dict[str, tuple[Snapshot, Frame]] = {}
         self.tokens = TokenCache()  # SSE resume tokens shared between streams.
         self.auth = Authenticator(settings)
+        self.session_stats = SessionStats()
         self.ready = False
         self.draining = False
         self.sessions: set[Session] = set()
@@ -132,7 +133,15 @@ class Gateway:
             command_burst=settings.command_burst,
             rate_limit_close_after=settings.rate_limit_close_after,
         )
-        session = Session(self.relay, self.store, outbox, quotas=quotas, auth=self.auth, info=info)
+        session = Session(
+            self.relay,
+            self.store,
+            outbox,
+            quotas=quotas,
+            auth=self.auth,
+            info=info,
+            stats=self.session_stats,
+        )
         self.sessions.add(session)
         self._idle.clear()
         return session

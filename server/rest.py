@@ -9,6 +9,7 @@ doubled.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterable, Mapping
 from functools import partial
 from typing import NamedTuple
@@ -18,10 +19,10 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 import protocol
-from channels.store import StoreError
+from channels.store import MarketSummary, StoreError
 from protocol import ErrorCode, ProtocolError, Snapshot
 from protocol.types import MAX_NAME_CHARS, MAX_NAMES
-from server.auth import bearer, check
+from server.auth import BookLookup, Grant, bearer
 from server.gateway import Gateway
 from server.resume_token import PositionTracker
 from server.session import lookup_books
@@ -108,24 +109,58 @@ def _gateway(request: Request) -> Gateway:
 
 
 async def list_events(request: Request) -> Response:
-    sport = request.query_params.get("sport")
-    events = await _gateway(request).store.events(sport)
+    """``GET /v1/events?sport=``: the events of which the caller may follow something
+    (the event, or one of its markets: ``docs/auth.md``), by start time."""
+    gateway = _gateway(request)
+    try:
+        grant = await _caller(request)
+    except ProtocolError as exc:
+        return refusal(exc)
+    events = await gateway.store.events(request.query_params.get("sport"))
+    if not grant.everything:
+        seen = {m.event_id for m in _visible(grant, await gateway.store.summaries())}
+        events = [e for e in events if e.event_id in seen or grant.allows(f"event:{e.event_id}")]
     events.sort(key=lambda e: (e.start_time, e.event_id))
     return json_response(_encoder.encode(events))
 
 
 async def get_event(request: Request) -> Response:
+    """``GET /v1/events/{event_id}``: an event the caller may follow something of (as
+    listed), else the refusal a ``subscribe`` to it would get."""
     event_id = request.path_params["event_id"]
-    event = await _gateway(request).store.event(event_id)
+    gateway = _gateway(request)
+    try:
+        grant = await _caller(request)
+        if not grant.everything and not _visible(grant, await gateway.store.summaries(event_id)):
+            await gateway.auth.authorize(grant, (), (event_id,), (), _books(gateway))
+    except ProtocolError as exc:
+        return refusal(exc)
+    event = await gateway.store.event(event_id)
     if event is None:
         return error_response("unknown_event", f"unknown event: {event_id}", 404)
     return json_response(protocol.encode(event))
 
 
 async def list_markets(request: Request) -> Response:
-    event_id = request.query_params.get("event_id")
-    summaries = await _gateway(request).store.summaries(event_id)
-    return json_response(_encoder.encode(summaries))
+    """``GET /v1/markets?event_id=``: the markets the caller may follow (``docs/auth.md``)."""
+    try:
+        grant = await _caller(request)
+    except ProtocolError as exc:
+        return refusal(exc)
+    summaries = await _gateway(request).store.summaries(request.query_params.get("event_id"))
+    return json_response(_encoder.encode(_visible(grant, summaries)))
+
+
+def _visible(grant: Grant, summaries: list[MarketSummary]) -> list[MarketSummary]:
+    if grant.everything:
+        return summaries
+    return [m for m in summaries if grant.allows_market(m.market_id, m.event_id, m.sport, m.main)]
+
+
+async def _caller(request: Request) -> Grant:
+    """The grant of the request's ``Authorization: Bearer`` token, the anonymous grant
+    without one. Raises :class:`ProtocolError` for a refused token."""
+    return await _gateway(request).auth.credentials(request.headers.get("authorization"), None)
 
 
 async def authorized(request: Request, query: StreamQuery) -> None:
@@ -133,9 +168,12 @@ async def authorized(request: Request, query: StreamQuery) -> None:
     names it asks for, as :meth:`server.session.Session.authorize` does for streams.
     Raises :class:`ProtocolError`."""
     gateway = _gateway(request)
-    grant = await gateway.auth.credentials(request.headers.get("authorization"), None)
-    books = partial(lookup_books, gateway.relay, gateway.store)
-    await check(grant, query.markets, query.events, query.lobbies, books)
+    grant = await _caller(request)
+    await gateway.auth.authorize(grant, query.markets, query.events, query.lobbies, _books(gateway))
+
+
+def _books(gateway: Gateway) -> BookLookup:
+    return partial(lookup_books, gateway.relay, gateway.store)
 
 
 async def get_market(request: Request) -> Response:
@@ -220,8 +258,7 @@ async def issue_ticket(request: Request) -> Response:
     try:
         if bearer(request.headers.get("authorization")) is None:
             raise ProtocolError(ErrorCode.UNAUTHORIZED, "send Authorization: Bearer <token>")
-        grant = await auth.credentials(request.headers.get("authorization"), None)
-        ticket = auth.tickets.issue(grant)
+        ticket = auth.tickets.issue(await _caller(request))
     except ProtocolError as exc:
         return refusal(exc)
     ttl = gateway.settings.ticket_ttl_s
@@ -279,4 +316,11 @@ async def metrics(request: Request) -> Response:
             f"# TYPE oddstream_relay_{name}_total counter",
             f"oddstream_relay_{name}_total {value}",
         ]
+    lines.append("# TYPE oddstream_auth_refusals_total counter")
+    lines += [
+        f'oddstream_auth_refusals_total{{code="{code}"}} {n}'
+        for code, n in gateway.auth.refusals.items()
+    ]
+    for name, value in dataclasses.asdict(gateway.session_stats).items():
+        lines += [f"# TYPE oddstream_{name}_total counter", f"oddstream_{name}_total {value}"]
     return Response("\n".join(lines) + "\n", media_type="text/plain; version=0.0.4")

@@ -36,7 +36,7 @@ from protocol import (
     Unsubscribe,
 )
 from protocol.types import Auth, Refresh
-from server.auth import EVERYTHING, Authenticator, Grant, check
+from server.auth import EVERYTHING, Authenticator, Grant
 from server.outbox import Outbox
 from server.resume_token import TokenError, decode_token
 
@@ -109,11 +109,24 @@ async def lookup_books(relay: Relay, store: Store, market_ids: list[str]) -> dic
     return books
 
 
+@dataclass
+class SessionStats:
+    """What a gateway's sessions refused (``/metrics``: ``oddstream_<name>_total``)."""
+
+    rate_limited_commands: int = 0
+    """Commands refused ``rate_limited`` (not run)."""
+    rate_limit_closes: int = 0
+    """Connections closed ``4103`` for sustained rate-limit abuse."""
+    token_expired_closes: int = 0
+    """Connections closed ``4003`` at their token's expiry (no ``refresh`` in time)."""
+
+
 class Session:
     """Subscriptions of one connection. ``offer`` makes it a hub subscriber.
 
     ``auth`` checks tokens and grants (None: everyone may follow everything); ``info``
-    carries credentials the transport received before any command. ``close_code`` is the
+    carries credentials the transport received before any command; ``stats`` counts its
+    refusals (the gateway's, shared by its sessions). ``close_code`` is the
     code the transport closes with once the outbox is finished (drain, token expiry,
     rate-limit abuse, refused ``auth``)."""
 
@@ -126,6 +139,7 @@ class Session:
         quotas: Quotas,
         auth: Authenticator | None = None,
         info: ConnectionInfo | None = None,
+        stats: SessionStats | None = None,
         clock: Callable[[], float] = time.monotonic,
     ):
         self._relay = relay
@@ -138,6 +152,7 @@ class Session:
         self._max_conflate_ms = quotas.max_conflate_ms
         self._bucket = TokenBucket(quotas.command_rate, quotas.command_burst, clock)
         self._refusals = 0
+        self._stats = stats or SessionStats()
         self._auth = auth
         self._info = info or ConnectionInfo()
         # Resolved from ``info`` on the first command that needs it.
@@ -159,9 +174,11 @@ class Session:
             return
         if not self._bucket.take():
             self._refusals += 1
+            self._stats.rate_limited_commands += 1
             rate = self._quotas.command_rate
             self.send(Error(code=ErrorCode.RATE_LIMITED, message=f"at most {rate:g} commands/s"))
             if self._refusals >= self._quotas.rate_limit_close_after:
+                self._stats.rate_limit_closes += 1
                 self._end(CloseCode.RATE_LIMITED)
             return
         self._refusals = 0
@@ -221,7 +238,8 @@ class Session:
             info = self._info
             grant = await self._auth.credentials(info.authorization, info.ticket, info.subprotocols)
             self._grant_for(grant)
-        await check(grant, markets, events, lobbies, self._books)
+        if self._auth is not None:  # Without one, every grant is everything.
+            await self._auth.authorize(grant, markets, events, lobbies, self._books)
 
     async def _books(self, market_ids: list[str]) -> Mapping[str, Snapshot]:
         return await lookup_books(self._relay, self._store, market_ids)
@@ -260,6 +278,7 @@ class Session:
         self._expiry = None
         if self.closed or self.outbox.closing:
             return
+        self._stats.token_expired_closes += 1
         message = "token expired: reconnect with a new token and resume"
         self.send(Error(code=ErrorCode.TOKEN_EXPIRED, message=message))
         self.drain("token_expired", 0, CloseCode.TOKEN_EXPIRED)

@@ -28,6 +28,7 @@ from tests.component.stack import (
     sse_messages,
     ws_client,
 )
+from tests.security import report
 from tests.security.session_helpers import AUDIENCE, SECRET, hs256
 
 M1 = "fb-1:1x2"
@@ -91,27 +92,45 @@ async def test_a_token_grants_its_channels_and_nothing_else() -> None:
         ):
             await client.send(command)
             refused = await _error(client)
+            report.record(
+                f"wrong-channel token, {command['type']} {command['id']}",
+                f"error {ErrorCode.FORBIDDEN}",
+                f"error {refused.code}",
+            )
             assert (refused.code, refused.id) == (ErrorCode.FORBIDDEN, command["id"])
         assert client.books.at(M3) == 0
 
 
 @pytest.mark.parametrize(
-    ("token", "code", "says"),
+    ("case", "token", "code", "says"),
     [
-        (hs256(key="another-secret-of-forty-characters-long!!"), "token_invalid", "signature"),
-        (hs256(exp_in=-30), "token_expired", "expired"),
-        (hs256(aud="someone-else"), "token_invalid", "wrong audience"),
+        (
+            "forged",
+            hs256(key="another-secret-of-forty-characters-long!!"),
+            "token_invalid",
+            "signature",
+        ),
+        ("expired", hs256(exp_in=-30), "token_expired", "expired"),
+        ("wrong-audience", hs256(aud="someone-else"), "token_invalid", "wrong audience"),
     ],
     ids=["forged", "expired", "wrong-audience"],
 )
-async def test_refused_auth_is_an_error_then_4102(token: str, code: str, says: str) -> None:
+async def test_refused_auth_is_an_error_then_4102(
+    case: str, token: str, code: str, says: str
+) -> None:
     async with jwt_stack(jwt_audience=AUDIENCE) as stack, ws_client(stack) as client:
         await client.send({"type": "auth", "token": token, "id": 9})
         refused = await client.recv()
         assert isinstance(refused, protocol.Error)
+        close_code = await _close_code(client)
+        report.record(
+            f"{case} token, WebSocket auth",
+            f"error {code}, close {int(CloseCode.UNAUTHORIZED)}",
+            f"error {refused.code}, close {close_code}",
+        )
         assert (refused.code, refused.id) == (code, 9)
         assert says in refused.message
-        assert await _close_code(client) == CloseCode.UNAUTHORIZED
+        assert close_code == CloseCode.UNAUTHORIZED
 
 
 async def test_expiry_closes_with_4003_and_positions_that_resume_with_a_new_token() -> None:
@@ -218,6 +237,45 @@ async def test_rest_snapshots_honour_the_same_authorisation() -> None:
         assert (response.status_code, response.json()["code"]) == (401, "token_expired")
 
 
+@pytest.mark.parametrize(
+    ("anonymous", "channels", "events", "markets"),
+    [
+        ("", None, [], []),
+        ("lobby:*", None, ["fb-1", "fb-2"], [M1, M3]),  # The main markets of every lobby.
+        ("", ["event:fb-1"], ["fb-1"], [M1, M2]),
+        ("", [f"market:{M3}"], ["fb-2"], [M3]),
+        ("", ["event:fb-*"], ["fb-1", "fb-2"], [M1, M2, M3]),
+    ],
+    ids=["anonymous", "anonymous-lobbies", "event", "market", "pattern"],
+)
+async def test_rest_lists_show_what_the_caller_may_follow(
+    anonymous: str, channels: list[str] | None, events: list[str], markets: list[str]
+) -> None:
+    headers = {} if channels is None else {"authorization": "Bearer " + hs256("p", channels)}
+    async with (
+        jwt_stack(anonymous=anonymous) as stack,
+        httpx.AsyncClient(base_url=stack.url, timeout=5, headers=headers) as http,
+    ):
+        listed = (await http.get("/v1/events")).json()
+        assert [e["event_id"] for e in listed] == events
+        listed = (await http.get("/v1/markets")).json()
+        assert sorted(m["market_id"] for m in listed) == sorted(markets)
+        listed = (await http.get("/v1/markets?event_id=fb-1")).json()
+        assert sorted(m["market_id"] for m in listed) == sorted(set(markets) - {M3})
+        for event_id in ("fb-1", "fb-2"):
+            answer = await http.get(f"/v1/events/{event_id}")
+            expected = 200 if event_id in events else 401 if channels is None else 403
+            assert answer.status_code == expected, (event_id, answer.text)
+
+
+async def test_rest_lists_refuse_a_bad_token() -> None:
+    async with jwt_stack() as stack, httpx.AsyncClient(base_url=stack.url, timeout=5) as http:
+        expired = {"authorization": "Bearer " + hs256("p", ["*"], exp_in=-30)}
+        for path in ("/v1/events", "/v1/markets", "/v1/events/fb-1"):
+            answer = await http.get(path, headers=expired)
+            assert (answer.status_code, answer.json()["code"]) == (401, "token_expired")
+
+
 async def test_auth_none_acknowledges_auth_and_allows_everything() -> None:
     async with running_stack() as stack, ws_client(stack) as client:
         await stack.feed.send(event(), match_result())
@@ -267,3 +325,43 @@ async def test_sse_stream_ends_at_the_token_expiry_with_its_positions() -> None:
                 assert message.reason == "token_expired"
                 assert [p.market_id for p in message.positions] == [M1]
         assert kinds == ["ack", "snapshot", "error", "reconnect"]  # Then the stream ended.
+
+
+async def test_refusals_are_counted_in_the_operator_metrics() -> None:
+    """Auth refusals by code (WebSocket and REST alike), rate-limited commands and the
+    closes for rate-limit abuse and for an expired token, on the operator listener."""
+    quotas = {"command_rate": 0.5, "command_burst": 2, "rate_limit_close_after": 3}
+    async with jwt_stack(ops=True, **quotas) as stack:
+        async with ws_client(stack) as forged:
+            await forged.send({"type": "auth", "token": hs256(key="x" * 40)})
+            assert await _close_code(forged) == CloseCode.UNAUTHORIZED
+        async with ws_client(stack) as anonymous:
+            await anonymous.send({"type": "subscribe", "markets": [M1]})
+            assert (await _error(anonymous)).code == ErrorCode.UNAUTHORIZED
+        async with ws_client(stack) as narrow:
+            await narrow.send({"type": "auth", "token": hs256("p-1", ["event:fb-1"])})
+            await narrow.send({"type": "subscribe", "markets": [M3]})
+            assert (await _error(narrow)).code == ErrorCode.FORBIDDEN
+        async with ws_client(stack) as abuser:
+            for _ in range(5):  # Two within the burst, then three refused: closed.
+                await abuser.send({"type": "ping"})
+            assert await _close_code(abuser) == CloseCode.RATE_LIMITED
+        async with ws_client(stack) as expiring:
+            await expiring.send({"type": "auth", "token": hs256("p-1", ["*"], exp_in=2)})
+            assert await _close_code(expiring) == CloseCode.TOKEN_EXPIRED
+        async with httpx.AsyncClient(base_url=stack.url) as http:
+            expired = {"authorization": "Bearer " + hs256("p", ["*"], exp_in=-30)}
+            assert (await http.get(f"/v1/markets/{M1}", headers=expired)).status_code == 401
+        async with httpx.AsyncClient(base_url=stack.ops_url) as ops:
+            metrics = (await ops.get("/metrics")).text.splitlines()
+    for line in (
+        'oddstream_auth_refusals_total{code="unauthorized"} 1',
+        'oddstream_auth_refusals_total{code="forbidden"} 1',
+        'oddstream_auth_refusals_total{code="token_invalid"} 1',
+        'oddstream_auth_refusals_total{code="token_expired"} 1',
+        'oddstream_auth_refusals_total{code="unavailable"} 0',
+        "oddstream_rate_limited_commands_total 3",
+        "oddstream_rate_limit_closes_total 1",
+        "oddstream_token_expired_closes_total 1",
+    ):
+        assert line in metrics

@@ -1,35 +1,29 @@
 """Property-based fuzzing of the edge's two readers against a running gateway: the HTTP
 request-head reader and the WebSocket frame reader. Each example must get an answer (or
 a close) within a deadline, only documented statuses and close codes, and the neighbour
-client's book must stay exact and current throughout. Bounded: tens of examples, no
-per-example deadline of hypothesis' own (the server's deadline is the one asserted)."""
+client's book must stay exact and current throughout, and the process's memory within a
+fixed budget (``tests/security/conftest.py``: ``guarded``, ``WIRE_FUZZ``)."""
 
 from __future__ import annotations
 
 import socket
 import struct
 
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 
-from tests.security.conftest import ThreadedServer, assert_neighbour_healthy
+from tests.security.conftest import DEADLINE_S, WIRE_FUZZ, ThreadedServer, guarded
 from tests.security.wire import (
     HTTP_STATUSES,
     client_frame,
+    is_utf8,
     read_until_closed,
     status_of,
     ws_handshake,
 )
 
-#: The server's own deadline: header_timeout_s (0.5 s in the fixture) plus slack.
-DEADLINE_S = 3.0
 #: Close codes the server may send a misbehaving client (docs/protocol.md).
 CLOSE_CODES = {1000, 1002, 1007, 1008, 1009, 4100}
-FUZZ = settings(
-    max_examples=40,
-    deadline=None,
-    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
-)
 
 token = st.text(alphabet=st.characters(min_codepoint=33, max_codepoint=126), max_size=12)
 line_end = st.sampled_from([b"\r\n", b"\n", b"\r", b""])
@@ -56,13 +50,12 @@ head = st.builds(
 ) | st.binary(max_size=300)
 
 
-@FUZZ
+@WIRE_FUZZ
 @given(data=head)
 def test_any_request_head_gets_a_documented_answer_or_a_close(
     server: ThreadedServer, data: bytes
 ) -> None:
-    since = server.neighbour.seqs()[-1]
-    with server.connect() as sock:
+    with guarded(server, "HTTP request head"), server.connect() as sock:
         sock.sendall(data)
         sock.shutdown(socket.SHUT_WR)
         answer, closed = read_until_closed(sock, DEADLINE_S)
@@ -70,7 +63,6 @@ def test_any_request_head_gets_a_documented_answer_or_a_close(
     if answer:
         assert status_of(answer) in HTTP_STATUSES, answer[:200]
         assert b"\r\nserver:" not in answer.split(b"\r\n\r\n", 1)[0].lower()
-    assert_neighbour_healthy(server, since)
 
 
 frame = st.tuples(
@@ -98,7 +90,7 @@ def close_codes(data: bytes) -> list[int]:
     return codes
 
 
-@FUZZ
+@WIRE_FUZZ
 @given(frames=st.lists(frame, min_size=1, max_size=6) | st.binary(min_size=1, max_size=200))
 def test_any_websocket_frames_get_an_answer_or_a_documented_close(
     server: ThreadedServer, frames: list[tuple[bytes, int, bool, int]] | bytes
@@ -110,8 +102,7 @@ def test_any_websocket_frames_get_an_answer_or_a_documented_close(
         sent = b"".join(client_frame(p, op, fin=fin, rsv=rsv) for p, op, fin, rsv in frames)
     else:
         sent = frames
-    since = server.neighbour.seqs()[-1]
-    with server.connect() as sock:
+    with guarded(server, "WebSocket frames"), server.connect() as sock:
         sock.sendall(ws_handshake())
         response = b""
         while b"\r\n\r\n" not in response:
@@ -128,16 +119,7 @@ def test_any_websocket_frames_get_an_answer_or_a_documented_close(
     assert set(codes) <= allowed, codes
     if isinstance(frames, list):
         payload, opcode, fin, rsv = frames[0]
-        if opcode == 0x1 and fin and not rsv and not _utf8(payload):
+        if opcode == 0x1 and fin and not rsv and not is_utf8(payload):
             # 1007, unless a later frame of the same packet broke the framing, which the
             # protocol reads first (1002).
             assert codes[:1] in ([1007], [1002]), "a text message that is not UTF-8: 1007"
-    assert_neighbour_healthy(server, since)
-
-
-def _utf8(data: bytes) -> bool:
-    try:
-        data.decode()
-    except UnicodeDecodeError:
-        return False
-    return True

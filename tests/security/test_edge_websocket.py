@@ -10,6 +10,7 @@ from websockets.exceptions import InvalidStatus
 
 import protocol
 from tests.component.stack import Stack, event, match_result, running_stack, ws_client
+from tests.security import report
 from tests.security.wire import exchange, headers_of, status_of, ws_handshake
 
 M1 = "fb-1:1x2"
@@ -20,6 +21,8 @@ async def test_a_fragmented_command_is_executed() -> None:
         await stack.feed.send(event(), match_result())
         await client.conn.send(['{"type":"subscribe",', f'"markets":["{M1}"],', '"id":"frag"}'])
         ack = await client.until(lambda m: isinstance(m, protocol.Ack | protocol.Error))
+        observed = f"ack {ack.command}" if isinstance(ack, protocol.Ack) else repr(ack)
+        report.record("fragmented command (3 frames)", "ack subscribe", observed)
         assert ack == protocol.Ack(command="subscribe", id="frag", markets=(M1,))
         await client.until(lambda m: isinstance(m, protocol.Snapshot))
 

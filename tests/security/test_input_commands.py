@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 import websockets
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 
 import protocol
@@ -23,7 +23,9 @@ from tests.component.stack import (
     running_stack,
     ws_client,
 )
+from tests.security.conftest import WIRE_FUZZ, ThreadedServer, guarded
 from tests.security.session_helpers import measure
+from tests.security.wire import is_utf8
 
 M1 = "fb-1:1x2"
 DEEP = b'{"type":"ping","id":1,"x":' + b"[" * 10_000 + b"]" * 10_000 + b"}"
@@ -120,15 +122,25 @@ def _refusal(data: bytes) -> str | None:
     return None
 
 
-@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@WIRE_FUZZ
 @given(_frames())
-def test_fuzz_command_decoder(data: bytes) -> None:
-    """Any frame: a command, or a ProtocolError with a documented code; fast and small."""
+def test_fuzz_command_decoder(server: ThreadedServer, data: bytes) -> None:
+    """Any frame: a command, or a ProtocolError with a documented code, fast and small in
+    the decoder; on the wire (text when it is UTF-8, else binary), the same refusal as an
+    ``error`` frame, or the command's answer, while the neighbour's stream goes on."""
     with measure() as cost:
         code = _refusal(data)
     assert code in {None, "bad_json", "unknown_type", "invalid", "too_deep"}
     assert cost.cpu_seconds < 0.05
-    assert cost.rss_growth_bytes < 5 * 1024 * 1024
+    with guarded(server, "command decoder (WebSocket)"):
+        answer = server.command(data.decode() if is_utf8(data) else data)
+    if code is not None:
+        assert isinstance(answer, protocol.Error), answer
+        assert answer.code == code
+    elif isinstance(answer, protocol.Error):
+        assert answer.code in set(ErrorCode), answer
+    else:
+        assert isinstance(answer, protocol.Ack), answer
 
 
 async def test_a_neighbour_keeps_a_contiguous_stream_while_a_client_sends_garbage() -> None:

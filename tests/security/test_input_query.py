@@ -4,16 +4,18 @@
 from __future__ import annotations
 
 import asyncio
+from urllib.parse import urlencode
 
 import httpx
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 from starlette.datastructures import QueryParams
 
 from protocol import ErrorCode, ProtocolError
 from server.rest import StreamQuery, stream_query
 from tests.component.stack import event, match_result, running_stack
+from tests.security.conftest import SSE_ANSWERS, WIRE_FUZZ, ThreadedServer, guarded
 from tests.security.session_helpers import measure
 
 M1 = "fb-1:1x2"
@@ -73,7 +75,7 @@ def _parsed(params: dict[str, str]) -> StreamQuery | ProtocolError:
         return exc
 
 
-@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@WIRE_FUZZ
 @given(
     st.dictionaries(
         st.sampled_from(["markets", "events", "lobbies", "conflate_ms", "x"]),
@@ -84,8 +86,11 @@ def _parsed(params: dict[str, str]) -> StreamQuery | ProtocolError:
         ),
     )
 )
-def test_fuzz_stream_query(params: dict[str, str]) -> None:
-    """Any query: a bounded request, or ``invalid``; fast and small."""
+def test_fuzz_stream_query(server: ThreadedServer, params: dict[str, str]) -> None:
+    """Any query: a bounded request, or ``invalid``, fast and small in the parser. On the
+    wire: that refusal (or ``431`` past the head limit); for a query it accepts, the
+    stream or the refusal of its values (``conflate_ms`` out of range, unknown names).
+    The neighbour's stream goes on throughout."""
     with measure() as cost:
         outcome = _parsed(params)
     if isinstance(outcome, StreamQuery):
@@ -95,4 +100,10 @@ def test_fuzz_stream_query(params: dict[str, str]) -> None:
     else:
         assert outcome.code == ErrorCode.INVALID
     assert cost.cpu_seconds < 0.05
-    assert cost.rss_growth_bytes < 5 * 1024 * 1024
+    with guarded(server, "SSE query"):
+        request = f"GET /sse?{urlencode(params)} HTTP/1.1\r\nhost: x\r\n\r\n"
+        status, data = server.answer(request.encode())
+    assert status in SSE_ANSWERS, data[:200]
+    assert SSE_ANSWERS[status] in data, data[:200]
+    if not isinstance(outcome, StreamQuery):
+        assert status in (400, 431), data[:200]

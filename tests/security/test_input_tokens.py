@@ -9,15 +9,19 @@ import base64
 from urllib.parse import quote
 
 import httpx
+import msgspec
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 
 import protocol
+from protocol import ErrorCode
 from protocol.types import MAX_SEQ
 from server.resume_token import TokenError, decode_token, encode_positions
 from tests.component.stack import event, match_result, running_stack, ws_client
-from tests.security.session_helpers import crafted_token, measure
+from tests.security import report
+from tests.security.conftest import SSE_ANSWERS, WIRE_FUZZ, ThreadedServer, guarded
+from tests.security.session_helpers import Measured, crafted_token, measure
 
 M1 = "fb-1:1x2"
 #: The issue's tokens: 2 KB asking for ~300 MB, 28 KB (20k positions) for ~17 GB.
@@ -65,7 +69,7 @@ def test_a_token_may_not_claim_more_markets_than_allowed() -> None:
         decode_token(crafted_token(1_000, 1, seq_bytes=10))
 
 
-@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@WIRE_FUZZ
 @given(
     st.one_of(
         st.text(max_size=64),
@@ -79,8 +83,11 @@ def test_a_token_may_not_claim_more_markets_than_allowed() -> None:
         st.builds(crafted_token, st.integers(1, 3_000), st.integers(1, 5_000)),
     )
 )
-def test_fuzz_resume_token_decoder(token: str) -> None:
-    """Any token: positions within the limits, or TokenError; fast and small."""
+def test_fuzz_resume_token_decoder(server: ThreadedServer, token: str) -> None:
+    """Any token: positions within the limits, or TokenError, fast and small in the
+    decoder; on the wire, in every form (WebSocket ``resume``, SSE ``?last_event_id=`` and
+    ``Last-Event-ID``), an ``ack`` or ``invalid`` and a ``200`` (markets it cannot resume
+    start from snapshots) or a documented refusal, while the neighbour's stream goes on."""
     with measure() as cost:
         try:
             positions = decode_token(token)
@@ -89,7 +96,21 @@ def test_fuzz_resume_token_decoder(token: str) -> None:
     for p in positions:
         assert 0 <= p.seq <= MAX_SEQ
     assert cost.cpu_seconds < FUZZ_S
-    assert cost.rss_growth_bytes < BUDGET_RSS
+    with guarded(server, "resume token (WebSocket, SSE query and header)"):
+        answer = server.command(
+            msgspec.json.encode({"type": "resume", "positions": [], "token": token, "id": 1})
+        )
+        assert answer == protocol.Ack(command="resume", id=1) or (
+            isinstance(answer, protocol.Error) and answer.code == ErrorCode.INVALID
+        ), answer
+        forms = [(f"&last_event_id={quote(token)}", "")]
+        if token.isprintable() and token.isascii():  # Else the head itself is malformed.
+            forms.append(("", f"last-event-id: {token}\r\n"))
+        for query, header in forms:
+            request = f"GET /sse?markets={M1}{query} HTTP/1.1\r\nhost: x\r\n{header}\r\n"
+            status, data = server.answer(request.encode())
+            assert status in SSE_ANSWERS, data[:200]
+            assert SSE_ANSWERS[status] in data, data[:200]
 
 
 # -- over the wire ----------------------------------------------------------------------------
@@ -150,6 +171,43 @@ async def test_websocket_resume_with_a_bad_token_is_acknowledged(token: str) -> 
             assert cost.rss_growth_bytes < BUDGET_RSS
 
 
+@pytest.mark.parametrize("form", ["Last-Event-ID", "?last_event_id="])
+async def test_sse_with_the_28kb_token_is_refused_fast_in_little_memory(form: str) -> None:
+    """Past the request-head limit (16 KiB): ``431`` before the token is read at all."""
+    target, headers = f"/sse?markets={M1}", ""
+    if form == "Last-Event-ID":
+        headers = f"last-event-id: {BIG_BOMB}\r\n"
+    else:
+        target += f"&last_event_id={BIG_BOMB}"
+    request = f"GET {target} HTTP/1.1\r\nhost: x\r\n{headers}\r\n".encode()
+    assert len(request) > 28_000
+    async with running_stack() as stack:
+        costs = []
+        for _ in range(3):  # The best of three: the machine is shared.
+            reader, writer = await asyncio.open_connection("127.0.0.1", stack.node.port)
+            try:
+                with measure() as cost:
+                    writer.write(request)
+                    status = await asyncio.wait_for(reader.readuntil(b"\r\n"), 2)
+            finally:
+                writer.close()
+            assert status.startswith(b"HTTP/1.1 431 "), status
+            costs.append(cost)
+    _record_28kb(f"28 KB resume token, SSE {form}", "431", costs)
+
+
+def _record_28kb(case: str, answer: str, costs: list[Measured]) -> None:
+    best = min(c.seconds for c in costs)
+    rss = max(c.rss_growth_bytes for c in costs)
+    report.record(
+        case,
+        f"{answer} < {report.ms(BUDGET_S)}, RSS < {report.mib(BUDGET_RSS)}",
+        f"{answer} in {report.ms(best)} (best of 3), RSS +{report.mib(rss)}",
+    )
+    assert best < BUDGET_S
+    assert rss < BUDGET_RSS
+
+
 async def test_websocket_resume_with_the_28kb_token_is_refused_fast() -> None:
     async with running_stack() as stack, ws_client(stack, max_size=None) as client:
         costs = []
@@ -162,5 +220,4 @@ async def test_websocket_resume_with_the_28kb_token_is_refused_fast() -> None:
             assert isinstance(error, protocol.Error)
             assert (error.code, error.id) == ("invalid", attempt)
             costs.append(cost)
-        assert min(c.seconds for c in costs) < BUDGET_S
-        assert max(c.rss_growth_bytes for c in costs) < BUDGET_RSS
+    _record_28kb("28 KB resume token, WebSocket resume", "error invalid", costs)

@@ -76,3 +76,11 @@ async def exchange(port: int, data: bytes, timeout: float = 5.0) -> bytes:
             return await reader.read()
     finally:
         writer.close()
+
+
+def is_utf8(data: bytes) -> bool:
+    try:
+        data.decode()
+    except UnicodeDecodeError:
+        return False
+    return True

@@ -193,17 +193,22 @@ export interface ClientOptions {
   /** Connect at once (default true); otherwise call `connect()`. */
   readonly autoConnect?: boolean;
   /**
-   * WebSocket only: the access token provider of a gateway that asks for tokens
-   * (docs/auth.md). Called on every connection: its token is sent as the first command
-   * (`auth`, never in the URL), and again with `refresh` `refreshBeforeMs` before the
-   * token's `exp`. After an expiry close (4003) the client reconnects, takes a new token
-   * and resumes every book.
+   * The access token provider of a gateway that asks for tokens (docs/auth.md), called on
+   * every connection; its token never goes in a URL. WebSocket: sent as the first command
+   * (`auth`), and again with `refresh` `refreshBeforeMs` before the token's `exp`; after an
+   * expiry close (4003) the client reconnects, takes a new token and resumes every book.
+   * SSE: exchanged for a single-use ticket (`POST /v1/tickets` with `Authorization:
+   * Bearer`) before every stream, which opens `/sse?...&ticket=`; a stream that breaks is
+   * reopened by the client with a new ticket (the browser's own retry would reuse the
+   * spent one), resuming from its last id.
    */
   readonly token?: () => Promise<string>;
   /** How long before a token's `exp` it is refreshed (default 60 000 ms). */
   readonly refreshBeforeMs?: number;
   readonly WebSocket?: WebSocketConstructor;
   readonly EventSource?: EventSourceConstructor;
+  /** SSE with `token`: how tickets are fetched (default: the global `fetch`). */
+  readonly fetch?: typeof fetch;
   readonly random?: () => number;
   readonly now?: () => number;
 }
@@ -275,6 +280,10 @@ export class OddsClient {
   private sseRestart = false;
   /** The last SSE `id:`: a stream the client opens itself resumes from it (`?last_event_id=`). */
   private sseToken: string | null = null;
+  /** Bumped by each ticket request and each teardown: a late ticket is dropped. */
+  private ticketAttempt = 0;
+  /** A ticket is on its way: the stream it opens will follow the subscriptions then. */
+  private ticketPending = false;
   private readonly online = (): void => {
     if (this._state !== "closed") this.reconnect("back online", 0);
   };
@@ -454,7 +463,8 @@ export class OddsClient {
       const url = this.sseUrl();
       if (url === null) return; // Nothing to follow yet: opened on the first subscribe.
       const Ctor = this.opts.EventSource ?? (globalThis.EventSource as unknown as EventSourceConstructor);
-      this.transport = openEventSource(Ctor, url, handler);
+      if (this.opts.token) void this.openTicketed(this.opts.token, (href) => openEventSource(Ctor, href, handler, 0));
+      else this.transport = openEventSource(Ctor, url, handler);
     }
     this.connectTimer = setTimeout(
       () => this.scheduleReconnect("connect timeout"),
@@ -496,6 +506,50 @@ export class OddsClient {
     const delay = Math.max(0, exp * 1000 - this.now() - (this.opts.refreshBeforeMs ?? 60_000));
     clearTimeout(this.refreshTimer);
     this.refreshTimer = setTimeout(() => void this.authenticate("refresh", transport), delay);
+  }
+
+  /**
+   * Exchange the provider's token for a ticket, then open the stream of the subscriptions
+   * of that moment with it (unless the client moved on meanwhile). A refused token (401)
+   * closes the client, as `4102` does on WebSocket; any other failure reconnects after
+   * the backoff.
+   */
+  private async openTicketed(provider: () => Promise<string>, open: (href: string) => Transport): Promise<void> {
+    const attempt = ++this.ticketAttempt;
+    this.ticketPending = true;
+    let status = 0;
+    let body: { ticket?: unknown; code?: unknown } = {};
+    let failure = "";
+    try {
+      const token = await provider();
+      const fetcher = this.opts.fetch ?? globalThis.fetch;
+      const response = await fetcher(new URL("v1/tickets", this.base).href, {
+        method: "POST",
+        headers: { Authorization: `Bearer ${token}` },
+      });
+      status = response.status;
+      body = (await response.json()) as typeof body;
+    } catch (err) {
+      failure = String(err);
+    }
+    if (attempt !== this.ticketAttempt || this._state === "closed") return;
+    this.ticketPending = false;
+    const url = this.sseUrl();
+    if (status === 200 && typeof body.ticket === "string") {
+      if (url === null) return; // Everything was unsubscribed meanwhile.
+      const href = new URL(url);
+      href.searchParams.set("ticket", body.ticket);
+      this.transport = open(href.href);
+      return;
+    }
+    const code = typeof body.code === "string" ? body.code : status ? `http_${status}` : "ticket";
+    this.emitter.emit("error", { code, message: `no SSE ticket: ${failure || `HTTP ${status}`}` });
+    if (status === 401) {
+      this.dropTransport();
+      this.setState("closed", { reason: `token refused (${code})` });
+    } else {
+      this.scheduleReconnect(`no SSE ticket (${code})`);
+    }
   }
 
   private onSseRetrying(): void {
@@ -543,6 +597,8 @@ export class OddsClient {
   }
 
   private dropTransport(): void {
+    this.ticketAttempt += 1; // A ticket on its way is for a stream no longer wanted.
+    this.ticketPending = false;
     clearTimeout(this.connectTimer);
     clearTimeout(this.silenceTimer);
     clearTimeout(this.refreshTimer);
@@ -673,7 +729,7 @@ export class OddsClient {
     this.sseRestart = true;
     queueMicrotask(() => {
       this.sseRestart = false;
-      if (this._state === "closed") return;
+      if (this._state === "closed" || this.ticketPending) return;
       if (this._state === "connecting" && this.transport === null) {
         this.setState("reconnecting", { delayMs: 0, reason: "subscriptions changed" });
         this.open();

@@ -507,6 +507,87 @@ describe("access tokens", () => {
   });
 });
 
+describe("SSE with an access token", () => {
+  /** A fake `POST /v1/tickets`: answers `tickets` in turn (a status and a body). */
+  function ticketServer(answers: { status: number; body: object }[]) {
+    const calls: { url: string; init: RequestInit | undefined }[] = [];
+    const fetch = vi.fn((url: string | URL | Request, init?: RequestInit) => {
+      calls.push({ url: String(url), init });
+      const answer = answers.shift() ?? { status: 500, body: { code: "unavailable" } };
+      return Promise.resolve(new Response(JSON.stringify(answer.body), { status: answer.status }));
+    });
+    return { calls, fetch: fetch as unknown as typeof globalThis.fetch };
+  }
+
+  async function streamWithTicket(answers: { status: number; body: object }[], tokens: string[]) {
+    const server = ticketServer(answers);
+    const provider = vi.fn(() => Promise.resolve(tokens.shift() ?? "none"));
+    const { client } = make({ transport: "sse", token: provider, fetch: server.fetch });
+    client.subscribe({ markets: [M] });
+    client.connect();
+    await vi.advanceTimersByTimeAsync(0);
+    return { client, server, provider };
+  }
+
+  it("fetches a ticket with the bearer token and opens the stream with the ticket only", async () => {
+    const token = jwt(NOW / 1000 + 3600);
+    const { server } = await streamWithTicket([{ status: 200, body: { ticket: "t-1", expires_in: 30 } }], [token]);
+    expect(server.calls).toHaveLength(1);
+    expect(server.calls[0]?.url).toBe("http://gw.test/v1/tickets");
+    expect(server.calls[0]?.init?.method).toBe("POST");
+    expect(new Headers(server.calls[0]?.init?.headers).get("authorization")).toBe(`Bearer ${token}`);
+    const es = FakeEventSource.instances.at(-1);
+    expect(es?.url).toBe("http://gw.test/sse?markets=fb-1%3A1x2&ticket=t-1");
+    expect(es?.url).not.toContain(token);
+  });
+
+  it("takes a new ticket for every stream it reopens, resuming from the last id", async () => {
+    const tickets = [1, 2].map((n) => ({ status: 200, body: { ticket: `t-${n}` } }));
+    const { client, server, provider } = await streamWithTicket(tickets, ["jwt-a", "jwt-b"]);
+    const es = FakeEventSource.instances.at(-1);
+    es?.accept();
+    es?.push(snapshot(M, 4) as { type: string }, "tok4");
+    // A spent ticket cannot serve the browser's own retry: the client reopens the stream.
+    Object.assign(es ?? {}, { readyState: 0 });
+    es?.onerror?.({});
+    expect(es?.closed).toBe(true);
+    await vi.advanceTimersByTimeAsync(1000);
+    expect(provider).toHaveBeenCalledTimes(2);
+    expect(new Headers(server.calls[1]?.init?.headers).get("authorization")).toBe("Bearer jwt-b");
+    const next = FakeEventSource.instances.at(-1);
+    expect(next).not.toBe(es);
+    expect(next?.url).toBe("http://gw.test/sse?markets=fb-1%3A1x2&last_event_id=tok4&ticket=t-2");
+    next?.accept();
+    expect(client.state).toBe("open");
+  });
+
+  it("closes for good when the token is refused, and retries when the gateway is unavailable", async () => {
+    const refused = await streamWithTicket([{ status: 401, body: { code: "token_invalid" } }], ["forged"]);
+    expect(refused.client.state).toBe("closed");
+    expect(FakeEventSource.instances).toHaveLength(0);
+    const busy = await streamWithTicket(
+      [
+        { status: 503, body: { code: "unavailable" } },
+        { status: 200, body: { ticket: "t-9" } },
+      ],
+      ["jwt-a", "jwt-b"],
+    );
+    expect(busy.client.state).toBe("reconnecting");
+    await vi.advanceTimersByTimeAsync(5000);
+    expect(FakeEventSource.instances.at(-1)?.url).toContain("ticket=t-9");
+  });
+
+  it("drops a ticket that arrives after the client closed", async () => {
+    const server = ticketServer([{ status: 200, body: { ticket: "late" } }]);
+    const { client } = make({ transport: "sse", token: () => Promise.resolve("jwt"), fetch: server.fetch });
+    client.subscribe({ markets: [M] });
+    client.connect();
+    client.close();
+    await vi.advanceTimersByTimeAsync(0);
+    expect(FakeEventSource.instances).toHaveLength(0);
+  });
+});
+
 describe("SSE by choice", () => {
   function sse(): { client: OddsClient; es: FakeEventSource } {
     const { client } = make({ transport: "sse" });
