@@ -306,14 +306,10 @@ def measure(
             if gc0 is not None and gc1 is not None and b.cpu > a.cpu:
                 run.values["gc_share_of_cpu"] = round((gc1 - gc0) / (b.cpu - a.cpu), 2)
             span = b.t - a.t
-            if sampler is not None and profile_to is not None:
-                with contextlib.suppress(subprocess.TimeoutExpired):
-                    sampler.wait(10)
-                if profile_to.exists():
-                    summary = profile_to.with_suffix(".summary.txt")
-                    summary.write_text(profile.summarize(profile_to))
+            if profile_to is not None:
+                summary = profile.finish(sampler, profile_to, 10, log)
+                if summary is not None:
                     run.values["profile"] = str(summary)
-                    log(f"  profile: {summary}")
             run.values.update(
                 delivered_per_s=round((b.frames + b.slow_frames - a.frames - a.slow_frames) / span),
                 deltas_per_s=round((b.deltas + b.slow_deltas - a.deltas - a.slow_deltas) / span),

@@ -22,7 +22,6 @@ import contextlib
 import json
 import os
 import random
-import subprocess
 import tempfile
 import time
 import urllib.request
@@ -289,13 +288,8 @@ def e2e_scenario(
         sampler = profile.start(gateway.pid, measure_s, target_file) if target_file else None
         time.sleep(measure_s)
         board.set(H_RECORD, 0)
-        if sampler is not None and target_file is not None:
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                sampler.wait(10)
-            if target_file.exists():
-                summary = target_file.with_suffix(".summary.txt")
-                summary.write_text(profile.summarize(target_file))
-                log(f"  profile: {summary}")
+        if target_file is not None:
+            profile.finish(sampler, target_file, 10, log)
         after = Sample(board, pids)
         span = after.t - before.t
         hist = diff(board.histogram(), fast0)
@@ -504,13 +498,8 @@ def books_scenario(
             else None
         )
         samples = asyncio.run(_watch(kafka, prefix, group, books, 60 + total / 5000))
-        if sampler is not None and target_file is not None:
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                sampler.wait(30)
-            if target_file.exists():
-                summary = target_file.with_suffix(".summary.txt")
-                summary.write_text(profile.summarize(target_file))
-                log(f"  profile: {summary}")
+        if target_file is not None:
+            profile.finish(sampler, target_file, 30, log)
         cpu1 = procs.cpu_seconds(procs.tree(books.pid))
         redis_cpu1 = _redis_cpu(redis)
         rss = procs.rss_kib(procs.tree(books.pid))
