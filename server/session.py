@@ -275,14 +275,14 @@ class Session:
         self.outbox.interval_s = conflate_ms / 1000
 
     def _conflation_of(self, command: ClientCommand) -> int | None:
-        """The command's ``conflate_ms``, checked (a refused command changes nothing).
-        It is a proposed protocol field of subscribe/resume (see docs/guarantees.md),
-        read here as soon as the command type has it; until then transports take it
-        from the connection URL."""
-        value = getattr(command, "conflate_ms", None)
-        if not isinstance(value, int) or isinstance(value, bool):
-            return None
-        if not 0 <= value <= self._max_conflate_ms:
+        """The ``conflate_ms`` of a subscribe or resume, checked (a refused command
+        changes nothing); None when the command does not set it."""
+        match command:
+            case Subscribe() | Resume():
+                value = command.conflate_ms
+            case _:
+                return None
+        if value is not None and not 0 <= value <= self._max_conflate_ms:
             raise ProtocolError(ErrorCode.INVALID, f"conflate_ms must be 0-{self._max_conflate_ms}")
         return value
 
