@@ -141,21 +141,25 @@ def _books(kafka: str, redis: str, group: str, prefix: str) -> procs.Child:
     )  # fmt: skip
 
 
-def _delete_topics(kafka: str, prefix: str) -> None:
+async def drop_topics(kafka: str, prefix: str, timeout_s: float = 15) -> None:
+    """Delete the topics named ``prefix*`` (a scenario's or a fault-suite deployment's),
+    so the broker stays small (a broker with many partitions restarts slowly, which
+    would change what a Kafka scenario tests). Best effort: the broker may be down."""
     from aiokafka.admin import AIOKafkaAdminClient
+    from aiokafka.errors import KafkaError
 
-    async def delete() -> None:
-        admin = AIOKafkaAdminClient(bootstrap_servers=kafka, request_timeout_ms=10_000)
-        await admin.start()
-        try:
-            names = [t for t in await admin.list_topics() if t.startswith(prefix)]
-            if names:
-                await admin.delete_topics(names)
-        finally:
-            await admin.close()
-
-    with contextlib.suppress(Exception):
-        asyncio.run(asyncio.wait_for(delete(), 30))
+    admin = AIOKafkaAdminClient(bootstrap_servers=kafka, request_timeout_ms=int(timeout_s * 1000))
+    try:
+        async with asyncio.timeout(timeout_s):
+            await admin.start()
+            try:
+                names = [t for t in await admin.list_topics() if t.startswith(prefix)]
+                if names:
+                    await admin.delete_topics(names)
+            finally:
+                await admin.close()
+    except (KafkaError, OSError, TimeoutError):
+        pass
 
 
 def _subscriptions(base: str, count: int, rng: random.Random) -> list[str]:
@@ -361,7 +365,7 @@ def e2e_scenario(
             work.rmdir()
         with contextlib.suppress(Exception):
             _flush(redis)
-        _delete_topics(kafka, prefix)
+        asyncio.run(drop_topics(kafka, prefix, 30))
 
 
 def _get_json_text(url: str) -> dict[str, float]:
@@ -549,4 +553,4 @@ def books_scenario(
             child.stop(15)
         with contextlib.suppress(Exception):
             _flush(redis)
-        _delete_topics(kafka, prefix)
+        asyncio.run(drop_topics(kafka, prefix, 30))
