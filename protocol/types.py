@@ -95,21 +95,10 @@ class SelectionChange(msgspec.Struct, frozen=True, omit_defaults=True):
 
 
 #: The fields of :class:`Selection` that :class:`SelectionChange` may carry, in order:
-#: what a delta compares and what ``apply`` merges.
-SELECTION_FIELDS: tuple[str, ...] = (
-    "name",
-    "price",
-    "status",
-    "back",
-    "lay",
-    "ltp",
-    "volume",
-    "bsp",
-    "adjustment",
-    "removed_at",
-    "dead_heat",
-    "void_factor",
-)
+#: what a delta compares and what ``apply`` merges (every field but ``selection_id``).
+SELECTION_FIELDS: tuple[str, ...] = Selection.__struct_fields__[1:]
+if SelectionChange.__struct_fields__[1:] != SELECTION_FIELDS:  # pragma: no cover - a model edit
+    raise ImportError("SelectionChange must carry Selection's fields, in Selection's order")
 
 
 class Clock(msgspec.Struct, frozen=True, omit_defaults=True):
