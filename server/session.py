@@ -443,18 +443,17 @@ class Session:
                 if hub.detach(m, self, "m"):
                     left.append(m)
                 channels.append(market_channel(m))
-        for e in cmd.events:
-            if e in self.events:
-                self.events.discard(e)
-                hub.unwatch_event(e, self)
-                left += hub.release(self, f"e:{e}")
-                channels.append(event_channel(e))
-        for sport in cmd.lobbies:
-            if sport in self.lobbies:
-                self.lobbies.discard(sport)
-                hub.unwatch_lobby(sport, self)
-                left += hub.release(self, f"l:{sport}")
-                channels.append(lobby_channel(sport))
+        for names, held, unwatch, channel_of in (
+            (cmd.events, self.events, hub.unwatch_event, event_channel),
+            (cmd.lobbies, self.lobbies, hub.unwatch_lobby, lobby_channel),
+        ):
+            for name in names:
+                if name in held:
+                    held.discard(name)
+                    unwatch(name, self)
+                    channel = channel_of(name)
+                    left += hub.release(self, channel)
+                    channels.append(channel)
         self._relay.forget_unwatched(left)
         self.send(
             Ack(
