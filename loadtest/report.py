@@ -87,6 +87,35 @@ def fanout_table(report: dict[str, Any]) -> str:
     return "\n".join(rows)
 
 
+def _e2e_line(e2e: dict[str, Any]) -> str:
+    m = e2e.get("gateway_metrics", {})
+    return (
+        f"- **e2e** (feed -> Kafka -> books -> Redis -> gateway -> {e2e['clients']} "
+        f"clients, lobby/event page/bet slip mix): "
+        f"feed {_n(e2e.get('feed_rate'), '.0f')} msg/s "
+        f"({_n(e2e.get('deliveries_per_feed_message'), '.0f')} deliveries each) -> "
+        f"{_n(e2e['delivered_per_s'])} deliveries/s; feed timestamp -> client p50 "
+        f"{_n(e2e['p50_ms'], '.1f')} / p95 {_n(e2e.get('p95_ms'), '.1f')} / p99 "
+        f"{_n(e2e['p99_ms'], '.1f')} / max {_n(e2e.get('max_ms'), '.1f')} ms; gateway CPU "
+        f"{_n(e2e.get('gateway_cpu_cores'), '.2f')}, "
+        f"books {_n(e2e.get('books_cpu_cores'), '.2f')}, "
+        f"Redis {_n(e2e.get('redis_cpu_cores'), '.2f')}; "
+        f"{_n(e2e['rss_kib_per_conn'], '.1f')} "
+        f"KiB/conn; relay: {_n(m.get('oddstream_relay_received_total'))} received, "
+        f"{_n(m.get('oddstream_relay_duplicates_total'))} duplicates, "
+        f"{_n(m.get('oddstream_relay_gaps_total'))} gaps healed"
+    )
+
+
+def _books_line(books: dict[str, Any]) -> str:
+    return (
+        f"- **books**: {_n(books.get('messages'))} feed messages through one processor: "
+        f"{_n(books.get('feed_per_s'))} messages/s "
+        f"(CPU {_n(books.get('books_cpu_cores'), '.2f')} cores; "
+        f"Redis {_n(books.get('redis_cpu_cores'), '.2f')})"
+    )
+
+
 def other_tables(report: dict[str, Any]) -> str:
     out = []
     slow = report["scenarios"].get("slow_mix")
@@ -101,38 +130,13 @@ def other_tables(report: dict[str, Any]) -> str:
             f"{_n(slow.get('slow_p99_ms'), '.1f')} ms; slow clients closed by the server: "
             f"{_n(slow.get('slow_closed_by_server'))}"
         )
-    e2e = report["scenarios"].get("e2e")
-    if e2e:
-        if not e2e.get("measured"):
-            out.append(f"- **e2e**: not measured ({e2e.get('note')})")
-        else:
-            m = e2e.get("gateway_metrics", {})
+    for name, line in (("e2e", _e2e_line), ("books", _books_line)):
+        scenario = report["scenarios"].get(name)
+        if scenario:
             out.append(
-                f"- **e2e** (feed -> Kafka -> books -> Redis -> gateway -> {e2e['clients']} "
-                f"clients, lobby/event page/bet slip mix): "
-                f"feed {_n(e2e.get('feed_rate'), '.0f')} msg/s "
-                f"({_n(e2e.get('deliveries_per_feed_message'), '.0f')} deliveries each) -> "
-                f"{_n(e2e['delivered_per_s'])} deliveries/s; feed timestamp -> client p50 "
-                f"{_n(e2e['p50_ms'], '.1f')} / p95 {_n(e2e.get('p95_ms'), '.1f')} / p99 "
-                f"{_n(e2e['p99_ms'], '.1f')} / max {_n(e2e.get('max_ms'), '.1f')} ms; gateway CPU "
-                f"{_n(e2e.get('gateway_cpu_cores'), '.2f')}, "
-                f"books {_n(e2e.get('books_cpu_cores'), '.2f')}, "
-                f"Redis {_n(e2e.get('redis_cpu_cores'), '.2f')}; "
-                f"{_n(e2e['rss_kib_per_conn'], '.1f')} "
-                f"KiB/conn; relay: {_n(m.get('oddstream_relay_received_total'))} received, "
-                f"{_n(m.get('oddstream_relay_duplicates_total'))} duplicates, "
-                f"{_n(m.get('oddstream_relay_gaps_total'))} gaps healed"
-            )
-    books = report["scenarios"].get("books")
-    if books:
-        if not books.get("measured"):
-            out.append(f"- **books**: not measured ({books.get('note')})")
-        else:
-            out.append(
-                f"- **books**: {_n(books.get('messages'))} feed messages through one processor: "
-                f"{_n(books.get('feed_per_s'))} messages/s "
-                f"(CPU {_n(books.get('books_cpu_cores'), '.2f')} cores; "
-                f"Redis {_n(books.get('redis_cpu_cores'), '.2f')})"
+                line(scenario)
+                if scenario.get("measured")
+                else f"- **{name}**: not measured ({scenario.get('note')})"
             )
     return "\n".join(out)
 
