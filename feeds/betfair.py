@@ -235,15 +235,18 @@ class _Runner:
         if rc.atl is not None:
             self.full_lay.merge(rc.atl)
             seen.add("atl")
-        for key, changes, levels in (
-            ("batb", rc.batb, self.best_back),
-            ("batl", rc.batl, self.best_lay),
-            ("bdatb", rc.bdatb, self.display_back),
-            ("bdatl", rc.bdatl, self.display_lay),
-        ):
-            if changes is not None:
-                _merge_levels(levels, changes)
-                seen.add(key)
+        if rc.batb is not None:
+            _merge_levels(self.best_back, rc.batb)
+            seen.add("batb")
+        if rc.batl is not None:
+            _merge_levels(self.best_lay, rc.batl)
+            seen.add("batl")
+        if rc.bdatb is not None:
+            _merge_levels(self.display_back, rc.bdatb)
+            seen.add("bdatb")
+        if rc.bdatl is not None:
+            _merge_levels(self.display_lay, rc.bdatl)
+            seen.add("bdatl")
         if rc.trd is not None:
             _merge_prices(self.traded, rc.trd)
         if rc.ltp is not None:
