@@ -430,19 +430,8 @@ if FeedPrice.__struct_fields__[3:] != _FEED_PRICE_DATA:  # pragma: no cover - a 
 
 
 def _selection_of(fs: FeedSelection) -> Selection:
-    return Selection(
-        fs.selection_id,
-        fs.name,
-        fs.price,
-        fs.status,
-        back=fs.back,
-        lay=fs.lay,
-        ltp=fs.ltp,
-        volume=fs.volume,
-        bsp=fs.bsp,
-        adjustment=fs.adjustment,
-        removed_at=fs.removed_at,
-    )
+    """The book's form of a feed's selection (they share their fields, in one order)."""
+    return Selection(*_astuple(fs))
 
 
 def _added(sel: Selection) -> SelectionChange:

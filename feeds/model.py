@@ -19,26 +19,14 @@ import msgspec
 from msgspec import UNSET, UnsetType
 
 from protocol import Clock, EventPhase, MarketStatus, SelectionStatus
-from protocol.types import Level
+from protocol.types import Level, SelectionFields
 
 
-class FeedSelection(msgspec.Struct, frozen=True, omit_defaults=True):
+class FeedSelection(SelectionFields, frozen=True, omit_defaults=True):
     """A selection's full state in a market definition: every field replaces the one
     the book holds (absent: none). The optional market data (``back``, ``lay``,
     ``ltp``, ``volume``, ``bsp``, ``adjustment``, ``removed_at``) has the meaning given
     on :class:`protocol.Selection`."""
-
-    selection_id: str
-    name: str
-    price: Decimal | None = None
-    status: SelectionStatus = "active"
-    back: tuple[Level, ...] = ()
-    lay: tuple[Level, ...] = ()
-    ltp: Decimal | None = None
-    volume: Decimal | None = None
-    bsp: Decimal | None = None
-    adjustment: Decimal | None = None
-    removed_at: int | None = None
 
 
 class FeedEvent(msgspec.Struct, frozen=True, tag="event", tag_field="kind", omit_defaults=True):

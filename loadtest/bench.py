@@ -77,6 +77,7 @@ from loadtest.board import (
     percentiles,
 )
 from loadtest.payloads import market_ids, subscribe_command
+from loadtest.report import figure
 
 SYSTEMS = ("oddstream", "ceiling", "broadcaster", "pushpin")
 PEERS = ("broadcaster", "pushpin")
@@ -306,14 +307,10 @@ def measure(
             if gc0 is not None and gc1 is not None and b.cpu > a.cpu:
                 run.values["gc_share_of_cpu"] = round((gc1 - gc0) / (b.cpu - a.cpu), 2)
             span = b.t - a.t
-            if sampler is not None and profile_to is not None:
-                with contextlib.suppress(subprocess.TimeoutExpired):
-                    sampler.wait(10)
-                if profile_to.exists():
-                    summary = profile_to.with_suffix(".summary.txt")
-                    summary.write_text(profile.summarize(profile_to))
+            if profile_to is not None:
+                summary = profile.finish(sampler, profile_to, 10, log)
+                if summary is not None:
                     run.values["profile"] = str(summary)
-                    log(f"  profile: {summary}")
             run.values.update(
                 delivered_per_s=round((b.frames + b.slow_frames - a.frames - a.slow_frames) / span),
                 deltas_per_s=round((b.deltas + b.slow_deltas - a.deltas - a.slow_deltas) / span),
@@ -709,44 +706,36 @@ def _ratio(a: float | None, b: float | None) -> float | None:
     return round(a / b, 3)
 
 
-def _fmt(v: Any, spec: str = ",.0f") -> str:
-    if v is None:
-        return "-"
-    if isinstance(v, float | int):
-        return format(v, spec)
-    return str(v)
-
-
 def _log_run(run: Run, log: Callable[[str], None]) -> None:
     if not run.available:
         return
     v = run.values
     per_write = _ratio(v.get("delivered_per_s"), v.get("write_syscalls_per_s"))
     log(
-        f"  {run.system:<17} conn {_fmt(v.get('connected')):>6}  "
-        f"delivered/s {_fmt(v.get('delivered_per_s')):>9}  "
-        f"deltas/s {_fmt(v.get('deltas_per_s')):>9}  "
-        f"cpu {_fmt(v.get('cpu_cores'), '.2f')} "
-        f"(clients {_fmt(v.get('client_cpu_cores'), '.2f')})  "
-        f"msgs/write {_fmt(per_write, '.1f')}  "
-        f"lat@{_fmt(v.get('latency_offered_per_s'))}/s p50 {_fmt(v.get('p50_ms'), '.1f')} "
-        f"p95 {_fmt(v.get('p95_ms'), '.1f')} p99 {_fmt(v.get('p99_ms'), '.1f')} "
-        f"max {_fmt(v.get('max_ms'), '.1f')} ms  "
-        f"lat@{_fmt(LOW_LATENCY_DELIVERIES_PER_S)}/s p50 {_fmt(_low(v, 'p50_ms'), '.1f')} "
-        f"p99 {_fmt(_low(v, 'p99_ms'), '.1f')} ms  "
-        f"KiB/conn idle {_fmt(v.get('rss_kib_per_conn'), '.1f')} "
-        f"load {_fmt(v.get('rss_kib_per_conn_load'), '.1f')}"
+        f"  {run.system:<17} conn {figure(v.get('connected')):>6}  "
+        f"delivered/s {figure(v.get('delivered_per_s')):>9}  "
+        f"deltas/s {figure(v.get('deltas_per_s')):>9}  "
+        f"cpu {figure(v.get('cpu_cores'), '.2f')} "
+        f"(clients {figure(v.get('client_cpu_cores'), '.2f')})  "
+        f"msgs/write {figure(per_write, '.1f')}  "
+        f"lat@{figure(v.get('latency_offered_per_s'))}/s p50 {figure(v.get('p50_ms'), '.1f')} "
+        f"p95 {figure(v.get('p95_ms'), '.1f')} p99 {figure(v.get('p99_ms'), '.1f')} "
+        f"max {figure(v.get('max_ms'), '.1f')} ms  "
+        f"lat@{figure(LOW_LATENCY_DELIVERIES_PER_S)}/s p50 {figure(_low(v, 'p50_ms'), '.1f')} "
+        f"p99 {figure(_low(v, 'p99_ms'), '.1f')} ms  "
+        f"KiB/conn idle {figure(v.get('rss_kib_per_conn'), '.1f')} "
+        f"load {figure(v.get('rss_kib_per_conn_load'), '.1f')}"
         + (f"  closed {v['closed_by_server']}" if v.get("closed_by_server") else "")
         + (f"  gc {v['gc_share_of_cpu']:.0%} of cpu" if "gc_share_of_cpu" in v else "")
     )
 
 
 def _log_ratios(result: dict[str, Any], log: Callable[[str], None]) -> None:
-    parts = [f"oddstream/ceiling {_fmt(result['ratio_to_ceiling'], '.2f')}"]
+    parts = [f"oddstream/ceiling {figure(result['ratio_to_ceiling'], '.2f')}"]
     for peer in PEERS:
         ratio = result["ratio_to_peer"][peer]
         if result["peers"][peer]["available"]:
-            parts.append(f"oddstream/{peer} {_fmt(ratio, '.2f')}")
+            parts.append(f"oddstream/{peer} {figure(ratio, '.2f')}")
         else:
             reason = result["peers"][peer]["reason"] or "unavailable"
             parts.append(
@@ -796,10 +785,10 @@ def slow_scenario(quick: bool, timing: Timing, log: Callable[[str], None]) -> di
     )
     result["systems"]["oddstream+slow"] = mv or {"available": False, "reason": mixed.reason}
     log(
-        f"  fast clients' p99: {_fmt(bv.get('p99_ms'), '.1f')} ms alone, "
-        f"{_fmt(mv.get('p99_ms'), '.1f')} ms with slow clients "
-        f"(x{_fmt(result['p99_ratio'], '.2f')}); slow clients closed by the server: "
-        f"{_fmt(mv.get('slow_closed_by_server'))}"
+        f"  fast clients' p99: {figure(bv.get('p99_ms'), '.1f')} ms alone, "
+        f"{figure(mv.get('p99_ms'), '.1f')} ms with slow clients "
+        f"(x{figure(result['p99_ratio'], '.2f')}); slow clients closed by the server: "
+        f"{figure(mv.get('slow_closed_by_server'))}"
     )
     return result
 
@@ -825,17 +814,17 @@ def goals(s: dict[str, dict[str, Any]], quick: bool = False) -> list[dict[str, A
         add(
             "WS 5k: >= 0.85 x ceiling and >= 2 x broadcaster",
             met,
-            f"{_fmt(ws5['delivered_per_s'])}/s = {_fmt(ceiling, '.2f')} x ceiling, "
-            f"{_fmt(peer, '.2f')} x broadcaster",
+            f"{figure(ws5['delivered_per_s'])}/s = {figure(ceiling, '.2f')} x ceiling, "
+            f"{figure(peer, '.2f')} x broadcaster",
         )
         batched = ws5.get("batched_deltas_per_s")
         add(
             "coalescing: >= 1M deltas/s per gateway process",
             None if batched is None else batched >= 1_000_000,
-            f"{_fmt(batched)} deltas/s with a {BATCH_WINDOW_MS} ms window and ?batch=1 "
-            f"(p99 {_fmt(ws5.get('batched_p99_ms'))} ms at the latency rate); without "
-            f"batches {_fmt(ws5.get('deltas_per_s'))}; packed ceiling "
-            f"{_fmt(ws5.get('ceiling_packed10_deltas_per_s'))} deltas/s",
+            f"{figure(batched)} deltas/s with a {BATCH_WINDOW_MS} ms window and ?batch=1 "
+            f"(p99 {figure(ws5.get('batched_p99_ms'))} ms at the latency rate); without "
+            f"batches {figure(ws5.get('deltas_per_s'))}; packed ceiling "
+            f"{figure(ws5.get('ceiling_packed10_deltas_per_s'))} deltas/s",
         )
     else:
         add("WS 5k: >= 0.85 x ceiling and >= 2 x broadcaster", None, "not measured")
@@ -846,7 +835,7 @@ def goals(s: dict[str, dict[str, Any]], quick: bool = False) -> list[dict[str, A
         add(
             "20k WS connections per process, <= 16 KiB each idle",
             ws20["clients"] >= 20_000 and kib <= 16,
-            f"{ws20['clients']} connected, {_fmt(kib, '.1f')} KiB each"
+            f"{ws20['clients']} connected, {figure(kib, '.1f')} KiB each"
             + (f"; {ws20['note']}" if ws20.get("note") else ""),
         )
     else:
@@ -858,8 +847,8 @@ def goals(s: dict[str, dict[str, Any]], quick: bool = False) -> list[dict[str, A
         add(
             "e2e Kafka+Redis, 5k clients, 20k deliveries/s: p50 <= 5 ms, p99 <= 25 ms",
             p50 is not None and p99 is not None and p50 <= 5 and p99 <= 25 and rate >= 18_000,
-            f"{e2e['clients']} clients, {_fmt(rate)} deliveries/s, p50 {_fmt(p50, '.1f')} ms, "
-            f"p99 {_fmt(p99, '.1f')} ms",
+            f"{e2e['clients']} clients, {figure(rate)} deliveries/s, p50 {figure(p50, '.1f')} ms, "
+            f"p99 {figure(p99, '.1f')} ms",
         )
     else:
         reason = (e2e or {}).get("note") or "not measured"
@@ -873,14 +862,18 @@ def goals(s: dict[str, dict[str, Any]], quick: bool = False) -> list[dict[str, A
         add(
             "SSE: >= 0.7 x WebSocket delivered/s, <= 24 KiB per connection",
             ratio is not None and ratio >= 0.7 and kib <= 24,
-            f"{_fmt(ratio, '.2f')} x WebSocket (5k), {_fmt(kib, '.1f')} KiB each",
+            f"{figure(ratio, '.2f')} x WebSocket (5k), {figure(kib, '.1f')} KiB each",
         )
     else:
         add("SSE: >= 0.7 x WebSocket delivered/s, <= 24 KiB per connection", None, "not measured")
     books = s.get("books")
     if books and books["measured"]:
         rate = books.get("feed_per_s") or 0
-        add("one books process: >= 50k feed messages/s", rate >= 50_000, f"{_fmt(rate)} messages/s")
+        add(
+            "one books process: >= 50k feed messages/s",
+            rate >= 50_000,
+            f"{figure(rate)} messages/s",
+        )
     else:
         add(
             "one books process: >= 50k feed messages/s",
@@ -893,9 +886,9 @@ def goals(s: dict[str, dict[str, Any]], quick: bool = False) -> list[dict[str, A
         add(
             "slow clients: fast clients' p99 within 1.2 x",
             ratio is not None and ratio <= 1.2,
-            f"p99 {_fmt(slow['fast_p99_ms_without_slow'], '.1f')} -> "
-            f"{_fmt(slow['fast_p99_ms_with_slow'], '.1f')} ms (x{_fmt(ratio, '.2f')}), "
-            f"{_fmt(slow.get('slow_closed_by_server'))} slow clients closed",
+            f"p99 {figure(slow['fast_p99_ms_without_slow'], '.1f')} -> "
+            f"{figure(slow['fast_p99_ms_with_slow'], '.1f')} ms (x{figure(ratio, '.2f')}), "
+            f"{figure(slow.get('slow_closed_by_server'))} slow clients closed",
         )
     else:
         add("slow clients: fast clients' p99 within 1.2 x", None, "not measured")
@@ -904,7 +897,7 @@ def goals(s: dict[str, dict[str, Any]], quick: bool = False) -> list[dict[str, A
     add(
         "replay: >= 100k records/s, largest recording, one process",
         None if rate is None else rate >= 100_000,
-        f"{_fmt(rate)} records/s" if rate is not None else "not measured",
+        f"{figure(rate)} records/s" if rate is not None else "not measured",
     )
     return out
 

@@ -22,7 +22,6 @@ import contextlib
 import json
 import os
 import random
-import subprocess
 import tempfile
 import time
 import urllib.request
@@ -142,21 +141,25 @@ def _books(kafka: str, redis: str, group: str, prefix: str) -> procs.Child:
     )  # fmt: skip
 
 
-def _delete_topics(kafka: str, prefix: str) -> None:
+async def drop_topics(kafka: str, prefix: str, timeout_s: float = 15) -> None:
+    """Delete the topics named ``prefix*`` (a scenario's or a fault-suite deployment's),
+    so the broker stays small (a broker with many partitions restarts slowly, which
+    would change what a Kafka scenario tests). Best effort: the broker may be down."""
     from aiokafka.admin import AIOKafkaAdminClient
+    from aiokafka.errors import KafkaError
 
-    async def delete() -> None:
-        admin = AIOKafkaAdminClient(bootstrap_servers=kafka, request_timeout_ms=10_000)
-        await admin.start()
-        try:
-            names = [t for t in await admin.list_topics() if t.startswith(prefix)]
-            if names:
-                await admin.delete_topics(names)
-        finally:
-            await admin.close()
-
-    with contextlib.suppress(Exception):
-        asyncio.run(asyncio.wait_for(delete(), 30))
+    admin = AIOKafkaAdminClient(bootstrap_servers=kafka, request_timeout_ms=int(timeout_s * 1000))
+    try:
+        async with asyncio.timeout(timeout_s):
+            await admin.start()
+            try:
+                names = [t for t in await admin.list_topics() if t.startswith(prefix)]
+                if names:
+                    await admin.delete_topics(names)
+            finally:
+                await admin.close()
+    except (KafkaError, OSError, TimeoutError):
+        pass
 
 
 def _subscriptions(base: str, count: int, rng: random.Random) -> list[str]:
@@ -289,13 +292,8 @@ def e2e_scenario(
         sampler = profile.start(gateway.pid, measure_s, target_file) if target_file else None
         time.sleep(measure_s)
         board.set(H_RECORD, 0)
-        if sampler is not None and target_file is not None:
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                sampler.wait(10)
-            if target_file.exists():
-                summary = target_file.with_suffix(".summary.txt")
-                summary.write_text(profile.summarize(target_file))
-                log(f"  profile: {summary}")
+        if target_file is not None:
+            profile.finish(sampler, target_file, 10, log)
         after = Sample(board, pids)
         span = after.t - before.t
         hist = diff(board.histogram(), fast0)
@@ -367,7 +365,7 @@ def e2e_scenario(
             work.rmdir()
         with contextlib.suppress(Exception):
             _flush(redis)
-        _delete_topics(kafka, prefix)
+        asyncio.run(drop_topics(kafka, prefix, 30))
 
 
 def _get_json_text(url: str) -> dict[str, float]:
@@ -504,13 +502,8 @@ def books_scenario(
             else None
         )
         samples = asyncio.run(_watch(kafka, prefix, group, books, 60 + total / 5000))
-        if sampler is not None and target_file is not None:
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                sampler.wait(30)
-            if target_file.exists():
-                summary = target_file.with_suffix(".summary.txt")
-                summary.write_text(profile.summarize(target_file))
-                log(f"  profile: {summary}")
+        if target_file is not None:
+            profile.finish(sampler, target_file, 30, log)
         cpu1 = procs.cpu_seconds(procs.tree(books.pid))
         redis_cpu1 = _redis_cpu(redis)
         rss = procs.rss_kib(procs.tree(books.pid))
@@ -560,4 +553,4 @@ def books_scenario(
             child.stop(15)
         with contextlib.suppress(Exception):
             _flush(redis)
-        _delete_topics(kafka, prefix)
+        asyncio.run(drop_topics(kafka, prefix, 30))

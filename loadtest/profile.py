@@ -10,11 +10,13 @@ throughput phase (``py-spy record --nonblocking``: the process is not paused) an
 
 from __future__ import annotations
 
+import contextlib
 import re
 import shutil
 import subprocess
 import sys
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
 
 _IDLE = ("Runner.run", "run_forever", "_run_once", "select (selectors.py")
@@ -36,6 +38,24 @@ def start(
     return subprocess.Popen(  # noqa: S603 - argv built here
         argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
     )
+
+
+def finish(
+    sampler: subprocess.Popen[bytes] | None, out: Path, wait_s: float, log: Callable[[str], None]
+) -> Path | None:
+    """Wait up to ``wait_s`` for a sampler :func:`start` returned to stop, then write the
+    summary of what it recorded next to ``out`` (``*.summary.txt``) and log its path;
+    the summary's path, or None when nothing was sampled."""
+    if sampler is None:
+        return None
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        sampler.wait(wait_s)
+    if not out.exists():
+        return None
+    summary = out.with_suffix(".summary.txt")
+    summary.write_text(summarize(out))
+    log(f"  profile: {summary}")
+    return summary
 
 
 def _frame(frame: str) -> str:

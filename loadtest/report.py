@@ -13,7 +13,8 @@ from typing import Any
 SYSTEMS = ("oddstream", "ceiling", "broadcaster", "pushpin")
 
 
-def _n(v: Any, spec: str = ",.0f") -> str:
+def figure(v: Any, spec: str = ",.0f") -> str:
+    """A report's value as text: numbers formatted by ``spec``, ``-`` when absent."""
     if v is None:
         return "-"
     if isinstance(v, int | float):
@@ -71,20 +72,51 @@ def fanout_table(report: dict[str, Any]) -> str:
             compared = odd and delivered and not system.startswith("oddstream") and not packed
             x_it = odd / delivered if compared else None
             rows.append(
-                f"| {name} | {system} | {_n(v.get('connected'))} | "
+                f"| {name} | {system} | {figure(v.get('connected'))} | "
                 + (
-                    f"{_n(delivered)} frames ({_n(v.get('deltas_per_s'))} deltas) | "
+                    f"{figure(delivered)} frames ({figure(v.get('deltas_per_s'))} deltas) | "
                     if packed
-                    else f"{_n(delivered)} | "
+                    else f"{figure(delivered)} | "
                 )
-                + f"{_n(v.get('cpu_cores'), '.2f')} | {_n(v.get('client_cpu_cores'), '.2f')} | "
-                f"{_n(v.get('p50_ms'), '.1f')} / {_n(v.get('p99_ms'), '.1f')} | "
-                f"{_n(_low(v, 'p50_ms', low), '.1f')} / {_n(_low(v, 'p99_ms', low), '.1f')} | "
-                f"{_n(v.get('rss_kib_per_conn'), '.1f')} / "
-                f"{_n(v.get('rss_kib_per_conn_load'), '.1f')} | "
-                f"{_n(x_ceiling, '.2f')} | {_n(x_it, '.2f')} |"
+                + f"{figure(v.get('cpu_cores'), '.2f')} | "
+                f"{figure(v.get('client_cpu_cores'), '.2f')} | "
+                f"{figure(v.get('p50_ms'), '.1f')} / {figure(v.get('p99_ms'), '.1f')} | "
+                f"{figure(_low(v, 'p50_ms', low), '.1f')} / "
+                f"{figure(_low(v, 'p99_ms', low), '.1f')} | "
+                f"{figure(v.get('rss_kib_per_conn'), '.1f')} / "
+                f"{figure(v.get('rss_kib_per_conn_load'), '.1f')} | "
+                f"{figure(x_ceiling, '.2f')} | {figure(x_it, '.2f')} |"
             )
     return "\n".join(rows)
+
+
+def _e2e_line(e2e: dict[str, Any]) -> str:
+    m = e2e.get("gateway_metrics", {})
+    return (
+        f"- **e2e** (feed -> Kafka -> books -> Redis -> gateway -> {e2e['clients']} "
+        f"clients, lobby/event page/bet slip mix): "
+        f"feed {figure(e2e.get('feed_rate'), '.0f')} msg/s "
+        f"({figure(e2e.get('deliveries_per_feed_message'), '.0f')} deliveries each) -> "
+        f"{figure(e2e['delivered_per_s'])} deliveries/s; feed timestamp -> client p50 "
+        f"{figure(e2e['p50_ms'], '.1f')} / p95 {figure(e2e.get('p95_ms'), '.1f')} / p99 "
+        f"{figure(e2e['p99_ms'], '.1f')} / max {figure(e2e.get('max_ms'), '.1f')} ms; gateway CPU "
+        f"{figure(e2e.get('gateway_cpu_cores'), '.2f')}, "
+        f"books {figure(e2e.get('books_cpu_cores'), '.2f')}, "
+        f"Redis {figure(e2e.get('redis_cpu_cores'), '.2f')}; "
+        f"{figure(e2e['rss_kib_per_conn'], '.1f')} "
+        f"KiB/conn; relay: {figure(m.get('oddstream_relay_received_total'))} received, "
+        f"{figure(m.get('oddstream_relay_duplicates_total'))} duplicates, "
+        f"{figure(m.get('oddstream_relay_gaps_total'))} gaps healed"
+    )
+
+
+def _books_line(books: dict[str, Any]) -> str:
+    return (
+        f"- **books**: {figure(books.get('messages'))} feed messages through one processor: "
+        f"{figure(books.get('feed_per_s'))} messages/s "
+        f"(CPU {figure(books.get('books_cpu_cores'), '.2f')} cores; "
+        f"Redis {figure(books.get('redis_cpu_cores'), '.2f')})"
+    )
 
 
 def other_tables(report: dict[str, Any]) -> str:
@@ -93,46 +125,21 @@ def other_tables(report: dict[str, Any]) -> str:
     if slow:
         out.append(
             f"- **slow_mix** ({slow['clients']} clients, 10% reading 100 ms per second through a "
-            f"4 KiB receive buffer, at {_n(slow.get('latency_offered_per_s'))} deliveries/s = half "
-            f"the measured throughput): fast clients' p99 "
-            f"{_n(slow.get('fast_p99_ms_without_slow'), '.1f')} ms without slow clients, "
-            f"{_n(slow.get('fast_p99_ms_with_slow'), '.1f')} ms with them "
-            f"(x{_n(slow.get('p99_ratio'), '.2f')}); slow clients' p99 "
-            f"{_n(slow.get('slow_p99_ms'), '.1f')} ms; slow clients closed by the server: "
-            f"{_n(slow.get('slow_closed_by_server'))}"
+            f"4 KiB receive buffer, at {figure(slow.get('latency_offered_per_s'))} deliveries/s "
+            f"= half the measured throughput): fast clients' p99 "
+            f"{figure(slow.get('fast_p99_ms_without_slow'), '.1f')} ms without slow clients, "
+            f"{figure(slow.get('fast_p99_ms_with_slow'), '.1f')} ms with them "
+            f"(x{figure(slow.get('p99_ratio'), '.2f')}); slow clients' p99 "
+            f"{figure(slow.get('slow_p99_ms'), '.1f')} ms; slow clients closed by the server: "
+            f"{figure(slow.get('slow_closed_by_server'))}"
         )
-    e2e = report["scenarios"].get("e2e")
-    if e2e:
-        if not e2e.get("measured"):
-            out.append(f"- **e2e**: not measured ({e2e.get('note')})")
-        else:
-            m = e2e.get("gateway_metrics", {})
+    for name, line in (("e2e", _e2e_line), ("books", _books_line)):
+        scenario = report["scenarios"].get(name)
+        if scenario:
             out.append(
-                f"- **e2e** (feed -> Kafka -> books -> Redis -> gateway -> {e2e['clients']} "
-                f"clients, lobby/event page/bet slip mix): "
-                f"feed {_n(e2e.get('feed_rate'), '.0f')} msg/s "
-                f"({_n(e2e.get('deliveries_per_feed_message'), '.0f')} deliveries each) -> "
-                f"{_n(e2e['delivered_per_s'])} deliveries/s; feed timestamp -> client p50 "
-                f"{_n(e2e['p50_ms'], '.1f')} / p95 {_n(e2e.get('p95_ms'), '.1f')} / p99 "
-                f"{_n(e2e['p99_ms'], '.1f')} / max {_n(e2e.get('max_ms'), '.1f')} ms; gateway CPU "
-                f"{_n(e2e.get('gateway_cpu_cores'), '.2f')}, "
-                f"books {_n(e2e.get('books_cpu_cores'), '.2f')}, "
-                f"Redis {_n(e2e.get('redis_cpu_cores'), '.2f')}; "
-                f"{_n(e2e['rss_kib_per_conn'], '.1f')} "
-                f"KiB/conn; relay: {_n(m.get('oddstream_relay_received_total'))} received, "
-                f"{_n(m.get('oddstream_relay_duplicates_total'))} duplicates, "
-                f"{_n(m.get('oddstream_relay_gaps_total'))} gaps healed"
-            )
-    books = report["scenarios"].get("books")
-    if books:
-        if not books.get("measured"):
-            out.append(f"- **books**: not measured ({books.get('note')})")
-        else:
-            out.append(
-                f"- **books**: {_n(books.get('messages'))} feed messages through one processor: "
-                f"{_n(books.get('feed_per_s'))} messages/s "
-                f"(CPU {_n(books.get('books_cpu_cores'), '.2f')} cores; "
-                f"Redis {_n(books.get('redis_cpu_cores'), '.2f')})"
+                line(scenario)
+                if scenario.get("measured")
+                else f"- **{name}**: not measured ({scenario.get('note')})"
             )
     return "\n".join(out)
 

@@ -3,6 +3,7 @@
 Pure: imports nothing else from the project, does no I/O.
 """
 
+from protocol import types
 from protocol.book import apply, apply_selection_changes, as_reset, verify
 from protocol.checksum import checksum
 from protocol.codec import (
@@ -15,32 +16,7 @@ from protocol.codec import (
     encode_msgpack,
 )
 from protocol.errors import MESSAGE_TOO_BIG, ApplyError, CloseCode, ErrorCode, ProtocolError
-from protocol.types import (
-    FINAL_MARKET_STATES,
-    UNSET,
-    Ack,
-    ClientCommand,
-    Clock,
-    Delta,
-    Error,
-    EventPhase,
-    EventState,
-    Heartbeat,
-    MarketMessage,
-    MarketStatus,
-    Ping,
-    Position,
-    Reconnect,
-    Resume,
-    Selection,
-    SelectionChange,
-    SelectionStatus,
-    ServerMessage,
-    Snapshot,
-    Subscribe,
-    UnsetType,
-    Unsubscribe,
-)
+from protocol.types import *  # noqa: F403 - all of protocol.types is exported (see __all__)
 
 #: WebSocket subprotocol of this version of the protocol (JSON text frames).
 SUBPROTOCOL_JSON = "oddstream.v1.json"
@@ -48,37 +24,13 @@ SUBPROTOCOL_JSON = "oddstream.v1.json"
 SUBPROTOCOL_MSGPACK = "oddstream.v1.msgpack"
 
 __all__ = [
-    "FINAL_MARKET_STATES",
     "MESSAGE_TOO_BIG",
     "SUBPROTOCOL_JSON",
     "SUBPROTOCOL_MSGPACK",
-    "UNSET",
-    "Ack",
     "ApplyError",
-    "ClientCommand",
-    "Clock",
     "CloseCode",
-    "Delta",
-    "Error",
     "ErrorCode",
-    "EventPhase",
-    "EventState",
-    "Heartbeat",
-    "MarketMessage",
-    "MarketStatus",
-    "Ping",
-    "Position",
     "ProtocolError",
-    "Reconnect",
-    "Resume",
-    "Selection",
-    "SelectionChange",
-    "SelectionStatus",
-    "ServerMessage",
-    "Snapshot",
-    "Subscribe",
-    "UnsetType",
-    "Unsubscribe",
     "apply",
     "apply_selection_changes",
     "as_reset",
@@ -92,3 +44,4 @@ __all__ = [
     "encode_msgpack",
     "verify",
 ]
+__all__ += types.__all__

@@ -29,7 +29,24 @@ FINAL_MARKET_STATES: frozenset[str] = frozenset({"settled", "voided"})
 Level = tuple[Decimal, Decimal]
 
 
-class Selection(msgspec.Struct, frozen=True, omit_defaults=True):
+class SelectionFields(msgspec.Struct, frozen=True, omit_defaults=True):
+    """What a feed gives of a selection (``feeds.model.FeedSelection``) and a book holds
+    of it (:class:`Selection`, where each field is described), in this order."""
+
+    selection_id: str
+    name: str
+    price: Decimal | None = None
+    status: SelectionStatus = "active"
+    back: tuple[Level, ...] = ()
+    lay: tuple[Level, ...] = ()
+    ltp: Decimal | None = None
+    volume: Decimal | None = None
+    bsp: Decimal | None = None
+    adjustment: Decimal | None = None
+    removed_at: int | None = None
+
+
+class Selection(SelectionFields, frozen=True, omit_defaults=True):
     """One outcome of a market, in full.
 
     ``price`` is the price a board shows: the bookmaker's price, or on an exchange the
@@ -46,17 +63,6 @@ class Selection(msgspec.Struct, frozen=True, omit_defaults=True):
       ``void_factor``: part of the stake refunded (0.5: half void, half settled).
     """
 
-    selection_id: str
-    name: str
-    price: Decimal | None = None
-    status: SelectionStatus = "active"
-    back: tuple[Level, ...] = ()
-    lay: tuple[Level, ...] = ()
-    ltp: Decimal | None = None
-    volume: Decimal | None = None
-    bsp: Decimal | None = None
-    adjustment: Decimal | None = None
-    removed_at: int | None = None
     dead_heat: Decimal | None = None
     void_factor: Decimal | None = None
 
@@ -89,21 +95,10 @@ class SelectionChange(msgspec.Struct, frozen=True, omit_defaults=True):
 
 
 #: The fields of :class:`Selection` that :class:`SelectionChange` may carry, in order:
-#: what a delta compares and what ``apply`` merges.
-SELECTION_FIELDS: tuple[str, ...] = (
-    "name",
-    "price",
-    "status",
-    "back",
-    "lay",
-    "ltp",
-    "volume",
-    "bsp",
-    "adjustment",
-    "removed_at",
-    "dead_heat",
-    "void_factor",
-)
+#: what a delta compares and what ``apply`` merges (every field but ``selection_id``).
+SELECTION_FIELDS: tuple[str, ...] = Selection.__struct_fields__[1:]
+if SelectionChange.__struct_fields__[1:] != SELECTION_FIELDS:  # pragma: no cover - a model edit
+    raise ImportError("SelectionChange must carry Selection's fields, in Selection's order")
 
 
 class Clock(msgspec.Struct, frozen=True, omit_defaults=True):
@@ -361,6 +356,7 @@ __all__ = [
     "Resume",
     "Selection",
     "SelectionChange",
+    "SelectionFields",
     "SelectionStatus",
     "ServerMessage",
     "Snapshot",

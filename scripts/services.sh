@@ -122,6 +122,17 @@ spawn() {
     SPAWNED_PID=$!
 }
 
+# start_failed NAME LOG LINES PID WHY: a service did not start: say WHY with the end of
+# its log, kill PID (empty: it has exited already), forget its pid file and exit 1.
+start_failed() {
+    local name=$1 logfile=$2 lines=$3 pid=$4 why=$5
+    log "$why; last lines of ${logfile#"$ROOT"/}:"
+    tail -n "$lines" "$logfile" >&2 || true
+    if [ -n "$pid" ]; then kill -KILL "$pid" 2>/dev/null || true; fi
+    rm -f "$SVC/$name.pid"
+    exit 1
+}
+
 lock() {
     mkdir -p "$SVC"
     if command -v flock >/dev/null 2>&1; then
@@ -250,17 +261,10 @@ kafka_start() {
     deadline=$((SECONDS + timeout))
     until grep -q "$KAFKA_READY_LINE" "$KAFKA_LOG" 2>/dev/null; do
         if ! kill -0 "$pid" 2>/dev/null; then
-            log "Kafka exited during start-up; last lines of ${KAFKA_LOG#"$ROOT"/}:"
-            tail -n 40 "$KAFKA_LOG" >&2 || true
-            rm -f "$SVC/kafka.pid"
-            exit 1
+            start_failed kafka "$KAFKA_LOG" 40 "" "Kafka exited during start-up"
         fi
         if [ "$SECONDS" -ge "$deadline" ]; then
-            log "Kafka not ready after ${timeout}s; last lines of ${KAFKA_LOG#"$ROOT"/}:"
-            tail -n 40 "$KAFKA_LOG" >&2 || true
-            kill -KILL "$pid" 2>/dev/null || true
-            rm -f "$SVC/kafka.pid"
-            exit 1
+            start_failed kafka "$KAFKA_LOG" 40 "$pid" "Kafka not ready after ${timeout}s"
         fi
         sleep 0.2
     done
@@ -297,11 +301,7 @@ redis_start() {
     deadline=$((SECONDS + timeout))
     until [ "$(redis-cli -h 127.0.0.1 -p "$port" ping 2>/dev/null)" = PONG ]; do
         if ! kill -0 "$pid" 2>/dev/null || [ "$SECONDS" -ge "$deadline" ]; then
-            log "redis not ready; last lines of ${REDIS_LOG#"$ROOT"/}:"
-            tail -n 20 "$REDIS_LOG" >&2 || true
-            kill -KILL "$pid" 2>/dev/null || true
-            rm -f "$SVC/redis.pid"
-            exit 1
+            start_failed redis "$REDIS_LOG" 20 "$pid" "redis not ready"
         fi
         sleep 0.1
     done

@@ -294,14 +294,14 @@ class Session:
         self.outbox.interval_s = conflate_ms / 1000
 
     def _conflation_of(self, command: ClientCommand) -> int | None:
-        """The command's ``conflate_ms``, checked (a refused command changes nothing).
-        It is a proposed protocol field of subscribe/resume (see docs/guarantees.md),
-        read here as soon as the command type has it; until then transports take it
-        from the connection URL."""
-        value = getattr(command, "conflate_ms", None)
-        if not isinstance(value, int) or isinstance(value, bool):
-            return None
-        if not 0 <= value <= self._max_conflate_ms:
+        """The ``conflate_ms`` of a subscribe or resume, checked (a refused command
+        changes nothing); None when the command does not set it."""
+        match command:
+            case Subscribe() | Resume():
+                value = command.conflate_ms
+            case _:
+                return None
+        if value is not None and not 0 <= value <= self._max_conflate_ms:
             raise ProtocolError(ErrorCode.INVALID, f"conflate_ms must be 0-{self._max_conflate_ms}")
         return value
 
@@ -462,18 +462,17 @@ class Session:
                 if hub.detach(m, self, "m"):
                     left.append(m)
                 channels.append(market_channel(m))
-        for e in cmd.events:
-            if e in self.events:
-                self.events.discard(e)
-                hub.unwatch_event(e, self)
-                left += hub.release(self, f"e:{e}")
-                channels.append(event_channel(e))
-        for sport in cmd.lobbies:
-            if sport in self.lobbies:
-                self.lobbies.discard(sport)
-                hub.unwatch_lobby(sport, self)
-                left += hub.release(self, f"l:{sport}")
-                channels.append(lobby_channel(sport))
+        for names, held, unwatch, channel_of in (
+            (cmd.events, self.events, hub.unwatch_event, event_channel),
+            (cmd.lobbies, self.lobbies, hub.unwatch_lobby, lobby_channel),
+        ):
+            for name in names:
+                if name in held:
+                    held.discard(name)
+                    unwatch(name, self)
+                    channel = channel_of(name)
+                    left += hub.release(self, channel)
+                    channels.append(channel)
         self._relay.forget_unwatched(left)
         self.send(
             Ack(

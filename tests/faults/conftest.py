@@ -11,9 +11,10 @@ from collections.abc import AsyncIterator, Generator
 
 import pytest
 
+from loadtest.e2e import drop_topics
 from tests.faults import report
 from tests.faults.checker import Verdict
-from tests.faults.deploy import Deployment, Scale, drop_topics
+from tests.faults.deploy import Deployment, Scale
 from tests.harness import isolated
 from tests.integration.conftest import kafka_bootstrap, redis_url
 from tests.integration.procs import processes

@@ -350,27 +350,6 @@ async def _stop(consumer: Any) -> None:
             raise
 
 
-async def drop_topics(kafka: str, prefix: str, timeout: float = 15) -> None:
-    """Delete a deployment's topics, so the broker stays small (a broker with many
-    partitions restarts slowly, which would change what the Kafka scenario tests).
-    Best effort: the broker may be down."""
-    from aiokafka.admin import AIOKafkaAdminClient
-    from aiokafka.errors import KafkaError
-
-    admin = AIOKafkaAdminClient(bootstrap_servers=kafka, request_timeout_ms=int(timeout * 1000))
-    try:
-        async with asyncio.timeout(timeout):
-            await admin.start()
-            try:
-                names = [t for t in await admin.list_topics() if t.startswith(prefix)]
-                if names:
-                    await admin.delete_topics(names)
-            finally:
-                await admin.close()
-    except (KafkaError, OSError, TimeoutError):
-        pass
-
-
 def assert_passed(verdict: Verdict) -> None:
     failures = verdict.failures()
     assert not failures, f"{verdict.scenario}: {failures}\n" + "\n".join(
