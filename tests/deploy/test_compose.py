@@ -42,6 +42,8 @@ outlast the rest of the bring-up and both faults. (Past about 12,000 messages th
 generator's later events depend on its start time, which the pure processor cannot
 know.)"""
 LB, GATEWAY_1, GATEWAY_2, KAFKA, REDIS = 26080, 26001, 26002, 26092, 26379
+#: gateway-1's operator listener (docker/compose.yaml): /metrics is never on the public port.
+GATEWAY_1_OPS = 26101
 ENV = {
     "ODDSTREAM_LB_PORT": str(LB),
     "ODDSTREAM_GATEWAY_1_PORT": str(GATEWAY_1),
@@ -157,7 +159,7 @@ def test_images(stack: Stack) -> None:
 
 
 async def connections(port: int) -> int:
-    """A gateway's ``oddstream_connections`` gauge."""
+    """A gateway's ``oddstream_connections`` gauge, read on its operator listener."""
     async with httpx.AsyncClient(timeout=5) as http:
         text = (await http.get(f"http://127.0.0.1:{port}/metrics")).text
     [line] = [x for x in text.splitlines() if x.startswith("oddstream_connections ")]
@@ -191,7 +193,7 @@ async def test_failover_through_the_load_balancer(stack: Stack) -> None:
     clients = dep.clients([[LB_URL]] * 6, events, sse=2, dead_after_s=3)
     await asyncio.gather(*(c.wait_connected() for c in clients))
     await more_deltas(clients)  # Snapshots, then deltas, through HAProxy.
-    on_first = await connections(GATEWAY_1)
+    on_first = await connections(GATEWAY_1_OPS)
     assert on_first > 0, "HAProxy sent no client to gateway-1"
 
     started = time.monotonic()
