@@ -11,7 +11,7 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
-from collections.abc import Sequence
+from collections.abc import Coroutine, Sequence
 from typing import Any
 
 from channels.broker import BrokerError
@@ -71,8 +71,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(
         level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
+    if isinstance(settings, options.GatewaySettings):
+        from oddstream import workers
+
+        count = workers.count(settings.workers)
+        if count > 1:
+            return workers.supervise(settings, count)
+    return role_status(_main(settings, args))
+
+
+def role_status(main: Coroutine[Any, Any, None]) -> int:
+    """Run a role's ``main``; its exit status, with a start-up failure printed."""
     try:
-        return run(_main(settings, args))
+        return run(main)
     except Failed as exc:
         print(f"oddstream: {exc}", file=sys.stderr)
         return exc.status

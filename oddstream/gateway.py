@@ -8,15 +8,16 @@ from channels.redis_store import RedisStore
 from oddstream.options import GatewaySettings
 from server.app import build_app
 from server.gateway import Gateway
-from server.serve import serve
+from server.serve import Seat, serve
 
 
-async def main(settings: GatewaySettings) -> None:
+async def main(settings: GatewaySettings, seat: Seat | None = None) -> None:
+    """One gateway process (``seat``: one worker of several on the port)."""
     store = await RedisStore.connect(settings.redis, history_size=settings.server.history_size)
     broker = await RedisBroker.connect(settings.redis)
     node = Gateway(settings.server, broker, store)
     try:
-        await serve(build_app(node), settings.server, node)
+        await serve(build_app(node), settings.server, node, seat)
     finally:
         await broker.close()
         await store.close()

@@ -417,6 +417,15 @@ OPTIONS: tuple[Option, ...] = (
         6,
     ),
     Option(
+        "workers",
+        "gateway processes serving the port together (`SO_REUSEPORT`), each with its own Redis "
+        "relay, drained together on SIGTERM; worker `i`'s operator listener is `--ops-port` + "
+        "`i`; `0`: one per core this process may use",
+        frozenset({"gateway"}),
+        between(0, 256, " (0: one per core)"),
+        0,
+    ),
+    Option(
         "group",
         "consumer group of the book processors (of the archive writers, for `archive`)",
         frozenset({"books", "archive"}),
@@ -474,6 +483,7 @@ class GatewaySettings:
 
     server: Settings
     redis: str
+    workers: int
     log_level: str
 
 

@@ -13,7 +13,7 @@ import asyncio
 import contextlib
 import signal
 import socket
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 
 from server.admission import Admission
@@ -28,24 +28,50 @@ BACKLOG = 2048
 
 
 def bind(
-    host: str, port: int, *, send_buffer_bytes: int | None = None, flags: str
+    host: str,
+    port: int,
+    *,
+    send_buffer_bytes: int | None = None,
+    flags: str,
+    shared: bool = False,
+    listen: bool = True,
 ) -> socket.socket:
     """A listening socket on ``host:port`` (0: a free port). Accepted sockets inherit
     ``send_buffer_bytes``: a client that stops reading fills a small kernel buffer
     quickly, so back-pressure reaches its outbox (conflation, then 4001/4002) within
-    seconds instead of after megabytes of autotuned buffering. Exits naming ``flags``
-    when the address cannot be used."""
+    seconds instead of after megabytes of autotuned buffering. ``shared``: the port is
+    shared with the other workers of one gateway (``SO_REUSEPORT``: the kernel spreads new
+    connections over every listening socket on it); ``listen=False`` only reserves the
+    address (a supervisor's, which takes no connections). Exits naming ``flags`` when the
+    address cannot be used."""
     sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    if shared:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
     if send_buffer_bytes is not None:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, send_buffer_bytes)
     try:
         sock.bind((host, port))
-        sock.listen(BACKLOG)
+        if listen:
+            sock.listen(BACKLOG)
     except OSError as exc:
         sock.close()
         raise SystemExit(f"oddstream: cannot listen on {host}:{port} ({flags}): {exc}") from None
     return sock
+
+
+@dataclass(frozen=True)
+class Seat:
+    """This process is worker ``index`` of a gateway serving one port with several
+    processes (``oddstream gateway --workers N``): its public socket shares the port, its
+    operator listener is ``--ops-port`` + ``index``, and instead of printing the URLs it
+    calls ``ready`` once it listens (the supervisor prints them for all)."""
+
+    index: int
+    ready: Callable[[], None]
+
+    def ops_port(self, base: int) -> int:
+        return base + self.index if base else 0
 
 
 @dataclass
@@ -109,21 +135,34 @@ async def listening(
         await lifespan.shutdown()
 
 
-async def serve(app: ASGIApp, settings: Settings, gateway: Gateway) -> None:
+def announce(settings: Settings, port: int, ops_port: int | None, workers: int = 1) -> None:
+    """The lines a gateway prints once it serves (tests and scripts read the first)."""
+    alone = "" if workers == 1 else f", {workers} workers"
+    url = f"http://{settings.host}:{port}/"
+    print(f"oddstream: serving on {url}  (Ctrl-C to stop{alone})", flush=True)
+    if ops_port is not None:
+        ops = str(ops_port) if workers == 1 else f"{ops_port}-{ops_port + workers - 1}"
+        ops_url = f"http://{settings.ops_host}:{ops}/metrics"
+        print(f"oddstream: operator endpoints on {ops_url}", flush=True)
+
+
+async def serve(
+    app: ASGIApp, settings: Settings, gateway: Gateway, seat: Seat | None = None
+) -> None:
     """Serve ``app`` until SIGTERM/SIGINT. The socket is bound first so the printed URL
     carries the real port (``--port 0`` picks a free one). The first signal drains the
     gateway (stop accepting, ``reconnect`` every client, close within ``drain_s``) and then
-    stops; a second one stops at once."""
+    stops; a second one stops at once. ``seat``: one of several workers on the port."""
     sock = bind(
         settings.host,
         settings.port,
         send_buffer_bytes=settings.send_buffer_bytes,
         flags="--host/--port",
+        shared=seat is not None,
     )
+    ops_port = settings.ops_port if seat is None else seat.ops_port(settings.ops_port)
     ops_sock = (
-        bind(settings.ops_host, settings.ops_port, flags="--ops-host/--ops-port")
-        if settings.ops_port
-        else None
+        bind(settings.ops_host, ops_port, flags="--ops-host/--ops-port") if ops_port else None
     )
     loop = asyncio.get_running_loop()
     signals: list[asyncio.Event] = [asyncio.Event(), asyncio.Event()]
@@ -135,16 +174,10 @@ async def serve(app: ASGIApp, settings: Settings, gateway: Gateway) -> None:
         loop.add_signal_handler(sig, on_signal)
     try:
         async with listening(app, settings, gateway, sock, ops_sock) as node:
-            print(
-                f"oddstream: serving on http://{settings.host}:{node.port}/  (Ctrl-C to stop)",
-                flush=True,
-            )
-            if node.ops_port is not None:
-                print(
-                    f"oddstream: operator endpoints on http://{settings.ops_host}:{node.ops_port}"
-                    "/metrics",
-                    flush=True,
-                )
+            if seat is not None:
+                seat.ready()
+            else:
+                announce(settings, node.port, node.ops_port)
             await signals[0].wait()
             node.stop_accepting()
             drain = asyncio.ensure_future(gateway.drain(settings.drain_s))

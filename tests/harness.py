@@ -41,8 +41,9 @@ class Space:
 
     def gateway_args(self, *extra: str) -> list[str]:
         """``oddstream gateway`` on a free port, open to anonymous clients (the suites test
-        delivery, not tokens: tests/security does)."""
-        serve = ("--redis", self.redis, "--port", "0", "--log-level", "warning")
+        delivery, not tokens: tests/security does), one process (a killed gateway is one
+        process gone: tests/integration/test_workers.py tests several)."""
+        serve = ("--redis", self.redis, "--port", "0", "--workers", "1", "--log-level", "warning")
         return ["gateway", "--auth", "none", *serve, *extra]
 
 
