@@ -112,6 +112,16 @@ def _mysql_ok(value: str) -> bool:
     return value == "" or mysql_ok(value)
 
 
+def _persisted_ok(value: str) -> bool:
+    from server.graphql import load_persisted
+
+    try:
+        load_persisted(value)
+    except SettingsError:
+        return False
+    return True
+
+
 def _feed_ok(spec: str) -> bool:
     from feeds.sources import SourceError, check_spec
 
@@ -407,6 +417,43 @@ OPTIONS: tuple[Option, ...] = (
         "connections the gateway's history API may hold to MySQL at most",
         frozenset({"gateway"}),
         between(1, 64),
+    ),
+    Option(
+        "graphql_max_chars",
+        "longest GraphQL document (characters), refused before it is parsed (`docs/graphql.md`)",
+        _SERVING,
+        between(64, 1_000_000),
+    ),
+    Option(
+        "graphql_max_depth",
+        "deepest field nesting of a GraphQL operation; past it `too_deep`",
+        _SERVING,
+        between(2, 64),
+    ),
+    Option(
+        "graphql_max_fields",
+        "fields and fragment spreads of a GraphQL document, fragments expanded and aliases "
+        "counted; past it `too_complex`",
+        _SERVING,
+        between(10, 100_000),
+    ),
+    Option(
+        "graphql_persisted",
+        "file of persisted GraphQL documents, a JSON object `sha256 hex -> document`; empty: none",
+        _SERVING,
+        Check(_persisted_ok, "a readable JSON object of SHA-256 -> document"),
+    ),
+    Option(
+        "graphql_accept",
+        "`any`: GraphQL documents and persisted hashes; `persisted`: persisted hashes only",
+        _SERVING,
+        one_of("any", "persisted"),
+    ),
+    Option(
+        "graphql_init_timeout_s",
+        "seconds a `graphql-transport-ws` connection has to send `connection_init` (else 4408)",
+        _SERVING,
+        above(0),
     ),
     Option(
         "partitions",
