@@ -394,7 +394,7 @@ class Subscription:
 SCHEMA = strawberry.Schema(
     Query, subscription=Subscription, config=StrawberryConfig(scalar_map=_SCALARS)
 )
-_CORE = SCHEMA._schema  # graphql-core's schema: parse, validate and execute run on it.
+CORE_SCHEMA = SCHEMA._schema  # graphql-core's schema: parse, validate and execute run on it.
 
 # -- preparing a document ------------------------------------------------------------------
 
@@ -466,7 +466,7 @@ class Documents:
         except GraphQLError as exc:
             raise RequestError("graphql_parse_failed", exc.message) from None
         self._bound(document)
-        errors = graphql.validate(_CORE, document, max_errors=10)
+        errors = graphql.validate(CORE_SCHEMA, document, max_errors=10)
         if errors:
             raise RequestError("graphql_validation_failed", errors[0].message)
         operation = graphql.get_operation_ast(document, request.operation_name)
@@ -475,7 +475,10 @@ class Documents:
         if operation.operation.value != kind:
             raise RequestError("bad_request", f"this endpoint runs {kind} operations only")
         coerced = get_variable_values(
-            _CORE, operation.variable_definitions or (), request.variables or {}, max_errors=10
+            CORE_SCHEMA,
+            operation.variable_definitions or (),
+            request.variables or {},
+            max_errors=10,
         )
         if isinstance(coerced, list):
             raise RequestError("bad_request", coerced[0].message)
@@ -592,7 +595,7 @@ async def endpoint(request: Request) -> Response:
     except RequestError as exc:
         return _answer({"errors": [request_error(exc)]}, 400)
     outcome = graphql.execute(
-        _CORE,
+        CORE_SCHEMA,
         prepared.document,
         context_value=request,
         variable_values=query.variables,
