@@ -16,7 +16,7 @@ from starlette.staticfiles import StaticFiles
 
 from archive.db import MysqlUrl
 from archive.query import History, HistorySource
-from server import graphql, history, rest
+from server import graphql, history, openapi, rest
 from server.admission import Admission
 from server.gateway import Gateway
 
@@ -71,6 +71,7 @@ def build_app(
         Route("/v1/snapshots", rest.get_snapshots),
         Route("/v1/tickets", rest.issue_ticket, methods=["POST"]),
         Route(graphql.PATH, graphql.endpoint, methods=["GET", "POST"]),
+        Route(openapi.PATH, openapi.serve),
         Route("/healthz", rest.healthz),
         Route("/readyz", rest.readyz),
         Route("/demo", index),

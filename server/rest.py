@@ -263,6 +263,13 @@ def split_names(value: str | None) -> tuple[str, ...]:
     return names
 
 
+class TicketAnswer(msgspec.Struct, frozen=True):
+    """A single-use ticket for ``/sse?ticket=``, usable for ``expires_in`` seconds."""
+
+    ticket: str
+    expires_in: float
+
+
 async def issue_ticket(request: Request) -> Response:
     """``POST /v1/tickets`` with ``Authorization: Bearer <jwt>``: a single-use ticket
     standing for the token's grant, for ``/sse?ticket=`` (``docs/auth.md``)."""
@@ -274,8 +281,7 @@ async def issue_ticket(request: Request) -> Response:
         ticket = auth.tickets.issue(await _caller(request))
     except ProtocolError as exc:
         return refusal(exc)
-    ttl = gateway.settings.ticket_ttl_s
-    return json_response(_encoder.encode({"ticket": ticket, "expires_in": ttl}))
+    return json_response(_encoder.encode(TicketAnswer(ticket, gateway.settings.ticket_ttl_s)))
 
 
 def _token_header(gateway: Gateway, snapshots: Iterable[Snapshot]) -> dict[str, str]:
