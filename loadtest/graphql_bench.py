@@ -28,13 +28,12 @@ from typing import Any
 import websockets
 
 from loadtest import procs
-from loadtest.payloads import DeltaSource, events, market_ids, now_ms, snapshots
+from loadtest.payloads import DeltaSource, market_ids, seeded_store
 
 
 async def serve(args: argparse.Namespace) -> None:
     from channels.broker import MemoryBroker
     from channels.names import market_channel
-    from channels.store import Batch, MemoryStore
     from server.app import build_app
     from server.gateway import Gateway
     from server.serve import serve as serve_app
@@ -42,14 +41,7 @@ async def serve(args: argparse.Namespace) -> None:
 
     settings = Settings(port=args.port, max_connections_per_ip=0, ops_port=0)
     markets = market_ids(args.markets)
-    ts = now_ms()
-    store = MemoryStore(history_size=settings.history_size)
-    store.write_now(
-        Batch(
-            snapshots={s.market_id: s for s in snapshots(markets, ts)},
-            events={e.event_id: e for e in events(markets, ts)},
-        )
-    )
+    store = seeded_store(markets, settings.history_size)
     broker = MemoryBroker()
     source = DeltaSource(markets)
 

@@ -243,10 +243,7 @@ def _request(info: strawberry.Info) -> Request:
 
 
 async def _authorized(info: strawberry.Info, query: StreamQuery) -> None:
-    try:
-        await authorized(_request(info), query)
-    except ProtocolError as exc:
-        raise QueryFailure(exc.code, exc.message) from None
+    await _refusing(authorized(_request(info), query))
 
 
 def _history(info: strawberry.Info) -> HistorySource:
@@ -276,23 +273,20 @@ def _window(start: int, end: int) -> None:
         )
 
 
-async def _archived(answer: Awaitable[T]) -> T:
+async def _refusing(answer: Awaitable[T]) -> T:
+    """``answer``'s value; a refusal of the live API or of the archive as a
+    :class:`QueryFailure` with its code."""
     try:
-        result = await answer
-    except QueryError as exc:
+        return await answer
+    except (ProtocolError, QueryError) as exc:
         raise QueryFailure(exc.code, exc.message) from None
-    return result
 
 
 @strawberry.type
 class Query:
     @strawberry.field(description="The live events the caller may follow something of")
     async def events(self, info: strawberry.Info, sport: str | None = None) -> list[Event]:
-        try:
-            states = await visible_events(_request(info), sport)
-        except ProtocolError as exc:
-            raise QueryFailure(exc.code, exc.message) from None
-        return [Event.of(e) for e in states]
+        return [Event.of(e) for e in await _refusing(visible_events(_request(info), sport))]
 
     @strawberry.field(description="A live event")
     async def event(self, info: strawberry.Info, id: strawberry.ID) -> Event | None:
@@ -305,10 +299,7 @@ class Query:
     async def markets(
         self, info: strawberry.Info, event_id: strawberry.ID | None = None
     ) -> list[Market]:
-        try:
-            summaries = await visible_markets(_request(info), event_id)
-        except ProtocolError as exc:
-            raise QueryFailure(exc.code, exc.message) from None
+        summaries = await _refusing(visible_markets(_request(info), event_id))
         return [Market.of(s) for s in summaries]
 
     @strawberry.field(description="A market's live book (a snapshot)")
@@ -333,7 +324,7 @@ class Query:
         _window(from_, to)
         _page(limit, cursor)
         await _authorized(info, StreamQuery((market,), (), (), None))
-        page = await _archived(
+        page = await _refusing(
             _history(info).market_history(market, from_, to, limit=limit, cursor=cursor)
         )
         return MarketHistory(
@@ -355,7 +346,7 @@ class Query:
         _page(limit, cursor)
         await _authorized(info, StreamQuery((), (event,), (), None))
         return _results(
-            await _archived(_history(info).event_results(event, limit=limit, cursor=cursor))
+            await _refusing(_history(info).event_results(event, limit=limit, cursor=cursor))
         )
 
     @strawberry.field(description="A sport's result rows between two instants")
@@ -373,7 +364,7 @@ class Query:
         _page(limit, cursor)
         await _authorized(info, StreamQuery((), (), (sport,), None))
         return _results(
-            await _archived(_history(info).results(sport, from_, to, limit=limit, cursor=cursor))
+            await _refusing(_history(info).results(sport, from_, to, limit=limit, cursor=cursor))
         )
 
 

@@ -14,7 +14,6 @@ A unit test checks every route :func:`server.app.build_app` mounts is here.
 
 from __future__ import annotations
 
-import argparse
 import functools
 import inspect
 import json
@@ -30,7 +29,7 @@ from starlette.responses import Response
 
 from archive.query import MAX_PAGE, HistoryPage, ResultsPage
 from channels.store import MarketSummary
-from protocol import EventState, Snapshot
+from protocol import EventState, Snapshot, schema
 from server import graphql, rest
 
 DOC = Path(__file__).resolve().parent.parent / "docs" / "openapi.json"
@@ -101,16 +100,16 @@ class Operation:
     body: Any = None
 
 
+def _by_id(path: str, endpoint: Callable[..., Any], answer: Any) -> Operation:
+    """``GET`` of one thing named by the last part of ``path``."""
+    name = path.rsplit("{", 1)[1].rstrip("}")
+    param = _text(name.replace("_", " "), required=True, where="path")(name)
+    return Operation(path, "get", endpoint, answer, (param,), (400, 401, 403, 404))
+
+
 OPERATIONS: tuple[Operation, ...] = (
     Operation("/v1/events", "get", rest.list_events, list[EventState], (_text("sport")("sport"),)),
-    Operation(
-        "/v1/events/{event_id}",
-        "get",
-        rest.get_event,
-        EventState,
-        (_text("event id", required=True, where="path")("event_id"),),
-        (400, 401, 403, 404),
-    ),
+    _by_id("/v1/events/{event_id}", rest.get_event, EventState),
     Operation(
         "/v1/markets",
         "get",
@@ -118,14 +117,7 @@ OPERATIONS: tuple[Operation, ...] = (
         list[MarketSummary],
         (_text("only this event's markets")("event_id"),),
     ),
-    Operation(
-        "/v1/markets/{market_id}",
-        "get",
-        rest.get_market,
-        Snapshot,
-        (_text("market id", required=True, where="path")("market_id"),),
-        (400, 401, 403, 404),
-    ),
+    _by_id("/v1/markets/{market_id}", rest.get_market, Snapshot),
     Operation(
         "/v1/snapshots",
         "get",
@@ -289,22 +281,9 @@ async def serve(request: Request) -> Response:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m server.openapi", description=f"Write or check {DOC.name}."
-    )
-    parser.add_argument("--check", action="store_true", help="write nothing; exit 1 if stale")
-    args = parser.parse_args(argv)
-    text = render()
-    current = DOC.read_text(encoding="utf-8") if DOC.is_file() else ""
-    if args.check:
-        if current != text:
-            print(f"{DOC} is stale; regenerate it: python -m server.openapi", file=sys.stderr)
-            return 1
-        print(f"{DOC}: current ({len(OPERATIONS)} operations)")
-        return 0
-    if current != text:
-        DOC.write_text(text, encoding="utf-8")
-    return 0
+    """Write (or ``--check``) ``docs/openapi.json``."""
+    files = {DOC.name: render()}
+    return schema.run(argv, prog="python -m server.openapi", files=files, out=DOC.parent)
 
 
 if __name__ == "__main__":

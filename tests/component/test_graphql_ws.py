@@ -20,6 +20,7 @@ from tests.component.stack import (
     T0,
     Stack,
     event,
+    flood_until_slow,
     match_result,
     over_under,
     price_walk,
@@ -228,17 +229,6 @@ async def test_a_slow_subscriber_is_closed_like_a_websocket_one() -> None:
             await gql.init()
             await gql.send({"id": "1", "type": "subscribe", "payload": market(M1)})
             assert (await gql.recv())["type"] == "next"
-            # State changes are never conflated away: they fill a client's outbox.
-            for batch in range(5000):
-                ts = T0 + batch * 20
-                await stack.feed.send(
-                    *price_walk(M1, 8, ts),
-                    status(M1, ts + 10, "suspended", "goal"),
-                    status(M1, ts + 11, "open"),
-                )
-                await asyncio.sleep(0)
-                if stack.gateway.stats.slow_consumer_closes:
-                    break
-            assert stack.gateway.stats.slow_consumer_closes == 1
+            await flood_until_slow(stack, M1)
             code, _ = await gql.closed_with()
             assert code == protocol.CloseCode.SLOW_CONSUMER
