@@ -3,20 +3,11 @@ SIGTERM/SIGINT: finish the batch, leave the group."""
 
 from __future__ import annotations
 
-import asyncio
-import logging
-import signal
-
 from archive.consumer import ArchiveConfig, ArchiveRunner
 from archive.db import ArchiveError, MysqlUrl
 from oddstream import topics
 from oddstream.options import ArchiveSettings
-from oddstream.process import Failed
-
-log = logging.getLogger("oddstream")
-
-#: Seconds between two progress lines in the log.
-REPORT_S = 5.0
+from oddstream.process import Failed, stoppable
 
 
 async def main(settings: ArchiveSettings) -> None:
@@ -33,22 +24,9 @@ async def main(settings: ArchiveSettings) -> None:
             mysql_wait_s=settings.mysql_wait_s,
         ),
     )
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, runner.stop)
-
-    async def report() -> None:
-        while True:
-            await asyncio.sleep(REPORT_S)  # Progress cadence, not synchronisation.
-            log.info("archive: %s", runner.stats.line())
-
-    reporter = loop.create_task(report())
-    print(f"oddstream: archive in group {settings.group} on {settings.kafka}", flush=True)
-    try:
-        await runner.run()
-    except ArchiveError as exc:
-        raise Failed(1, f"archive: {exc} (--mysql / ODDSTREAM_MYSQL)") from None
-    finally:
-        reporter.cancel()
-        await asyncio.gather(reporter, return_exceptions=True)
-        log.info("archive: stopped: %s", runner.stats.line())
+    async with stoppable("archive", runner.stop, runner.stats.line):
+        print(f"oddstream: archive in group {settings.group} on {settings.kafka}", flush=True)
+        try:
+            await runner.run()
+        except ArchiveError as exc:
+            raise Failed(1, f"archive: {exc} (--mysql / ODDSTREAM_MYSQL)") from None
