@@ -479,6 +479,15 @@ OPTIONS: tuple[Option, ...] = (
         5_000,
     ),
     Option(
+        "prune_before",
+        "instead of consuming: delete the archive's `market_messages` and `prices` rows older "
+        "than this feed time (epoch ms) that no later instant needs, then exit (`docs/data.md`); "
+        "0: consume",
+        frozenset({"archive"}),
+        at_least(0),
+        0,
+    ),
+    Option(
         "mysql_wait_s",
         "how long the archive waits for an unreachable MySQL (retrying its batch) before it "
         "stops with status 1",
@@ -562,6 +571,7 @@ class ArchiveSettings:
     partitions: int
     group: str
     archive_batch: int
+    prune_before: int
     mysql_wait_s: float
     topic_prefix: str
     log_level: str
