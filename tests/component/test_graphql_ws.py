@@ -13,7 +13,7 @@ import msgspec
 import pytest
 import websockets
 from websockets.asyncio.client import ClientConnection
-from websockets.exceptions import ConnectionClosed
+from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 import protocol
 from tests.component.stack import (
@@ -232,3 +232,16 @@ async def test_a_slow_subscriber_is_closed_like_a_websocket_one() -> None:
             await flood_until_slow(stack, M1)
             code, _ = await gql.closed_with()
             assert code == protocol.CloseCode.SLOW_CONSUMER
+
+
+async def test_the_edge_checks_a_graphql_upgrade_like_a_websocket_one() -> None:
+    async with running_stack(allowed_origins="https://app.example", max_connections=2) as stack:
+        url = stack.ws_url.removesuffix("/ws") + "/graphql"
+        with pytest.raises(InvalidStatus) as refused:
+            await websockets.connect(url, origin="https://evil.example")  # type: ignore[arg-type]
+        assert refused.value.response.status_code == 403
+        assert stack.node.admission.stats.refused_origin == 1
+        async with gql_client(stack), gql_client(stack):  # The node's cap: 2.
+            with pytest.raises(InvalidStatus) as full:
+                await websockets.connect(url, subprotocols=["graphql-transport-ws"])  # type: ignore[list-item]
+            assert full.value.response.status_code == 503
