@@ -87,25 +87,45 @@ def documents_of(settings: Settings) -> Documents:
     return Documents(settings)
 
 
+#: ``data`` of a ``next`` by (frame, shape), for subscriptions selecting the same fields
+#: of the same message (encode once per shape, not per client); bounded, the frame kept
+#: so an ``id`` reused after it is gone never matches.
+_DATA: dict[tuple[int, tuple[str, ...]], tuple[Frame, bytes]] = {}
+_DATA_KEPT = 4_096
+
+
 @dataclass(slots=True)
 class _Subscription:
     """One ``subscribe``: its market and the ``next`` it makes of a market message."""
 
     id: str
     market_id: str
-    head: bytes  # {"id":...,"type":"next","payload":{"data":{"<key>":
-    fields: tuple[tuple[str, str], ...]  # (response key, field name)
+    head: bytes  # {"id":...,"type":"next","payload":{"data":
+    shape: tuple[str, ...]  # The root's response key, then (key, field) pairs, flat.
 
     def next(self, frame: Frame) -> bytes:
-        message = frame.message
-        assert isinstance(message, Snapshot | Delta)
-        values = {
-            key: "MarketMessage"
-            if name == "__typename"
-            else MESSAGE_FIELDS[name](message, frame.json)
-            for key, name in self.fields
-        }
-        return ws_frame(OP_TEXT, self.head + _encode(values) + b"}}}")
+        key = (id(frame), self.shape)
+        cached = _DATA.get(key)
+        if cached is not None and cached[0] is frame:
+            data = cached[1]
+        else:
+            data = _data(frame, self.shape)
+            if len(_DATA) >= _DATA_KEPT:
+                _DATA.clear()  # Bounded; a miss only costs an encode.
+            _DATA[key] = (frame, data)
+        return ws_frame(OP_TEXT, self.head + data + b"}}")
+
+
+def _data(frame: Frame, shape: tuple[str, ...]) -> bytes:
+    """``{"<root key>":{<selected fields>}}`` of a market message."""
+    message = frame.message
+    assert isinstance(message, Snapshot | Delta)
+    pairs = zip(shape[1::2], shape[2::2], strict=True)
+    values = {
+        key: "MarketMessage" if name == "__typename" else MESSAGE_FIELDS[name](message, frame.json)
+        for key, name in pairs
+    }
+    return _encode({shape[0]: values})
 
 
 def _select_subprotocol(protocol: ServerProtocol, offered: Any) -> Any:
@@ -240,17 +260,16 @@ class GraphQLWsConnection(WebSocketConnection):
             market_id = get_argument_values(field, root, prepared.variables)["id"]
         except GraphQLError as exc:
             raise RequestError("bad_request", exc.message) from None
-        fields = []
+        shape = [(root.alias or root.name).value]
         for node in root.selection_set.selections if root.selection_set else ():
             if not isinstance(node, FieldNode) or node.directives:
                 raise RequestError(
                     "bad_request", "a subscription selects MarketMessage fields directly"
                 )
             key = (node.alias or node.name).value
-            fields.append((key, node.name.value))
-        head = b'{"id":' + _encode(sub_id) + b',"type":"next","payload":{"data":{'
-        head += _encode((root.alias or root.name).value) + b":"
-        return _Subscription(sub_id, str(market_id), head, tuple(fields))
+            shape += [key, node.name.value]
+        head = b'{"id":' + _encode(sub_id) + b',"type":"next","payload":{"data":'
+        return _Subscription(sub_id, str(market_id), head, tuple(shape))
 
     async def _complete(self, sub_id: str) -> None:
         sub = self._subs.pop(sub_id, None)
