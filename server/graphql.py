@@ -442,7 +442,7 @@ class Documents:
         """A request body (JSON). Raises :class:`RequestError` (``bad_request``)."""
         try:
             return _decode_request(body)
-        except msgspec.DecodeError as exc:
+        except (msgspec.DecodeError, RecursionError) as exc:  # Nested past the decoder's bound.
             raise RequestError("bad_request", f"not a GraphQL request: {exc}") from None
 
     def prepare(self, request: GraphQLRequest, kind: str) -> Prepared:
@@ -559,7 +559,7 @@ def _from_query_string(request: Request) -> GraphQLRequest:
             return None
         try:
             return msgspec.json.decode(raw, type=dict[str, Any])
-        except msgspec.DecodeError:
+        except (msgspec.DecodeError, RecursionError):
             raise RequestError("bad_request", f"`{name}` must be a JSON object") from None
 
     return GraphQLRequest(

@@ -180,7 +180,7 @@ class GraphQLWsConnection(WebSocketConnection):
             return
         try:
             message = _decode(data)
-        except msgspec.DecodeError as exc:
+        except (msgspec.DecodeError, RecursionError) as exc:  # Nested past the bound.
             self._refuse(BAD_REQUEST, f"invalid message: {exc}")
             return
         if message.type == "connection_init":

@@ -151,7 +151,8 @@ async def test_depth_and_malformed_requests() -> None:
             http, {"query": '{ marketHistory(marketId: "m", from: 0, to: 1) { book { seq } } }'}
         )
         assert code(deep) == "too_deep"
-        for body in (b"[", b'{"query": 3}', b'{"variables": {}}'):
+        nested = b'{"query": "{ events { name } }", "variables": {"v": ' + b"[" * 30_000
+        for body in (b"[", b'{"query": 3}', b'{"variables": {}}', nested + b"]" * 30_000 + b"}}"):
             bad = await http.post(
                 "/graphql", content=body, headers={"content-type": "application/json"}
             )

@@ -160,6 +160,7 @@ async def test_refused_subscriptions_get_errors_and_the_connection_stays() -> No
     ("messages", "code"),
     [
         (["not json"], 4400),
+        (['{"type":"connection_init","payload":{"v":' + "[" * 20_000 + "]" * 20_000 + "}}"], 4400),
         (["{}"], 4400),
         ([{"type": "connection_init"}, {"type": "what"}], 4400),
         ([{"type": "connection_init"}, {"type": "subscribe", "payload": market(M1)}], 4400),
