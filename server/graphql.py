@@ -286,7 +286,8 @@ async def _refusing(answer: Awaitable[T]) -> T:
 class Query:
     @strawberry.field(description="The live events the caller may follow something of")
     async def events(self, info: strawberry.Info, sport: str | None = None) -> list[Event]:
-        return [Event.of(e) for e in await _refusing(visible_events(_request(info), sport))]
+        wanted = None if sport is None else _name(sport, "sport")
+        return [Event.of(e) for e in await _refusing(visible_events(_request(info), wanted))]
 
     @strawberry.field(description="A live event")
     async def event(self, info: strawberry.Info, id: strawberry.ID) -> Event | None:
@@ -299,7 +300,8 @@ class Query:
     async def markets(
         self, info: strawberry.Info, event_id: strawberry.ID | None = None
     ) -> list[Market]:
-        summaries = await _refusing(visible_markets(_request(info), event_id))
+        wanted = None if event_id is None else _name(event_id, "eventId")
+        summaries = await _refusing(visible_markets(_request(info), wanted))
         return [Market.of(s) for s in summaries]
 
     @strawberry.field(description="A market's live book (a snapshot)")

@@ -165,6 +165,8 @@ async def test_depth_and_malformed_requests() -> None:
             },
         )
         assert (wrong.status_code, code(wrong)) == (400, "bad_request")
+        long = await post(http, {"query": f'{{ events(sport: "{"x" * 300}") {{ name }} }}'})
+        assert code(long) == "bad_request"
         text = await http.post("/graphql", content=b"{ events { name } }")
         assert code(text) == "bad_request"
 
