@@ -246,3 +246,23 @@ async def test_the_edge_checks_a_graphql_upgrade_like_a_websocket_one() -> None:
             with pytest.raises(InvalidStatus) as full:
                 await websockets.connect(url, subprotocols=["graphql-transport-ws"])  # type: ignore[list-item]
             assert full.value.response.status_code == 503
+
+
+async def test_subscriptions_per_connection_are_bounded() -> None:
+    async with running_stack(max_subscriptions=1) as stack:
+        await stack.feed.send(event(), match_result(), over_under())
+        async with gql_client(stack) as gql:
+            await gql.init()
+            await gql.send({"id": "1", "type": "subscribe", "payload": market(M1, "seq")})
+            assert (await gql.recv())["payload"]["data"]["market"] == {"seq": 1}
+            await gql.send({"id": "2", "type": "subscribe", "payload": market(M2, "seq")})
+            refused = await gql.recv()
+            assert refused["id"] == "2"
+            assert refused["payload"][0]["extensions"]["code"] == "too_many_subscriptions"
+            await gql.send({"id": "1", "type": "complete"})
+            await gql.send({"id": "3", "type": "subscribe", "payload": market(M2, "seq")})
+            assert await gql.recv() == {
+                "id": "3",
+                "type": "next",
+                "payload": {"data": {"market": {"seq": 1}}},
+            }
