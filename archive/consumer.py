@@ -37,6 +37,7 @@ from aiokafka.errors import CommitFailedError, IllegalStateError
 from archive.db import MysqlUrl
 from archive.rows import Rows, Unstorable
 from archive.writer import Writer
+from feeds.kafka_feed import start_client
 
 log = logging.getLogger(__name__)
 
@@ -114,9 +115,7 @@ class ArchiveRunner:
                 heartbeat_interval_ms=config.heartbeat_interval_ms,
                 request_timeout_ms=int(config.io_timeout_s * 1000),
             )
-            async with asyncio.timeout(config.io_timeout_s):
-                await consumer.start()
-            stack.push_async_callback(self._close, consumer)
+            await start_client(stack, consumer, config.io_timeout_s)
             self._consumer = consumer
             consumer.subscribe(topics=[self._topic], listener=_Listener(self))
             while not self._stopping.is_set():
@@ -178,10 +177,6 @@ class ArchiveRunner:
                 await consumer.seek_to_beginning(tp)
         log.info("archive: assigned %s, stored offsets %s", sorted(partitions), stored)
         self._observe()
-
-    async def _close(self, consumer: Any) -> None:
-        async with asyncio.timeout(self._config.io_timeout_s):
-            await consumer.stop()
 
 
 class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]

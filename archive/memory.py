@@ -23,9 +23,12 @@ from archive.query import (
     QueryError,
     ResultRow,
     ResultsPage,
+    after,
     decode_cursor,
-    encode_cursor,
+    history_page,
+    result_key,
     result_row,
+    results_page,
 )
 from archive.rows import Rows
 from protocol import Delta, Snapshot
@@ -60,7 +63,7 @@ class MemoryHistory:
         market.keys.insert(at, key)
         market.messages.insert(at, message)
         for row in rows.results:
-            bisect.insort(self._results, result_row(row), key=_result_key)
+            bisect.insort(self._results, result_row(row), key=result_key)
         if len(market.messages) > self._max:
             self._trim(market)
 
@@ -112,19 +115,16 @@ class MemoryHistory:
             raise QueryError("unknown_market", f"no history for market {market_id}")
         book: Snapshot | None = None
         if cursor is None:
-            last = bisect.bisect_right(market.keys, (from_ts, "\U0010ffff", 2**62)) - 1
+            last = bisect.bisect_right(market.keys, after(from_ts)) - 1
             book = self._book(market, last) if last >= 0 else None
-            after: tuple[int, str, int] = (from_ts, "\U0010ffff", 2**62)
+            key: tuple[int, str, int] = after(from_ts)
         else:
             ts, epoch, seq = decode_cursor(cursor, (int, str, int))
-            after = (ts, epoch, seq)
-        start = bisect.bisect_right(market.keys, after)
-        end = bisect.bisect_right(market.keys, (to_ts, "\U0010ffff", 2**62))
-        changes = market.messages[start : min(end, start + limit)]
-        more = end > start + limit
-        last_key = market.keys[start + limit - 1] if more else None
-        return HistoryPage(
-            market_id, book, changes, None if last_key is None else encode_cursor(*last_key)
+            key = (ts, epoch, seq)
+        start = bisect.bisect_right(market.keys, key)
+        end = bisect.bisect_right(market.keys, after(to_ts))
+        return history_page(
+            market_id, book, market.messages[start : min(end, start + limit + 1)], limit
         )
 
     async def event_results(
@@ -152,13 +152,6 @@ class MemoryHistory:
 
     def _page(self, rows: list[ResultRow], limit: int, cursor: str | None) -> ResultsPage:
         if cursor is not None:
-            after = decode_cursor(cursor, RESULT_KEY_TYPES)
-            rows = [r for r in rows if _result_key(r) > after]
-        last = rows[limit - 1] if len(rows) > limit else None
-        return ResultsPage(
-            rows[:limit], None if last is None else encode_cursor(*_result_key(last))
-        )
-
-
-def _result_key(row: ResultRow) -> tuple[int, str, str, int, str]:
-    return (row.ts, row.market_id, row.epoch, row.seq, row.selection_id)
+            start = decode_cursor(cursor, RESULT_KEY_TYPES)
+            rows = [r for r in rows if result_key(r) > start]
+        return results_page(rows, limit)

@@ -109,6 +109,35 @@ _RESULT_COLUMNS = (
 RESULT_KEY_TYPES = (int, str, str, int, str)
 
 
+def result_key(row: ResultRow) -> tuple[int, str, str, int, str]:
+    """The order of result rows, and the key of a results cursor."""
+    return (row.ts, row.market_id, row.epoch, row.seq, row.selection_id)
+
+
+def after(ts: int) -> tuple[int, str, int]:
+    """The history key (ts, epoch, seq) after every message of feed time ``ts``."""
+    return (ts, "\U0010ffff", 2**62)
+
+
+def results_page(rows: Sequence[ResultRow], limit: int) -> ResultsPage:
+    """A page of the first ``limit`` of ``rows`` (read ``limit + 1`` to know whether
+    more follow), with the cursor of the next page."""
+    last = rows[limit - 1] if len(rows) > limit else None
+    return ResultsPage(
+        list(rows[:limit]), None if last is None else encode_cursor(*result_key(last))
+    )
+
+
+def history_page(
+    market_id: str, book: Snapshot | None, changes: Sequence[Snapshot | Delta], limit: int
+) -> HistoryPage:
+    """A page of the first ``limit`` of ``changes`` (read ``limit + 1``), with ``book``
+    and the cursor of the next page."""
+    last = changes[limit - 1] if len(changes) > limit else None
+    cursor = None if last is None else encode_cursor(last.ts, last.epoch, last.seq)
+    return HistoryPage(market_id, book, list(changes[:limit]), cursor)
+
+
 def result_row(r: Sequence[Any]) -> ResultRow:
     """A row of ``results`` (its columns in table order) as a :class:`ResultRow`."""
     return ResultRow(
@@ -197,25 +226,16 @@ class History:
             ):
                 raise QueryError("unknown_market", f"no history for market {market_id}")
             book = await self.book_at(market_id, from_ts)
-            after: tuple[Any, ...] = (from_ts, "\U0010ffff", 2**62)
+            start: tuple[Any, ...] = after(from_ts)
         else:
-            after = decode_cursor(cursor, (int, str, int))
+            start = decode_cursor(cursor, (int, str, int))
         rows = await self._rows(
-            "SELECT ts, epoch, seq, payload FROM market_messages WHERE market_id = %s "
+            "SELECT payload FROM market_messages WHERE market_id = %s "
             "AND ts <= %s AND (ts > %s OR (ts = %s AND (epoch > %s OR (epoch = %s AND seq > %s))))"
             " ORDER BY ts, epoch, seq LIMIT %s",
-            (market_id, to_ts, after[0], after[0], after[1], after[1], after[2], limit + 1),
+            (market_id, to_ts, start[0], start[0], start[1], start[1], start[2], limit + 1),
         )
-        more = len(rows) > limit
-        rows = rows[:limit]
-        changes = [_decode(r[3]) for r in rows]
-        last = rows[-1] if more else None
-        return HistoryPage(
-            market_id,
-            book,
-            changes,
-            None if last is None else encode_cursor(int(last[0]), str(last[1]), int(last[2])),
-        )
+        return history_page(market_id, book, [_decode(r[0]) for r in rows], limit)
 
     async def book_at(self, market_id: str, ts: int) -> Snapshot | None:
         """The market's book as of the last message with a feed time at or before ``ts``;
@@ -300,12 +320,4 @@ class History:
             "LIMIT %s",
             (*args, *after, limit + 1),
         )
-        more = len(rows) > limit
-        results = [result_row(r) for r in rows[:limit]]
-        last = results[-1] if more else None
-        return ResultsPage(
-            results,
-            None
-            if last is None
-            else encode_cursor(last.ts, last.market_id, last.epoch, last.seq, last.selection_id),
-        )
+        return results_page([result_row(r) for r in rows], limit)

@@ -45,9 +45,9 @@ import logging
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, TypeAlias
+from typing import Any
 
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
+from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.coordinator.assignors.range import RangePartitionAssignor
 from aiokafka.errors import CommitFailedError, IllegalStateError
 
@@ -63,6 +63,7 @@ from feeds.kafka_feed import (
     feed_partitions,
     kafka_partition,
     new_producer,
+    start_client,
 )
 from feeds.merge import TP, CrossTopicMerge, MergeItem
 from feeds.processor import DeadLetter, FeedRecord, Processor, Publisher, Step, commit_step
@@ -70,10 +71,6 @@ from feeds.staleness import STALE_AFTER_S
 from feeds.steps import Flight, StepPipeline
 
 log = logging.getLogger(__name__)
-
-
-#: A Kafka client the runner starts and stops.
-_Client: TypeAlias = AIOKafkaProducer | AIOKafkaConsumer
 
 
 def _freeze_heap(stack: contextlib.ExitStack | contextlib.AsyncExitStack) -> None:
@@ -323,7 +320,7 @@ class BooksRunner:
             linger_ms=config.linger_ms,
             request_timeout_ms=int(self._io_timeout * 1000),
         )
-        await self._start_client(stack, producer)
+        await start_client(stack, producer, self._io_timeout)
         self._producer = producer
         async with asyncio.timeout(self._io_timeout):
             self._delta_partition_count = len(await producer.partitions_for(self._topics.deltas))
@@ -342,19 +339,9 @@ class BooksRunner:
         )
         # Stopping the consumer commits nothing (auto-commit is off) and leaves the
         # group, so the partitions are reassigned without waiting for a session timeout.
-        await self._start_client(stack, consumer)
+        await start_client(stack, consumer, self._io_timeout)
         self._consumer = consumer
         consumer.subscribe(topics=list(self._feed), listener=_Listener(self))
-
-    async def _start_client(self, stack: contextlib.AsyncExitStack, client: _Client) -> None:
-        """Start a Kafka client within the I/O timeout; ``stack`` stops it on the way out."""
-        async with asyncio.timeout(self._io_timeout):
-            await client.start()
-        stack.push_async_callback(self._close_client, client)
-
-    async def _close_client(self, client: _Client) -> None:
-        async with asyncio.timeout(self._io_timeout):
-            await client.stop()
 
     # -- the loop ----------------------------------------------------------------
 

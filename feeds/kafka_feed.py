@@ -26,10 +26,10 @@ import secrets
 import time
 from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeAlias
 
 import msgspec
-from aiokafka import AIOKafkaProducer
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.partitioner import murmur2
 
@@ -235,6 +235,25 @@ def new_producer(
         max_batch_size=max_batch_size,
         request_timeout_ms=request_timeout_ms,
     )
+
+
+#: A Kafka client a long-running role starts and stops (:func:`start_client`).
+KafkaClient: TypeAlias = AIOKafkaProducer | AIOKafkaConsumer
+
+
+async def start_client(
+    stack: contextlib.AsyncExitStack, client: KafkaClient, timeout_s: float
+) -> None:
+    """Start a Kafka client within ``timeout_s``; ``stack`` stops it, within the same
+    bound, on the way out (the book processors' and the archive's clients)."""
+    async with asyncio.timeout(timeout_s):
+        await client.start()
+    stack.push_async_callback(_stop_client, client, timeout_s)
+
+
+async def _stop_client(client: KafkaClient, timeout_s: float) -> None:
+    async with asyncio.timeout(timeout_s):
+        await client.stop()
 
 
 def kafka_partition(key: bytes, partitions: int) -> int:

@@ -26,10 +26,9 @@ from pathlib import Path
 
 from channels.broker import MemoryBroker
 from channels.names import market_channel
-from channels.store import Batch, MemoryStore
 from loadtest.board import Board
 from loadtest.client import raise_nofile
-from loadtest.payloads import DeltaSource, events, market_ids, now_ms, snapshots
+from loadtest.payloads import DeltaSource, market_ids, seeded_store
 from loadtest.publisher import drive
 
 
@@ -52,14 +51,7 @@ async def run(board: Board, args: argparse.Namespace) -> None:
     }
     settings = load(DevSettings, {k: v for k, v in flags.items() if v is not None}).server
     markets = market_ids(args.markets)
-    ts = now_ms()
-    store = MemoryStore(history_size=settings.history_size)
-    store.write_now(
-        Batch(
-            snapshots={s.market_id: s for s in snapshots(markets, ts)},
-            events={e.event_id: e for e in events(markets, ts)},
-        )
-    )
+    store = seeded_store(markets, settings.history_size)
     broker = MemoryBroker()
     gateway = Gateway(settings, broker, store)
     source = DeltaSource(markets)

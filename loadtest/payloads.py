@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from decimal import Decimal
 
 import protocol
+from channels.store import Batch, MemoryStore
 from protocol import Delta, EventState, Selection, SelectionChange, Snapshot
 
 EPOCH = "b1"
@@ -114,6 +115,20 @@ class DeltaSource:
         """``count`` deltas in one JSON array (what per-client coalescing would send)."""
         ts = now_ms()
         return b"[" + b",".join(self.next(ts) for _ in range(count)) + b"]"
+
+
+def seeded_store(markets: Sequence[str], history_size: int) -> MemoryStore:
+    """A gateway's memory store holding the markets' first snapshots and their events
+    (the books the benchmark's deltas continue)."""
+    ts = now_ms()
+    store = MemoryStore(history_size=history_size)
+    store.write_now(
+        Batch(
+            snapshots={s.market_id: s for s in snapshots(markets, ts)},
+            events={e.event_id: e for e in events(markets, ts)},
+        )
+    )
+    return store
 
 
 def subscribe_command(markets: Sequence[str]) -> bytes:

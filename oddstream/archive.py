@@ -1,31 +1,28 @@
 """``oddstream archive``: the ``deltas`` topic in; MySQL history out (``docs/data.md``).
-SIGTERM/SIGINT: finish the batch, leave the group."""
+SIGTERM/SIGINT: finish the batch, leave the group. With ``--prune-before MS``: the
+retention job instead (:mod:`archive.retention`), then exit."""
 
 from __future__ import annotations
 
-import asyncio
-import logging
-import signal
-
 from archive.consumer import ArchiveConfig, ArchiveRunner
-from archive.db import ArchiveError, MysqlUrl
+from archive.db import DISCONNECTED, ArchiveError, MysqlUrl
+from archive.retention import prune
 from oddstream import topics
 from oddstream.options import ArchiveSettings
-from oddstream.process import Failed
-
-log = logging.getLogger("oddstream")
-
-#: Seconds between two progress lines in the log.
-REPORT_S = 5.0
+from oddstream.process import Failed, stoppable
 
 
 async def main(settings: ArchiveSettings) -> None:
     if not settings.mysql:
         raise Failed(2, "invalid setting mysql (--mysql / ODDSTREAM_MYSQL): required by archive")
+    url = MysqlUrl.parse(settings.mysql)
+    if settings.prune_before:
+        await _prune(url, settings.prune_before)
+        return
     await topics.ensure(settings, adopt=True)
     runner = ArchiveRunner(
         settings.kafka,
-        MysqlUrl.parse(settings.mysql),
+        url,
         topics.names(settings).deltas,
         ArchiveConfig(
             group_id=settings.group,
@@ -33,22 +30,17 @@ async def main(settings: ArchiveSettings) -> None:
             mysql_wait_s=settings.mysql_wait_s,
         ),
     )
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, runner.stop)
+    async with stoppable("archive", runner.stop, runner.stats.line):
+        print(f"oddstream: archive in group {settings.group} on {settings.kafka}", flush=True)
+        try:
+            await runner.run()
+        except ArchiveError as exc:
+            raise Failed(1, f"archive: {exc} (--mysql / ODDSTREAM_MYSQL)") from None
 
-    async def report() -> None:
-        while True:
-            await asyncio.sleep(REPORT_S)  # Progress cadence, not synchronisation.
-            log.info("archive: %s", runner.stats.line())
 
-    reporter = loop.create_task(report())
-    print(f"oddstream: archive in group {settings.group} on {settings.kafka}", flush=True)
+async def _prune(url: MysqlUrl, before_ts: int) -> None:
     try:
-        await runner.run()
-    except ArchiveError as exc:
-        raise Failed(1, f"archive: {exc} (--mysql / ODDSTREAM_MYSQL)") from None
-    finally:
-        reporter.cancel()
-        await asyncio.gather(reporter, return_exceptions=True)
-        log.info("archive: stopped: %s", runner.stats.line())
+        stats = await prune(url, before_ts)
+    except DISCONNECTED as exc:
+        raise Failed(1, f"archive: MySQL unreachable while pruning: {exc}") from None
+    print(f"oddstream: archive pruned before {before_ts}: {stats.line()}", flush=True)

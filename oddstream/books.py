@@ -3,20 +3,12 @@ finish the step, commit, leave the group."""
 
 from __future__ import annotations
 
-import asyncio
-import logging
-import signal
-
 from channels.redis_broker import RedisBroker
 from channels.redis_store import RedisStore
 from feeds.books_runner import BooksConfig, BooksRunner
 from oddstream import topics
 from oddstream.options import BooksSettings
-
-log = logging.getLogger("oddstream")
-
-#: Seconds between two progress lines in the log.
-REPORT_S = 5.0
+from oddstream.process import stoppable
 
 
 async def main(settings: BooksSettings) -> None:
@@ -34,24 +26,9 @@ async def main(settings: BooksSettings) -> None:
                 stale_after_s=settings.stale_after_s or None,
             ),
         )
-        loop = asyncio.get_running_loop()
-        stopping: list[asyncio.Task[None]] = []
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, lambda: stopping.append(loop.create_task(runner.stop())))
-
-        async def report() -> None:
-            while True:
-                await asyncio.sleep(REPORT_S)  # Progress cadence, not synchronisation.
-                log.info("books: %s", runner.stats.line())
-
-        reporter = loop.create_task(report())
-        print(f"oddstream: books in group {settings.group} on {settings.kafka}", flush=True)
-        try:
+        async with stoppable("books", runner.stop, runner.stats.line):
+            print(f"oddstream: books in group {settings.group} on {settings.kafka}", flush=True)
             await runner.run()
-        finally:
-            reporter.cancel()
-            await asyncio.gather(reporter, *stopping, return_exceptions=True)
-            log.info("books: stopped: %s", runner.stats.line())
     finally:
         await broker.close()
         await store.close()

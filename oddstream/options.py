@@ -112,6 +112,16 @@ def _mysql_ok(value: str) -> bool:
     return value == "" or mysql_ok(value)
 
 
+def _persisted_ok(value: str) -> bool:
+    from server.graphql import load_persisted
+
+    try:
+        load_persisted(value)
+    except SettingsError:
+        return False
+    return True
+
+
 def _feed_ok(spec: str) -> bool:
     from feeds.sources import SourceError, check_spec
 
@@ -409,6 +419,43 @@ OPTIONS: tuple[Option, ...] = (
         between(1, 64),
     ),
     Option(
+        "graphql_max_chars",
+        "longest GraphQL document (characters), refused before it is parsed (`docs/graphql.md`)",
+        _SERVING,
+        between(64, 1_000_000),
+    ),
+    Option(
+        "graphql_max_depth",
+        "deepest field nesting of a GraphQL operation; past it `too_deep`",
+        _SERVING,
+        between(2, 64),
+    ),
+    Option(
+        "graphql_max_fields",
+        "fields and fragment spreads of a GraphQL document, fragments expanded and aliases "
+        "counted; past it `too_complex`",
+        _SERVING,
+        between(10, 100_000),
+    ),
+    Option(
+        "graphql_persisted",
+        "file of persisted GraphQL documents, a JSON object `sha256 hex -> document`; empty: none",
+        _SERVING,
+        Check(_persisted_ok, "a readable JSON object of SHA-256 -> document"),
+    ),
+    Option(
+        "graphql_accept",
+        "`any`: GraphQL documents and persisted hashes; `persisted`: persisted hashes only",
+        _SERVING,
+        one_of("any", "persisted"),
+    ),
+    Option(
+        "graphql_init_timeout_s",
+        "seconds a `graphql-transport-ws` connection has to send `connection_init` (else 4408)",
+        _SERVING,
+        above(0),
+    ),
+    Option(
         "partitions",
         "partitions of the topics when `oddstream feed`, `books` or `archive` creates them "
         "(`books` and `archive` keep the count of topics that exist)",
@@ -439,6 +486,15 @@ OPTIONS: tuple[Option, ...] = (
         frozenset({"archive"}),
         at_least(1),
         5_000,
+    ),
+    Option(
+        "prune_before",
+        "instead of consuming: delete the archive's `market_messages` and `prices` rows older "
+        "than this feed time (epoch ms) that no later instant needs, then exit (`docs/data.md`); "
+        "0: consume",
+        frozenset({"archive"}),
+        at_least(0),
+        0,
     ),
     Option(
         "mysql_wait_s",
@@ -525,6 +581,7 @@ class ArchiveSettings:
     partitions: int
     group: str
     archive_batch: int
+    prune_before: int
     mysql_wait_s: float
     topic_prefix: str
     log_level: str

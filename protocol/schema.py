@@ -414,23 +414,22 @@ def run(
     prog: str,
     files: Mapping[str, str],
     others: Collection[str] | None = None,
+    out: Path = DEFAULT_OUT,
 ) -> int:
-    """The command line shared by ``protocol.schema`` and ``feeds.schema``; returns the
-    exit status. Writing removes leftovers (see :func:`stale_files`) when ``others`` is
-    given."""
+    """The command line shared by ``protocol.schema``, ``feeds.schema`` and
+    ``server.openapi`` (whose directory ``out`` is another); returns the exit status.
+    Writing removes leftovers (see :func:`stale_files`) when ``others`` is given."""
     parser = argparse.ArgumentParser(
-        prog=prog, description="Generate or check the JSON Schema and AsyncAPI files."
+        prog=prog, description="Generate or check the machine-readable descriptions."
     )
-    parser.add_argument(
-        "--out", type=Path, default=DEFAULT_OUT, help="directory (default: %(default)s)"
-    )
+    parser.add_argument("--out", type=Path, default=out, help="directory (default: %(default)s)")
     parser.add_argument(
         "--check",
         action="store_true",
         help="write nothing; exit 1 if the files in --out are not what the types generate",
     )
     args = parser.parse_args(argv)
-    out: Path = args.out
+    out = args.out
     problems = stale_files(files, out, others=others)
     if args.check:
         if problems:

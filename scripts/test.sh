@@ -24,6 +24,8 @@ echo "test: import contracts (lint-imports)" >&2
 .venv/bin/lint-imports
 echo "test: schema is current" >&2
 .venv/bin/python -m protocol.schema --check
+echo "test: docs/openapi.json is current" >&2
+.venv/bin/python -m server.openapi --check
 echo "test: docs/configuration.md is current" >&2
 .venv/bin/python -m oddstream.options --check
 echo "test: web (types, build, SDK unit tests, browser tests)" >&2

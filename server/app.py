@@ -16,7 +16,7 @@ from starlette.staticfiles import StaticFiles
 
 from archive.db import MysqlUrl
 from archive.query import History, HistorySource
-from server import history, rest
+from server import graphql, history, openapi, rest
 from server.admission import Admission
 from server.gateway import Gateway
 
@@ -39,7 +39,8 @@ def build_app(
     ``oddstream dev``) run for the app's lifetime, owned by its lifespan. ``web_dist`` is
     the built web shell (React board + Angular bet slip) served at ``/``; without it,
     the plain demo page. With ``--mysql`` (or an ``archive`` given: ``oddstream dev``'s
-    in memory), the archive's history routes (:mod:`server.history`). WebSocket upgrades
+    in memory), the archive's history routes (:mod:`server.history`). GraphQL queries at
+    ``/graphql`` always (:mod:`server.graphql`; history fields need the archive). WebSocket upgrades
     (``/ws``) and SSE streams (``/sse``) never reach this app: the edge hands them to
     :mod:`server.ws` and :mod:`server.sse` (see :mod:`server.listener`). ``/metrics`` is
     on the operator listener (:func:`ops_app`)."""
@@ -69,6 +70,8 @@ def build_app(
         Route("/v1/markets/{market_id:path}", rest.get_market),
         Route("/v1/snapshots", rest.get_snapshots),
         Route("/v1/tickets", rest.issue_ticket, methods=["POST"]),
+        Route(graphql.PATH, graphql.endpoint, methods=["GET", "POST"]),
+        Route(openapi.PATH, openapi.serve),
         Route("/healthz", rest.healthz),
         Route("/readyz", rest.readyz),
         Route("/demo", index),
@@ -80,6 +83,7 @@ def build_app(
     app = Starlette(routes=routes, lifespan=lifespan)
     app.state.gateway = gateway
     app.state.history = archive
+    app.state.graphql = graphql.Documents(settings)
     return app
 
 

@@ -7,7 +7,8 @@ from the connection's start or a request's first byte; ``idle_timeout_s`` on an 
 keep-alive connection and for a request body), and decides here, in one place:
 
 * ``GET /ws`` with ``Upgrade: websocket`` -> :class:`server.ws.WebSocketConnection`
-  (Origin checked; handshake and frames through ``websockets``' sans-I/O protocol);
+  (Origin checked; handshake and frames through ``websockets``' sans-I/O protocol), and
+  ``GET /graphql`` with it -> :class:`server.graphql_ws.GraphQLWsConnection` (the same);
 * ``GET /sse`` -> :class:`server.sse.SseConnection` (Origin checked), on a connection's
   first request or any later one;
 * anything else -> the ASGI app: keep-alive, bounded bodies (413), streamed responses,
@@ -34,6 +35,8 @@ import h11
 import msgspec
 
 from server.admission import Admission, Ticket
+from server.graphql import PATH as GRAPHQL_PATH
+from server.graphql_ws import GraphQLWsConnection
 from server.settings import Settings
 from server.sse import SseConnection
 from server.streams import Streams
@@ -46,6 +49,7 @@ ASGIApp = Callable[..., Any]
 Message = dict[str, Any]
 
 SSE_PATH = "/sse"
+_STREAMED = (WS_PATH, SSE_PATH, GRAPHQL_PATH)
 _VERSIONS = (b"1.0", b"1.1")
 #: How long a refused connection is kept to read what the client sent (so that closing it
 #: does not reset the refusal away) before it is dropped.
@@ -227,10 +231,10 @@ class EdgeConnection(asyncio.Protocol):
         host = headers.get("host")
         streams = self.edge.streams
         admission = self.edge.admission
-        if streams is not None and path in (WS_PATH, SSE_PATH) and request.method == b"GET":
-            upgrade = headers.get("upgrade", "").lower() == "websocket"
-            if path == WS_PATH and not upgrade:
-                pass  # A plain GET /ws: the app answers 404.
+        upgrade = headers.get("upgrade", "").lower() == "websocket"
+        if streams is not None and path in _STREAMED and request.method == b"GET":
+            if path != SSE_PATH and not upgrade:
+                pass  # A plain GET /ws (404) or /graphql (a query): the app answers.
             elif admission is not None and not admission.origin_allowed(origin, host):
                 admission.refuse_origin()
                 self._answer_now(
@@ -239,7 +243,8 @@ class EdgeConnection(asyncio.Protocol):
                 )
                 return
             elif upgrade:
-                self._become(WebSocketConnection(streams, self._ticket), _head_of(request))
+                kind = GraphQLWsConnection if path == GRAPHQL_PATH else WebSocketConnection
+                self._become(kind(streams, self._ticket), _head_of(request))
                 return
             else:
                 cors = [] if admission is None else admission.cors(origin, host)

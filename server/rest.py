@@ -20,7 +20,7 @@ from starlette.responses import JSONResponse, Response
 
 import protocol
 from channels.store import MarketSummary, StoreError
-from protocol import ErrorCode, ProtocolError, Snapshot
+from protocol import ErrorCode, EventState, ProtocolError, Snapshot
 from protocol.types import MAX_NAME_CHARS, MAX_NAMES
 from server.auth import BookLookup, Grant, bearer
 from server.gateway import Gateway
@@ -111,17 +111,24 @@ def _gateway(request: Request) -> Gateway:
 async def list_events(request: Request) -> Response:
     """``GET /v1/events?sport=``: the events of which the caller may follow something
     (the event, or one of its markets: ``docs/auth.md``), by start time."""
-    gateway = _gateway(request)
     try:
-        grant = await _caller(request)
+        events = await visible_events(request, request.query_params.get("sport"))
     except ProtocolError as exc:
         return refusal(exc)
-    events = await gateway.store.events(request.query_params.get("sport"))
+    return json_response(_encoder.encode(events))
+
+
+async def visible_events(request: Request, sport: str | None) -> list[EventState]:
+    """The events (of ``sport``, or all) the request's caller may follow something of,
+    by start time. Raises :class:`ProtocolError` for a refused token."""
+    gateway = _gateway(request)
+    grant = await _caller(request)
+    events = await gateway.store.events(sport)
     if not grant.everything:
         seen = {m.event_id for m in _visible(grant, await gateway.store.summaries())}
         events = [e for e in events if e.event_id in seen or grant.allows(f"event:{e.event_id}")]
     events.sort(key=lambda e: (e.start_time, e.event_id))
-    return json_response(_encoder.encode(events))
+    return events
 
 
 async def get_event(request: Request) -> Response:
@@ -144,11 +151,17 @@ async def get_event(request: Request) -> Response:
 async def list_markets(request: Request) -> Response:
     """``GET /v1/markets?event_id=``: the markets the caller may follow (``docs/auth.md``)."""
     try:
-        grant = await _caller(request)
+        summaries = await visible_markets(request, request.query_params.get("event_id"))
     except ProtocolError as exc:
         return refusal(exc)
-    summaries = await _gateway(request).store.summaries(request.query_params.get("event_id"))
-    return json_response(_encoder.encode(_visible(grant, summaries)))
+    return json_response(_encoder.encode(summaries))
+
+
+async def visible_markets(request: Request, event_id: str | None) -> list[MarketSummary]:
+    """The markets (of ``event_id``, or all) the request's caller may follow. Raises
+    :class:`ProtocolError` for a refused token."""
+    grant = await _caller(request)
+    return _visible(grant, await _gateway(request).store.summaries(event_id))
 
 
 def _visible(grant: Grant, summaries: list[MarketSummary]) -> list[MarketSummary]:
@@ -250,6 +263,13 @@ def split_names(value: str | None) -> tuple[str, ...]:
     return names
 
 
+class TicketAnswer(msgspec.Struct, frozen=True):
+    """A single-use ticket for ``/sse?ticket=``, usable for ``expires_in`` seconds."""
+
+    ticket: str
+    expires_in: float
+
+
 async def issue_ticket(request: Request) -> Response:
     """``POST /v1/tickets`` with ``Authorization: Bearer <jwt>``: a single-use ticket
     standing for the token's grant, for ``/sse?ticket=`` (``docs/auth.md``)."""
@@ -261,8 +281,7 @@ async def issue_ticket(request: Request) -> Response:
         ticket = auth.tickets.issue(await _caller(request))
     except ProtocolError as exc:
         return refusal(exc)
-    ttl = gateway.settings.ticket_ttl_s
-    return json_response(_encoder.encode({"ticket": ticket, "expires_in": ttl}))
+    return json_response(_encoder.encode(TicketAnswer(ticket, gateway.settings.ticket_ttl_s)))
 
 
 def _token_header(gateway: Gateway, snapshots: Iterable[Snapshot]) -> dict[str, str]:

@@ -74,3 +74,12 @@ class Settings:
     # The archive's read side (server/history.py): off without a MySQL URL.
     mysql: str = ""
     mysql_pool: int = 4
+    # GraphQL at /graphql (server/graphql.py, docs/graphql.md): a document's length
+    # (checked before parsing), depth and fields (checked before execution); a file of
+    # persisted documents and whether only those run; the wait for ``connection_init``.
+    graphql_max_chars: int = 8_192
+    graphql_max_depth: int = 8
+    graphql_max_fields: int = 250
+    graphql_persisted: str = ""
+    graphql_accept: str = "any"
+    graphql_init_timeout_s: float = 10.0

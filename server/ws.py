@@ -214,13 +214,11 @@ class WebSocketConnection(StreamConnection):
 
     async def _run_commands(self) -> None:
         """Commands run one at a time, in order (a subscribe may wait on storage)."""
-        session = self.session
         commands = self._commands
-        assert session is not None
         assert commands is not None
         try:
             while commands:
-                await session.handle(commands.popleft())
+                await self.handle(commands.popleft())
                 if not self._reading and len(commands) < _COMMANDS_QUEUED // 2:
                     self._reading = True
                     if self.transport is not None and not self.closing:
@@ -228,6 +226,12 @@ class WebSocketConnection(StreamConnection):
         finally:
             self._runner = None
             self._commands = None  # Idle connections hold no queue.
+
+    async def handle(self, data: bytes) -> None:
+        """Run one client message (the session's command; a subclass speaking another
+        protocol over the same connection handling overrides it)."""
+        assert self.session is not None
+        await self.session.handle(data)
 
     # -- writing ----------------------------------------------------------------------------
 

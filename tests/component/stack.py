@@ -194,6 +194,23 @@ def price_walk(market_id: str, n: int, start_ts: int) -> list[FeedOdds]:
     ]
 
 
+async def flood_until_slow(stack: Stack, market_id: str) -> None:
+    """Feed ``market_id`` until the gateway closes a slow consumer (once). Price moves of
+    one market conflate into one queued update; state changes are never merged away, so
+    suspensions and reopenings fill the queue of a client that stopped reading."""
+    for batch in range(5000):
+        ts = T0 + batch * 20
+        await stack.feed.send(
+            *price_walk(market_id, 8, ts),
+            status(market_id, ts + 10, "suspended", "goal"),
+            status(market_id, ts + 11, "open"),
+        )
+        await asyncio.sleep(0)  # Let the gateway write (and find the client stuck).
+        if stack.gateway.stats.slow_consumer_closes:
+            break
+    assert stack.gateway.stats.slow_consumer_closes == 1
+
+
 # -- clients -----------------------------------------------------------------------------------
 
 

@@ -18,6 +18,7 @@ from tests.component.stack import (
     T0,
     Books,
     event,
+    flood_until_slow,
     match_result,
     odds,
     over_under,
@@ -312,20 +313,7 @@ async def test_slow_consumer_is_closed_with_resume_code() -> None:
         async with asyncio.timeout(10):
             while b'"type":"snapshot"' not in data:
                 data += await loop.sock_recv(sock, 65536)
-        # Price moves of one market conflate into one queued update; state changes are
-        # never merged away, so suspensions and reopenings fill the queue of a client
-        # that stopped reading.
-        for batch in range(5000):
-            ts = T0 + batch * 20
-            await stack.feed.send(
-                *price_walk(M1, 8, ts),
-                status(M1, ts + 10, "suspended", "goal"),
-                status(M1, ts + 11, "open"),
-            )
-            await asyncio.sleep(0)
-            if stack.gateway.stats.slow_consumer_closes:
-                break
-        assert stack.gateway.stats.slow_consumer_closes == 1
+        await flood_until_slow(stack, M1)
         async with asyncio.timeout(20):
             while chunk := await loop.sock_recv(sock, 1 << 20):
                 data += chunk

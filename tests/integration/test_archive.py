@@ -24,8 +24,10 @@ import pytest
 import protocol
 from archive.consumer import ArchiveConfig, ArchiveRunner
 from archive.db import MysqlUrl, connect
-from archive.query import HistoryPage, ResultsPage
-from archive.rows import RESULT_STATES
+from archive.query import History, HistoryPage, ResultsPage
+from archive.retention import prune
+from archive.rows import RESULT_STATES, Rows
+from archive.writer import Writer
 from channels.broker import MemoryBroker
 from channels.store import MemoryStore
 from feeds.betfair import read_betfair
@@ -510,3 +512,53 @@ async def test_rest_results_of_an_event_and_by_sport(
         missing = await client.get("/v1/events/sr:match:999/results")
         assert (missing.status_code, missing.json()["code"]) == (404, "not_found")
         assert (await client.get("/v1/results?from=0&to=1")).status_code == 400
+
+
+async def test_prune_before_an_instant_keeps_every_later_instant(mysql: MysqlUrl) -> None:
+    streams = reference_stream(feed("flumine_1.197931750_greyhound_win.jsonl", Path()))
+    writer = Writer(mysql, "g", "deltas")
+    await writer.open()
+    rows = Rows()
+    for stream in streams.values():
+        for message in stream:
+            rows.add(protocol.encode(message))
+    await writer.write(rows, {})
+    await writer.close()
+    market_id, stream = max(streams.items(), key=lambda kv: len(kv[1]))
+    cut, end = stream[len(stream) // 2].ts, stream[-1].ts
+    instants = [*sorted({m.ts for m in stream if m.ts >= cut})[::7], end]
+    history = History(mysql)
+    try:
+        before = [await history.market_history(market_id, t, end, limit=1000) for t in instants]
+        stats = await prune(mysql, cut, chunk=50)  # Small statements: the loop runs.
+        assert stats.markets == len(streams) and stats.kept == 0 and stats.messages > 0
+        after = [await history.market_history(market_id, t, end, limit=1000) for t in instants]
+        assert after == before
+        early = await history.market_history(market_id, stream[0].ts, end, limit=1000)
+        assert early.book is None and early.changes[0] == before[0].book
+    finally:
+        await history.close()
+    left = await query(mysql, "SELECT COUNT(*) FROM prices WHERE ts < %s", cut)
+    assert left == [(0,)]
+    kept = await query(mysql, "SELECT MIN(ts) FROM market_messages WHERE market_id = %s", market_id)
+    assert kept[0][0] <= cut
+    again = await prune(mysql, cut)
+    assert (again.messages, again.prices) == (0, 0)  # Idempotent.
+    result = subprocess.run(  # noqa: ASYNC221 - a short command, its output read once
+        [
+            str(ROOT / ".venv/bin/oddstream"),
+            "archive",
+            "--mysql",
+            _url(mysql),
+            "--kafka",
+            "127.0.0.1:1",
+            "--prune-before",
+            str(end),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "markets=" in result.stdout and "messages_deleted=" in result.stdout
