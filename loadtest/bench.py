@@ -37,6 +37,7 @@ import math
 import os
 import platform
 import resource
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -493,13 +494,37 @@ def _r(value: float | None, digits: int = 2) -> float | None:
 # -- scenarios ----------------------------------------------------------------------------------
 
 
-def best(runs: list[Run]) -> Run:
-    """The run with the highest throughput (repeats smooth out a noisy machine)."""
+SPREAD_KEYS = (
+    "delivered_per_s",
+    "deltas_per_s",
+    "cpu_cores",
+    "p50_ms",
+    "p99_ms",
+    "rss_kib_per_conn",
+    "rss_kib_per_conn_load",
+)
+"""The figures whose spread over repeats is reported (``spread``: min, median, max)."""
+
+
+def spread(values: Sequence[float | None]) -> dict[str, float] | None:
+    """min, median and max of the measured values (None where nothing was measured)."""
+    got = sorted(v for v in values if v is not None)
+    if not got:
+        return None
+    return {"min": got[0], "median": statistics.median(got), "max": got[-1], "n": len(got)}
+
+
+def combine(runs: list[Run]) -> Run:
+    """One row for the repeats of a system: the run of median throughput (the lower
+    middle one for an even count), with every repeat's spread under ``spread``."""
     ok = [r for r in runs if r.available]
     if not ok:
         return runs[0]
-    chosen = max(ok, key=lambda r: r.values.get("delivered_per_s") or 0)
-    chosen.values["repeats_delivered_per_s"] = [r.values.get("delivered_per_s") for r in ok]
+    ranked = sorted(ok, key=lambda r: r.values.get("delivered_per_s") or 0)
+    chosen = ranked[(len(ranked) - 1) // 2]
+    chosen.values["spread"] = {
+        key: spread([r.values.get(key) for r in ok]) for key in SPREAD_KEYS
+    } | {"p99_ms_low": spread([_low(r.values, "p99_ms") for r in ok])}
     return chosen
 
 
@@ -546,7 +571,7 @@ def fanout_scenario(
             last = attempts[-1]
             if not last.available or last.values.get("connected", 0) < 0.95 * clients:
                 break  # A system that cannot hold the clients is not retried.
-        runs[system] = best(attempts)
+        runs[system] = combine(attempts)
         _log_run(runs[system], log)
     packed: Run | None = None
     if spec.packed_ceiling and "ceiling" in systems:
@@ -701,7 +726,8 @@ def failed_scenario(name: str, why: str) -> dict[str, Any]:
 
 
 def _ratio(a: float | None, b: float | None) -> float | None:
-    if not a or not b:
+    """a / b to three places; None unless both were measured (and b is not 0)."""
+    if a is None or not b:
         return None
     return round(a / b, 3)
 

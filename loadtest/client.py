@@ -233,6 +233,13 @@ class WSConn(_Conn):
             self.c.latencies(stamps, self.slow)
 
 
+def event_end(body: bytes) -> int:
+    """Where the last complete SSE event of ``body`` ends (0: none is complete). An event
+    ends with a blank line: "\\n\\n", or "\\r\\n\\r\\n" (sse-starlette's default)."""
+    lf, crlf = body.rfind(b"\n\n"), body.rfind(b"\n\r\n")
+    return max(lf + 2 if lf >= 0 else 0, crlf + 3 if crlf >= 0 else 0)
+
+
 class SSEConn(WSConn):
     """An SSE stream: the events are counted after de-chunking (``Transfer-Encoding:
     chunked``, as HTTP/1.1 servers stream) or straight from a close-delimited body."""
@@ -267,9 +274,8 @@ class SSEConn(WSConn):
             body = self.body + b"".join(parts)
         else:
             body = self.body + data
-        # An event ends with a blank line: "\n\n", or "\r\n\r\n" (sse-starlette's default).
-        cut = max(body.rfind(b"\n\n") + 2, body.rfind(b"\n\r\n") + 3)
-        if cut < 2:
+        cut = event_end(body)
+        if cut == 0:
             self.body = body
             return rest
         events = body[:cut]
