@@ -54,12 +54,14 @@ from loadtest.board import (
     H_GEN,
     H_MODE,
     H_PACK,
+    H_PUBLISH_US,
     H_PUBLISHER_ALIVE,
     H_RATE_MILLI,
     H_RECORD,
     H_STOP,
     H_SUBS,
     H_WINDOW,
+    H_WINDOW_FULL_US,
     MODE_IDLE,
     MODE_RATE,
     MODE_WINDOW,
@@ -80,8 +82,26 @@ from loadtest.board import (
 from loadtest.payloads import market_ids, subscribe_command
 from loadtest.report import figure
 
-SYSTEMS = ("oddstream", "ceiling", "broadcaster", "pushpin")
-PEERS = ("broadcaster", "pushpin")
+SYSTEMS = (
+    "oddstream",
+    "ceiling_joining",
+    "ceiling",
+    "centrifugo_1core",
+    "centrifugo",
+    "broadcaster",
+    "pushpin",
+)
+CEILING = "ceiling_joining"
+"""The reference the goals are stated against: the ceiling server writing with the
+gateway's own rule (a client's queued frames joined in one write per flush). ``ceiling``
+(each frame its own write) is kept as a row for context."""
+PACKED = "ceiling_packed"
+"""The ceiling writing frames of as many deltas as the batched gateway's messages held
+in the same run (measured, rounded), each frame its own write."""
+PEERS = ("centrifugo_1core", "centrifugo", "broadcaster", "pushpin")
+"""``centrifugo_1core`` is Centrifugo with GOMAXPROCS=1, ``centrifugo`` on every core."""
+WS_ONLY = ("centrifugo_1core", "centrifugo")
+"""Peers run in the WebSocket scenarios only (Centrifugo's SSE is another transport)."""
 EXPERIMENT = "oddstream_gc_tuned"
 """The same gateway with the garbage collector tuned (``gateway_driver --gc tuned``): an
 experiment backing a proposal in docs/performance.md, never one of the figures judged."""
@@ -123,12 +143,13 @@ class Fanout:
     clients: int
     quick_clients: int
     systems: tuple[str, ...] = SYSTEMS
-    quick_systems: tuple[str, ...] = ("oddstream", "ceiling")
+    quick_systems: tuple[str, ...] = ("oddstream", CEILING, "ceiling")
     packed_ceiling: bool = False
     experiment: bool = False
     title: str = ""
 
 
+SSE_SYSTEMS = tuple(s for s in SYSTEMS if s not in WS_ONLY)
 FANOUTS = (
     Fanout("ws_1k", "ws", 1_000, 100, quick_systems=SYSTEMS, title="WebSocket fan-out, 1k"),
     Fanout(
@@ -141,8 +162,8 @@ FANOUTS = (
         title="WebSocket fan-out, 5k",
     ),
     Fanout("ws_20k", "ws", 20_000, 300, title="WebSocket fan-out, 20k"),
-    Fanout("sse_1k", "sse", 1_000, 100, quick_systems=SYSTEMS, title="SSE fan-out, 1k"),
-    Fanout("sse_5k", "sse", 5_000, 200, title="SSE fan-out, 5k"),
+    Fanout("sse_1k", "sse", 1_000, 100, SSE_SYSTEMS, SSE_SYSTEMS, title="SSE fan-out, 1k"),
+    Fanout("sse_5k", "sse", 5_000, 200, SSE_SYSTEMS, title="SSE fan-out, 5k"),
 )
 SCENARIOS = (*(f.name for f in FANOUTS), "slow_mix", "e2e", "books", "replay")
 
@@ -178,8 +199,15 @@ def _server_argv(system: str, board: Path) -> list[str]:
     if system == BATCHED:
         return [*_server_argv("oddstream", board), "--coalesce-ms", str(BATCH_WINDOW_MS)]
     common = ["--board", str(board), "--port", "0", "--markets", str(MARKETS)]
+    if system == CEILING:
+        return procs.python("loadtest.ceiling", *common, "--join")
+    if system == PACKED:
+        return procs.python("loadtest.ceiling", *common)
     if system == "websockets":  # A stack candidate (loadtest.stack_candidates).
         return procs.python("loadtest.stack_candidates", "serve", *common)
+    if system.startswith("centrifugo"):
+        cores = "1" if system == "centrifugo_1core" else "0"
+        return procs.python("loadtest.centrifugo_peer", *common, "--cores", cores)
     if system == "broadcaster_plain_sse":
         return procs.python("loadtest.broadcaster_peer", *common, "--sse", "plain")
     module = {
@@ -191,19 +219,33 @@ def _server_argv(system: str, board: Path) -> list[str]:
     return procs.python(module, "--board", str(board), "--port", "0", "--markets", str(MARKETS))
 
 
-def _client_target(system: str, transport: str, base: str) -> tuple[str, str | None, str | None]:
-    """(url, command, subprotocol) for the clients of ``system``."""
+@dataclass(frozen=True)
+class Target:
+    """Where and how the clients of a system connect."""
+
+    url: str
+    command: str | None = None
+    subprotocol: str | None = None
+    protocol: str = "oddstream"
+
+
+def _client_target(system: str, transport: str, base: str) -> Target:
     markets = market_ids(MARKETS)
     host = base.split("://", 1)[1].rstrip("/")
+    if system.startswith("centrifugo"):
+        from loadtest.centrifugo_peer import connect_command
+
+        url = f"ws://{host}/connection/websocket"
+        return Target(url, connect_command(markets), protocol="centrifugo")
     if transport == "ws":
         if system.startswith("oddstream"):
             query = "?batch=1" if system == BATCHED else ""
             command = subscribe_command(markets).decode()
-            return f"ws://{host}/ws{query}", command, "oddstream.v1.json"
-        return f"ws://{host}/ws", subscribe_command(markets).decode(), None
+            return Target(f"ws://{host}/ws{query}", command, "oddstream.v1.json")
+        return Target(f"ws://{host}/ws", subscribe_command(markets).decode())
     if system.startswith("oddstream"):
-        return f"http://{host}/sse?markets={','.join(markets)}", None, None
-    return f"http://{host}/sse", None, None
+        return Target(f"http://{host}/sse?markets={','.join(markets)}")
+    return Target(f"http://{host}/sse")
 
 
 def new_board(slots: int) -> Board:
@@ -227,6 +269,8 @@ class Sample:
         self.cpu = procs.cpu_seconds(pids)
         self.rss = procs.rss_kib(pids)
         self.writes = procs.write_syscalls(pids)
+        self.publishing_s = board.get(H_PUBLISH_US) / 1e6
+        self.window_full_s = board.get(H_WINDOW_FULL_US) / 1e6
 
 
 def measure(
@@ -264,14 +308,21 @@ def measure(
             return run
         base = line.split("serving on ", 1)[1].split()[0]
         measured = server.pid
-        pid_line = server.wait_line("pushpin: pid", timeout_s=0.1) if system == "pushpin" else None
+        # A peer that runs a server of its own names its pid before it says it serves.
+        pid_line = next((x for x in server.lines if ": pid " in x), None)
         if pid_line:
             measured = int(pid_line.rsplit(" ", 1)[1])
         time.sleep(0.5)
         base_rss = procs.rss_kib(procs.tree(measured))
-        url, command, subprotocol = _client_target(system, transport, base)
+        target = _client_target(system, transport, base)
         children = spawn_clients(
-            board, url, clients, command=command, subprotocol=subprotocol, slow_every=slow_every
+            board,
+            target.url,
+            clients,
+            command=target.command,
+            subprotocol=target.subprotocol,
+            protocol=target.protocol,
+            slow_every=slow_every,
         )
         connected, failed = wait_connected(board, children, [server], clients)
         run.values.update(clients=clients, connected=connected, connect_failed=failed)
@@ -319,6 +370,9 @@ def measure(
                 client_cpu_cores=round((b.client_cpu - a.client_cpu) / span, 2),
                 loadavg=procs.loadavg(),
                 write_syscalls_per_s=round((b.writes - a.writes) / span),
+                # The publisher is not the bound when it mostly waits on a full window.
+                publisher_busy_share=round((b.publishing_s - a.publishing_s) / span, 3),
+                publisher_window_full_share=round((b.window_full_s - a.window_full_s) / span, 3),
                 rss_load_kib=b.rss,
                 rss_kib_per_conn_load=round((b.rss - base_rss) / connected, 2),
             )
@@ -344,6 +398,7 @@ def measure(
             slow_closed_by_server=board.total(S_SLOW_CLOSED),
             publisher_alive=board.get(H_PUBLISHER_ALIVE) > 0,
         )
+        withhold(run.values, refusal(clients, connected, run.values["closed_by_server"]))
         return run
     finally:
         stop_clients(board, children)
@@ -354,6 +409,37 @@ def measure(
             board.path.unlink()
 
 
+WITHHELD = (
+    "delivered_per_s",
+    "deltas_per_s",
+    "p50_ms",
+    "p95_ms",
+    "p99_ms",
+    "max_ms",
+    "latency_at",
+)
+"""What a run that lost clients does not report (its survivors had more of the server)."""
+
+
+def refusal(requested: int, connected: int, closed: int) -> str:
+    """Why a run's throughput and latency cannot be compared ("" when they can): a system
+    that refused clients or closed some while measured served fewer than the others."""
+    reasons = []
+    if connected < requested:
+        reasons.append(f"{requested - connected} of {requested} clients could not connect")
+    if closed:
+        reasons.append(f"the server closed {closed} of {connected} clients while measured")
+    return "; ".join(reasons)
+
+
+def withhold(values: dict[str, Any], reason: str) -> None:
+    """Move a refused run's figures under ``withheld`` and say why in ``refused``."""
+    if not reason:
+        return
+    values["refused"] = reason
+    values["withheld"] = {k: values.pop(k) for k in WITHHELD if k in values}
+
+
 def spawn_clients(
     board: Board,
     url: str,
@@ -362,6 +448,7 @@ def spawn_clients(
     command: str | None = None,
     commands_file: Path | None = None,
     subprotocol: str | None = None,
+    protocol: str = "oddstream",
     slow_every: int = 0,
 ) -> list[procs.Child]:
     """Start the client processes, one per board slot, the connections spread evenly."""
@@ -378,6 +465,8 @@ def spawn_clients(
             argv += ["--commands-file", str(commands_file)]
         if subprotocol:
             argv += ["--subprotocol", subprotocol]
+        if protocol != "oddstream":
+            argv += ["--protocol", protocol]
         children.append(procs.Child(f"clients-{slot}", procs.python("loadtest.client", *argv)))
         first += count
     return children
@@ -573,17 +662,11 @@ def fanout_scenario(
                 break  # A system that cannot hold the clients is not retried.
         runs[system] = combine(attempts)
         _log_run(runs[system], log)
-    packed: Run | None = None
-    if spec.packed_ceiling and "ceiling" in systems:
-        packed = measure(
-            "ceiling", spec.transport, clients, timing, latency_rate=None, pack=10, log=log
-        )
-        packed.system = "ceiling_packed10"
-        _log_run(packed, log)
     batched: Run | None = None
+    packed: Run | None = None
     if spec.packed_ceiling and "oddstream" in systems:
-        # The gateway publishes single deltas (the batching is its own), so the same
-        # deltas in flight as the packed ceiling means a ten times larger window.
+        # The gateway publishes single deltas (the batching is its own): ten times the
+        # window in flight, so its messages can hold many deltas.
         batched = measure(
             BATCHED,
             spec.transport,
@@ -593,6 +676,21 @@ def fanout_scenario(
             log=log,
         )
         _log_run(batched, log)
+        size = batch_size(batched.values)
+        if size is not None and "ceiling" in systems:
+            # The same deltas in flight as the batched run, in frames of its batch size.
+            packed = measure(
+                PACKED,
+                spec.transport,
+                clients,
+                timing,
+                latency_rate=None,
+                pack=size,
+                window_per_client=max(1, round(WINDOW_PER_CLIENT * 10 / size)),
+                log=log,
+            )
+            packed.values["pack"] = size
+            _log_run(packed, log)
     experiment: Run | None = None
     if spec.experiment and not quick:
         experiment = measure(
@@ -611,15 +709,29 @@ def fanout_scenario(
             if experiment.available
             else {"available": False, "reason": experiment.reason}
         )
-    if packed is not None and packed.available:
-        result["ceiling_packed10_deltas_per_s"] = packed.values.get("deltas_per_s")
-        result["systems"]["ceiling_packed10"] = packed.values
     if batched is not None and batched.available:
         result["batched_deltas_per_s"] = batched.values.get("deltas_per_s")
         result["batched_p99_ms"] = batched.values.get("p99_ms")
+        result["batched_deltas_per_message"] = batch_size(batched.values, exact=True)
         result["systems"][BATCHED] = batched.values
+    if packed is not None and packed.available:
+        result["ceiling_packed_deltas_per_s"] = packed.values.get("deltas_per_s")
+        result["ceiling_packed_pack"] = packed.values["pack"]
+        result["ratio_batched_to_packed"] = _ratio(
+            result.get("batched_deltas_per_s"), packed.values.get("deltas_per_s")
+        )
+        result["systems"][PACKED] = packed.values
     _log_ratios(result, log)
     return result
+
+
+def batch_size(values: dict[str, Any], *, exact: bool = False) -> Any:
+    """Deltas per WebSocket message of a measured run (deltas/s over messages/s), rounded
+    to a whole pack for the packed ceiling; None when nothing was measured."""
+    frames, deltas = values.get("delivered_per_s"), values.get("deltas_per_s")
+    if not frames or not deltas:
+        return None
+    return round(deltas / frames, 2) if exact else max(1, round(deltas / frames))
 
 
 def summarize(
@@ -631,11 +743,15 @@ def summarize(
     note: str = "",
 ) -> dict[str, Any]:
     """The scenario's JSON: oddstream's figures at the top level, the ceiling, the peers,
-    and every run in full under ``systems``."""
+    and every run in full under ``systems``. Ratios compare deltas delivered per second
+    (a system may put several deltas in one WebSocket message: Centrifugo joins queued
+    publications with newlines), always between runs of this one scenario."""
     odd = runs.get("oddstream")
     ov = odd.values if odd is not None and odd.available else {}
-    ceiling = runs.get("ceiling")
-    cv = ceiling.values if ceiling is not None and ceiling.available else {}
+    cv, fv = (
+        run.values if run is not None and run.available else {}
+        for run in (runs.get(CEILING), runs.get("ceiling"))
+    )
     result: dict[str, Any] = {
         "name": name,
         "transport": transport,
@@ -658,7 +774,10 @@ def summarize(
         "ceiling_p99_ms_low": _low(cv, "p99_ms"),
         "ceiling_per_s": cv.get("delivered_per_s"),
         "ceiling_p99_ms": cv.get("p99_ms"),
-        "ratio_to_ceiling": _ratio(ov.get("delivered_per_s"), cv.get("delivered_per_s")),
+        "ratio_to_ceiling": _ratio(ov.get("deltas_per_s"), cv.get("deltas_per_s")),
+        "ceiling_kind": CEILING,
+        "per_frame_ceiling_per_s": fv.get("delivered_per_s"),
+        "ratio_to_per_frame_ceiling": _ratio(ov.get("deltas_per_s"), fv.get("deltas_per_s")),
         "peers": {},
         "ratio_to_peer": {},
         "note": note,
@@ -672,7 +791,7 @@ def summarize(
         elif not run.available:
             reason = run.reason
         else:
-            reason = ""
+            reason = pv.get("refused", "")
         result["peers"][peer] = {
             "available": bool(pv),
             "reason": reason,
@@ -683,8 +802,10 @@ def summarize(
             "p99_ms_low": _low(pv, "p99_ms"),
             "cpu_cores": pv.get("cpu_cores"),
             "rss_kib_per_conn": pv.get("rss_kib_per_conn"),
+            "publisher_busy_share": pv.get("publisher_busy_share"),
+            "publisher_window_full_share": pv.get("publisher_window_full_share"),
         }
-        result["ratio_to_peer"][peer] = _ratio(ov.get("delivered_per_s"), pv.get("delivered_per_s"))
+        result["ratio_to_peer"][peer] = _ratio(ov.get("deltas_per_s"), pv.get("deltas_per_s"))
     for system in systems:
         run = runs.get(system)
         if run is not None:

@@ -163,6 +163,9 @@ class _Conn(asyncio.Protocol):
 
 
 class WSConn(_Conn):
+    answers_pings = False
+    """Centrifugo's JSON protocol pings with an empty object (``{}``) and expects one back."""
+
     def accept(self, head: bytes) -> bool:
         if not head.startswith(b"HTTP/1.1 101"):
             return False
@@ -206,6 +209,10 @@ class WSConn(_Conn):
                             q = data.find(TS, p, end) + 5
                             stamps.append(int(data[q : q + 13]))
                             p = data.find(DELTA, q, end)
+                elif self.answers_pings and end - start == 2 and data[start:end] == b"{}":
+                    frames -= 1  # A ping, not a message.
+                    if self.transport is not None:
+                        self.transport.write(wsframe.client_frame(b"{}"))
             elif op == wsframe.OP_PING and self.transport is not None:
                 self.transport.write(wsframe.client_frame(data[start:end], wsframe.OP_PONG))
             elif op == wsframe.OP_CLOSE:
@@ -231,6 +238,13 @@ class WSConn(_Conn):
             self.c.add(S_SLOW_DELTAS if self.slow else S_DELTAS, deltas)
         if stamps:
             self.c.latencies(stamps, self.slow)
+
+
+class CentrifugoConn(WSConn):
+    """A WebSocket client of Centrifugo's JSON protocol: ``--command`` holds its connect
+    and subscribe commands (one per line, one frame); it answers the server's pings."""
+
+    answers_pings = True
 
 
 def event_end(body: bytes) -> int:
@@ -320,7 +334,9 @@ async def _connect(
     return conn
 
 
-def _request(url: str, subprotocol: str | None) -> tuple[type[_Conn], str, int, bytes]:
+def _request(
+    url: str, subprotocol: str | None, protocol: str = "oddstream"
+) -> tuple[type[_Conn], str, int, bytes]:
     parts = urlsplit(url)
     host = parts.hostname or "127.0.0.1"
     port = parts.port or 80
@@ -328,7 +344,7 @@ def _request(url: str, subprotocol: str | None) -> tuple[type[_Conn], str, int, 
     lines = [f"GET {target} HTTP/1.1", f"Host: {host}:{port}"]
     kind: type[_Conn]
     if parts.scheme == "ws":
-        kind = WSConn
+        kind = CentrifugoConn if protocol == "centrifugo" else WSConn
         lines += [
             "Upgrade: websocket",
             "Connection: Upgrade",
@@ -348,7 +364,7 @@ def _request(url: str, subprotocol: str | None) -> tuple[type[_Conn], str, int, 
 async def run(args: argparse.Namespace) -> None:
     board = Board.open(args.board)
     counters = Counters(board, args.slot)
-    kind, host, port, request = _request(args.url, args.subprotocol)
+    kind, host, port, request = _request(args.url, args.subprotocol, args.protocol)
     command = args.command.encode() if args.command else None
     commands = (
         [line for line in args.commands_file.read_bytes().splitlines() if line.strip()]
@@ -427,6 +443,12 @@ def main(argv: list[str] | None = None) -> int:
         help="one command per line; connection i sends line i (mod their number)",
     )
     parser.add_argument("--subprotocol")
+    parser.add_argument(
+        "--protocol",
+        choices=("oddstream", "centrifugo"),
+        default="oddstream",
+        help="centrifugo: answer its JSON protocol's pings",
+    )
     parser.add_argument("--slow-every", type=int, default=0)
     parser.add_argument("--concurrency", type=int, default=128)
     parser.add_argument("--connect-timeout-s", type=float, default=30.0)

@@ -23,12 +23,14 @@ from loadtest.board import (
     H_GEN,
     H_MODE,
     H_PACK,
+    H_PUBLISH_US,
     H_PUBLISHED,
     H_PUBLISHER_ALIVE,
     H_RATE_MILLI,
     H_STOP,
     H_SUBS,
     H_WINDOW,
+    H_WINDOW_FULL_US,
     MODE_RATE,
     MODE_WINDOW,
     S_CLOSED,
@@ -61,6 +63,10 @@ async def drive(board: Board, publish: Publish, *, max_batch: int = _MAX_BATCH) 
             published = await _rate(board, publish, gen, published)
         else:
             await asyncio.sleep(_IDLE_S)
+
+
+def _account(board: Board, word: int, since_ns: int) -> None:
+    board.set(word, board.get(word) + (time.perf_counter_ns() - since_ns) // 1000)
 
 
 def _received(board: Board) -> int:
@@ -113,10 +119,14 @@ async def _window(board: Board, publish: Publish, gen: int, published: int, max_
         window = board.get(H_WINDOW) * live // max(1, subs)  # The live clients' part.
         room = (window - in_flight) // (live * pack)
         if room <= 0:
+            t0 = time.perf_counter_ns()
             await asyncio.sleep(_FULL_S)
+            _account(board, H_WINDOW_FULL_US, t0)
             continue
         n = min(room, max_batch)
+        t0 = time.perf_counter_ns()
         await publish(n)
+        _account(board, H_PUBLISH_US, t0)
         published += n
         board.set(H_PUBLISHED, published)
         await asyncio.sleep(0)  # Let the writers run between batches.
@@ -136,7 +146,9 @@ async def _rate(board: Board, publish: Publish, gen: int, published: int) -> int
         if delay > 0:
             await asyncio.sleep(min(delay, _IDLE_S * 10))  # Pacing, by design.
             continue
+        t0 = time.perf_counter_ns()
         await publish(1)
+        _account(board, H_PUBLISH_US, t0)
         sent += 1
         published += 1
         board.set(H_PUBLISHED, published)

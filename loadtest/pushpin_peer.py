@@ -29,8 +29,6 @@ import asyncio
 import contextlib
 import json
 import shutil
-import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -42,15 +40,10 @@ from typing import Any
 from loadtest import peer
 from loadtest.board import Board
 from loadtest.payloads import DeltaSource, market_ids
+from loadtest.peer import free_port, wait_port
 
 CHANNEL = "odds"
 _START_TIMEOUT_S = 20.0
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def config(run: Path, http_port: int, push_port: int, zmq_ports: list[int]) -> str:
@@ -172,16 +165,6 @@ def origin_app() -> Any:
     return Starlette(routes=[Route("/{path:path}", handle, methods=["GET", "POST"])])
 
 
-async def _wait_port(port: int, deadline: float) -> bool:
-    while time.monotonic() < deadline:
-        with contextlib.suppress(OSError):
-            _, writer = await asyncio.open_connection("127.0.0.1", port)
-            writer.close()
-            return True
-        await asyncio.sleep(0.1)  # Polling a child's start-up, bounded by the deadline.
-    return False
-
-
 def _origin_class() -> Any:
     import uvicorn
 
@@ -228,9 +211,9 @@ async def run(board: Board, args: argparse.Namespace, work: Path) -> int:
     stop = peer.stop_on_signals()
     try:
         deadline = time.monotonic() + _START_TIMEOUT_S
-        ready = await _wait_port(origin_port, deadline)
-        ready = ready and await _wait_port(http_port, deadline)
-        ready = ready and await _wait_port(push_port, deadline)
+        ready = await wait_port(origin_port, deadline)
+        ready = ready and await wait_port(http_port, deadline)
+        ready = ready and await wait_port(push_port, deadline)
         if not ready or proc.returncode is not None:
             tail = (work / "pushpin.log").read_text(errors="replace")[-600:]
             print(f"pushpin: not available (did not start: {tail!r})", flush=True)
@@ -261,13 +244,7 @@ async def run(board: Board, args: argparse.Namespace, work: Path) -> int:
                 print(f"pushpin: publisher failed: {failed!r}", flush=True)
         return 0
     finally:
-        if proc.returncode is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                await asyncio.wait_for(proc.wait(), 10)
-            except TimeoutError:
-                proc.kill()
-                await proc.wait()
+        await peer.stop_process(proc)
         log.close()
         origin.should_exit = True
         await asyncio.gather(origin_task, return_exceptions=True)

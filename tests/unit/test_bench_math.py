@@ -170,3 +170,43 @@ def test_repeats_report_the_median_run_and_the_spread() -> None:
     two = bench.combine([_run(400, 1.0), _run(100, 2.0)])
     assert two.values["delivered_per_s"] == 100  # The lower middle, never the best.
     assert math.isclose(two.values["spread"]["delivered_per_s"]["median"], 250)
+
+
+def test_a_run_that_lost_clients_reports_no_throughput() -> None:
+    assert bench.refusal(1_000, 1_000, 0) == ""
+    reason = bench.refusal(1_000, 893, 111)
+    assert "107 of 1000 clients could not connect" in reason
+    assert "closed 111 of 893" in reason
+    values = {"delivered_per_s": 15_055, "deltas_per_s": 15_055, "p99_ms": 102.2, "cpu": 1}
+    bench.withhold(values, reason)
+    assert values["refused"] == reason
+    assert "delivered_per_s" not in values and values["withheld"]["p99_ms"] == 102.2
+    run = bench.Run("pushpin", "ws", 1_000)
+    run.values = values
+    result = bench.summarize("ws_1k", "ws", 1_000, {"pushpin": run}, ("pushpin",))
+    assert result["peers"]["pushpin"]["reason"] == reason
+    assert result["ratio_to_peer"]["pushpin"] is None
+
+
+def test_ratios_are_against_the_joining_ceiling_in_deltas() -> None:
+    runs = {}
+    for system, frames, deltas in (
+        ("oddstream", 400, 400),
+        (bench.CEILING, 500, 500),
+        ("ceiling", 200, 200),
+        ("centrifugo", 50, 100),  # Two publications per WebSocket message.
+    ):
+        runs[system] = bench.Run(system, "ws", 10)
+        runs[system].values.update(delivered_per_s=frames, deltas_per_s=deltas)
+    result = bench.summarize("ws_5k", "ws", 10, runs, tuple(runs))
+    assert result["ratio_to_ceiling"] == 0.8
+    assert result["ratio_to_per_frame_ceiling"] == 2.0
+    assert result["ratio_to_peer"]["centrifugo"] == 4.0
+
+
+def test_the_packed_ceiling_uses_the_batched_runs_own_batch_size() -> None:
+    assert bench.batch_size({"delivered_per_s": 5_301, "deltas_per_s": 240_733}) == 45
+    assert bench.batch_size({"delivered_per_s": 5_301, "deltas_per_s": 240_733}, exact=True) == (
+        45.41
+    )
+    assert bench.batch_size({"delivered_per_s": 0, "deltas_per_s": 0}) is None
