@@ -398,7 +398,9 @@ def measure(
             slow_closed_by_server=board.total(S_SLOW_CLOSED),
             publisher_alive=board.get(H_PUBLISHER_ALIVE) > 0,
         )
-        withhold(run.values, refusal(clients, connected, run.values["closed_by_server"]))
+        failed = next((x for x in server.lines if "publisher failed" in x), "")
+        reason = refusal(clients, connected, run.values["closed_by_server"])
+        withhold(run.values, "; ".join(filter(None, (failed, reason))))
         return run
     finally:
         stop_clients(board, children)
