@@ -26,18 +26,16 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import json
 import shutil
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from loadtest import peer
+from loadtest import peer, procs
 from loadtest.board import Board
 from loadtest.payloads import DeltaSource, market_ids
 from loadtest.peer import free_port, wait_port
@@ -165,24 +163,8 @@ def origin_app() -> Any:
     return Starlette(routes=[Route("/{path:path}", handle, methods=["GET", "POST"])])
 
 
-def _origin_class() -> Any:
-    import uvicorn
-
-    class Origin(uvicorn.Server):
-        """uvicorn without its own signal handling: this process owns SIGTERM/SIGINT."""
-
-        @contextlib.contextmanager
-        def capture_signals(self) -> Iterator[None]:
-            yield
-
-    return Origin
-
-
 async def run(board: Board, args: argparse.Namespace, work: Path) -> int:
     import httpx
-    import uvicorn
-
-    origin_class = _origin_class()
 
     origin_port = free_port()
     http_port = args.port or free_port()
@@ -193,13 +175,29 @@ async def run(board: Board, args: argparse.Namespace, work: Path) -> int:
     (work / "routes").write_text(f"* 127.0.0.1:{origin_port},over_http\n")
     (work / "pushpin.conf").write_text(config(work, http_port, push_port, zmq_ports))
 
-    origin = origin_class(
-        uvicorn.Config(
-            origin_app(), host="127.0.0.1", port=origin_port, log_level="warning", lifespan="off"
-        )
-    )
-    origin_task = asyncio.create_task(origin.serve())
     log = (work / "pushpin.log").open("wb")
+    # The origin in its own process: in this one, the publisher saturating the event loop
+    # starved it, and Pushpin answered the handshakes and the clients' frames it forwards
+    # with 502 "Error while proxying to origin" and closed those clients.
+    origin = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "uvicorn",
+        "--factory",
+        "loadtest.pushpin_peer:origin_app",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(origin_port),
+        "--log-level",
+        "warning",
+        "--no-access-log",
+        "--lifespan",
+        "off",
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        cwd=procs.ROOT,
+    )
     proc = await asyncio.create_subprocess_exec(
         shutil.which("pushpin") or "pushpin",
         "--config",
@@ -245,9 +243,8 @@ async def run(board: Board, args: argparse.Namespace, work: Path) -> int:
         return 0
     finally:
         await peer.stop_process(proc)
+        await peer.stop_process(origin)
         log.close()
-        origin.should_exit = True
-        await asyncio.gather(origin_task, return_exceptions=True)
 
 
 def _missing() -> str | None:
