@@ -71,6 +71,7 @@ from loadtest.board import (
     S_DONE,
     S_FAILED,
     S_FRAMES,
+    S_READY,
     S_SLOW_CLOSED,
     S_SLOW_DELTAS,
     S_SLOW_FRAMES,
@@ -151,6 +152,9 @@ class Fanout:
     packed_ceiling: bool = False
     experiment: bool = False
     title: str = ""
+    max_repeat: int = 3
+    """At most this many repeats (``ws_20k``: 1, a capacity row whose connecting alone
+    takes a minute per system; its throughput is in no ratio goal)."""
 
 
 OPT_IN = {
@@ -178,7 +182,7 @@ FANOUTS = (
         experiment=True,
         title="WebSocket fan-out, 5k",
     ),
-    Fanout("ws_20k", "ws", 20_000, 300, title="WebSocket fan-out, 20k"),
+    Fanout("ws_20k", "ws", 20_000, 300, title="WebSocket fan-out, 20k", max_repeat=1),
     Fanout("sse_1k", "sse", 1_000, 100, SSE_SYSTEMS, SSE_SYSTEMS, title="SSE fan-out, 1k"),
     Fanout("sse_5k", "sse", 5_000, 200, SSE_SYSTEMS, title="SSE fan-out, 5k"),
 )
@@ -276,9 +280,16 @@ def new_board(slots: int) -> Board:
 class Sample:
     """Counters, CPU and RSS at one moment."""
 
-    def __init__(self, board: Board, pids: Sequence[int], clients: Sequence[int] = ()):
+    def __init__(
+        self,
+        board: Board,
+        pids: Sequence[int],
+        clients: Sequence[int] = (),
+        publisher: Sequence[int] = (),
+    ):
         self.t = time.monotonic()
         self.client_cpu = procs.cpu_seconds(clients)
+        self.publisher_cpu = procs.cpu_seconds(publisher)
         self.frames = board.total(S_FRAMES)
         self.deltas = board.total(S_DELTAS)
         self.slow_frames = board.total(S_SLOW_FRAMES)
@@ -362,6 +373,7 @@ def measure(
         )
         board.set(H_SUBS, connected)
         board.set(H_PACK, pack)
+        run.values.update(wait_subscribed(board, connected))
         if throughput:
             board.set(H_WINDOW, window_per_client * connected * pack)
             _mode(board, MODE_WINDOW)
@@ -370,9 +382,11 @@ def measure(
                 profile.start(server.pid, timing.measure_s, profile_to) if profile_to else None
             )
             gc0 = _gc_seconds(server)
-            a = Sample(board, pids, client_pids)
+            # A peer's publisher is its wrapper process (the server is its child): its CPU.
+            publisher = [server.pid] if measured != server.pid else []
+            a = Sample(board, pids, client_pids, publisher)
             time.sleep(timing.measure_s)
-            b = Sample(board, pids, client_pids)
+            b = Sample(board, pids, client_pids, publisher)
             gc1 = _gc_seconds(server)
             if gc0 is not None and gc1 is not None and b.cpu > a.cpu:
                 run.values["gc_share_of_cpu"] = round((gc1 - gc0) / (b.cpu - a.cpu), 2)
@@ -390,6 +404,9 @@ def measure(
                 write_syscalls_per_s=round((b.writes - a.writes) / span),
                 # The publisher is not the bound when it mostly waits on a full window.
                 publisher_busy_share=round((b.publishing_s - a.publishing_s) / span, 3),
+                publisher_cpu_cores=round((b.publisher_cpu - a.publisher_cpu) / span, 2)
+                if publisher
+                else None,
                 publisher_window_full_share=round((b.window_full_s - a.window_full_s) / span, 3),
                 rss_load_kib=b.rss,
                 rss_kib_per_conn_load=round((b.rss - base_rss) / connected, 2),
@@ -418,6 +435,9 @@ def measure(
         )
         failed = next((x for x in server.lines if "publisher failed" in x), "")
         reason = refusal(clients, connected, run.values["closed_by_server"])
+        if run.values["subscribed"] < connected:
+            never = connected - run.values["subscribed"]
+            reason = "; ".join(filter(None, (reason, f"{never} clients never got a delta")))
         withhold(run.values, "; ".join(filter(None, (failed, reason))))
         return run
     finally:
@@ -512,6 +532,26 @@ def stop_clients(board: Board, children: Sequence[procs.Child]) -> None:
         with contextlib.suppress(subprocess.TimeoutExpired):
             c.proc.wait(max(0.1, end - time.monotonic()))
         c.stop(2)
+
+
+SUBSCRIBE_PUBLISHES_PER_S = 50
+
+
+def wait_subscribed(board: Board, connected: int) -> dict[str, Any]:
+    """Publish slowly until every client has received a delta: a server may subscribe a
+    client well after its handshake (Centrifugo takes seconds for a burst of connect and
+    subscribe commands), and a publish it misses would stay "in flight" for ever in the
+    window. Bounded; then the queues drain."""
+    board.set(H_RATE_MILLI, SUBSCRIBE_PUBLISHES_PER_S * 1000)
+    _mode(board, MODE_RATE)
+    started = time.monotonic()
+    deadline = started + 10 + connected / 1000
+    while board.total(S_READY) < connected and time.monotonic() < deadline:
+        time.sleep(0.05)  # Polling the clients' counters, bounded by the deadline.
+    waited = time.monotonic() - started
+    _mode(board, MODE_IDLE)
+    drain(board)
+    return {"subscribed": board.total(S_READY), "subscribe_wait_s": round(waited, 2)}
 
 
 def _latency(
@@ -667,6 +707,7 @@ def fanout_scenario(
     # Rounds: every system once, then every system again, so that a noisy moment of the
     # machine falls on all of them rather than on one system's repeats.
     attempts: dict[str, list[Run]] = {system: [] for system in systems}
+    repeat = min(repeat, spec.max_repeat)
     for round_ in range(repeat):
         for system in systems:
             tried = attempts[system]
@@ -681,7 +722,8 @@ def fanout_scenario(
                     spec.transport,
                     clients,
                     timing,
-                    extra_latency_rates=() if quick else (LOW_LATENCY_DELIVERIES_PER_S,),
+                    # The lighter latency point in the first round only (time).
+                    extra_latency_rates=() if quick or round_ else (LOW_LATENCY_DELIVERIES_PER_S,),
                     profile_to=target,
                     log=log,
                 )
@@ -720,7 +762,7 @@ def fanout_scenario(
             packed.values["pack"] = size
             _log_run(packed, log)
     experiment: Run | None = None
-    if spec.experiment and not quick:
+    if spec.experiment and not quick and repeat == 1:
         experiment = measure(
             EXPERIMENT,
             spec.transport,
@@ -837,6 +879,7 @@ def summarize(
             "cpu_cores": pv.get("cpu_cores"),
             "rss_kib_per_conn": pv.get("rss_kib_per_conn"),
             "publisher_busy_share": pv.get("publisher_busy_share"),
+            "publisher_cpu_cores": pv.get("publisher_cpu_cores"),
             "publisher_window_full_share": pv.get("publisher_window_full_share"),
         }
         result["ratio_to_peer"][peer] = _ratio(ov.get("deltas_per_s"), pv.get("deltas_per_s"))
@@ -890,7 +933,9 @@ def _ratio(a: float | None, b: float | None) -> float | None:
 def _log_run(run: Run, log: Callable[[str], None]) -> None:
     if not run.available:
         return
-    v = run.values
+    if run.values.get("refused"):
+        log(f"  {run.system:<17} not reported: {run.values['refused']}")
+    v = {**run.values, **run.values.get("withheld", {})}
     per_write = _ratio(v.get("delivered_per_s"), v.get("write_syscalls_per_s"))
     log(
         f"  {run.system:<17} conn {figure(v.get('connected')):>6}  "

@@ -69,6 +69,8 @@ S_SLOW_CLOSED = 8
 """Slow clients closed by the server (e.g. 4001 slow consumer)."""
 S_DONE = 9
 """The process finished connecting (every connection attempted)."""
+S_READY = 10
+"""Connections that have received at least one delta: subscribed, as the client sees it."""
 S_WORDS = 16
 
 BUCKETS = 1024

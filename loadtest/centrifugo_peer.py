@@ -114,18 +114,31 @@ class Api:
             raise self.error
         async with asyncio.timeout(10):
             reader, writer = await self.free.get()
-        writer.write(
+        request = (
             b"POST /api/batch HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
             b"Content-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body
         )
-        task = asyncio.create_task(self._reply(reader, writer))
+        writer.write(request)
+        task = asyncio.create_task(self._reply(reader, writer, request))
         self.tasks.add(task)
         task.add_done_callback(self.tasks.discard)
 
-    async def _reply(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    async def _reply(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, request: bytes
+    ) -> None:
         try:
             async with asyncio.timeout(10):
-                head = await reader.readuntil(b"\r\n\r\n")
+                try:
+                    head = await reader.readuntil(b"\r\n\r\n")
+                except asyncio.IncompleteReadError as exc:
+                    if exc.partial:
+                        raise
+                    # The server closed the kept-alive connection while it was idle (the
+                    # clients connecting): once more on a new one.
+                    writer.close()
+                    reader, writer = await asyncio.open_connection("127.0.0.1", self.port)
+                    writer.write(request)
+                    head = await reader.readuntil(b"\r\n\r\n")
                 length = 0
                 for line in head.lower().split(b"\r\n"):
                     if line.startswith(b"content-length:"):

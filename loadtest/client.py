@@ -47,6 +47,7 @@ from loadtest.board import (
     S_DONE,
     S_FAILED,
     S_FRAMES,
+    S_READY,
     S_SLOW_CLOSED,
     S_SLOW_DELTAS,
     S_SLOW_FRAMES,
@@ -107,6 +108,7 @@ class _Conn(asyncio.Protocol):
         self.head = True
         self.rest = b""
         self.closed = False
+        self.ready = False  # A delta has arrived.
         self.opened: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -209,8 +211,8 @@ class WSConn(_Conn):
                             q = data.find(TS, p, end) + 5
                             stamps.append(int(data[q : q + 13]))
                             p = data.find(DELTA, q, end)
-                elif self.answers_pings and end - start == 2 and data[start:end] == b"{}":
-                    frames -= 1  # A ping, not a message.
+                if self.answers_pings and is_ping(data, start, end):
+                    frames -= end - start == 2  # A ping alone is not a message.
                     if self.transport is not None:
                         self.transport.write(wsframe.client_frame(b"{}"))
             elif op == wsframe.OP_PING and self.transport is not None:
@@ -236,8 +238,24 @@ class WSConn(_Conn):
             self.c.add(S_SLOW_FRAMES if self.slow else S_FRAMES, frames)
         if deltas:
             self.c.add(S_SLOW_DELTAS if self.slow else S_DELTAS, deltas)
+            if not self.ready:
+                self.ready = True
+                self.c.add(S_READY)
         if stamps:
             self.c.latencies(stamps, self.slow)
+
+
+def is_ping(data: bytes, start: int, end: int) -> bool:
+    """Whether the message ``data[start:end]`` holds a Centrifugo ping: an empty object
+    alone, or as one line of a message that joins several replies with newlines (what its
+    server does when pushes are queued)."""
+    if end - start == 2:
+        return data[start:end] == b"{}"
+    return (
+        data.startswith(b"{}\n", start)
+        or data.find(b"\n{}\n", start, end) >= 0
+        or data.endswith(b"\n{}", start, end)
+    )
 
 
 class CentrifugoConn(WSConn):

@@ -28,7 +28,7 @@ from loadtest.board import (
     bucket_of,
     percentiles,
 )
-from loadtest.client import Counters, SSEConn, WSConn
+from loadtest.client import CentrifugoConn, Counters, SSEConn, WSConn
 from loadtest.payloads import DeltaSource, market_ids
 from loadtest.publisher import Flight, drive
 
@@ -210,3 +210,20 @@ def test_the_packed_ceiling_uses_the_batched_runs_own_batch_size() -> None:
         45.41
     )
     assert bench.batch_size({"delivered_per_s": 0, "deltas_per_s": 0}) is None
+
+
+def test_a_centrifugo_client_answers_pings_even_inside_joined_replies(board: Board) -> None:
+    sent: list[bytes] = []
+
+    class Transport:
+        def write(self, data: bytes) -> None:
+            sent.append(data)
+
+    conn = _opened(CentrifugoConn, board)
+    conn.transport = Transport()  # type: ignore[assignment]
+    push = b'{"push":{"channel":"m","pub":{"data":{"type":"delta","ts":1}}}}'
+    for message in (b"{}", b"{}\n" + push, push + b"\n{}", push + b"\n{}\n" + push, push):
+        conn.parse(wsframe.server_frame(message))
+    assert len(sent) == 4
+    assert board.total(S_FRAMES) == 4  # The ping alone is not a message.
+    assert board.total(S_DELTAS) == 5
