@@ -452,11 +452,8 @@ def measure(
 WITHHELD = (
     "delivered_per_s",
     "deltas_per_s",
-    "p50_ms",
-    "p95_ms",
-    "p99_ms",
-    "max_ms",
     "latency_at",
+    *(f"{p}_ms" for p in ["p50", "p95", "p99", "max"]),
 )
 """What a run that lost clients does not report (its survivors had more of the server)."""
 

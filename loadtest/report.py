@@ -10,20 +10,6 @@ import sys
 from pathlib import Path
 from typing import Any
 
-SYSTEMS = (
-    "oddstream",
-    "ceiling_joining",
-    "ceiling",
-    "centrifugo_1core",
-    "centrifugo",
-    "broadcaster",
-    "pushpin",
-    "oddstream_batched",
-    "ceiling_packed",
-    "oddstream_workers1",
-    "oddstream_workers2",
-    "oddstream_gc_tuned",
-)
 PACKED = ("ceiling_packed", "oddstream_batched")
 
 
@@ -70,10 +56,7 @@ def fanout_table(report: dict[str, Any]) -> str:
             continue
         ceiling = (systems.get("ceiling_joining") or {}).get("deltas_per_s")
         odd = (systems.get("oddstream") or {}).get("deltas_per_s")
-        for system in SYSTEMS:
-            v = systems.get(system)
-            if v is None:
-                continue
+        for system, v in systems.items():  # In the order they were measured.
             if v.get("available") is False:
                 rows.append(
                     f"| {name} | {system} | - | not available: {v.get('reason', '')[:80]} "
