@@ -227,3 +227,41 @@ def test_a_centrifugo_client_answers_pings_even_inside_joined_replies(board: Boa
     assert len(sent) == 4
     assert board.total(S_FRAMES) == 4  # The ping alone is not a message.
     assert board.total(S_DELTAS) == 5
+
+
+def test_the_joining_ceiling_writes_like_the_gateway() -> None:
+    """One write per dirty client per flush, at most a batch of frames joined, the rest at
+    the next flush; nothing while the socket's buffer is full."""
+    from loadtest.ceiling import Fanout, _Peer
+    from server.outbox import BATCH
+
+    class Transport:
+        def __init__(self) -> None:
+            self.writes: list[bytes] = []
+
+        def write(self, data: bytes) -> None:
+            self.writes.append(data)
+
+        def is_closing(self) -> bool:
+            return False
+
+    async def scenario() -> tuple[list[bytes], list[bytes]]:
+        fanout = Fanout(join=True)
+        fast, full = _Peer(fanout), _Peer(fanout)
+        for peer in (fast, full):
+            peer.transport = Transport()  # type: ignore[assignment]
+        full.pause_writing()
+        clients = {fast, full}
+        for i in range(BATCH + 6):
+            fanout.send(clients, b"%d," % i)
+        await asyncio.sleep(0)  # The first flush.
+        assert fast.transport.writes == [b"".join(b"%d," % i for i in range(BATCH))]  # type: ignore[union-attr]
+        await asyncio.sleep(0)  # The rest, at the next flush.
+        assert full.transport.writes == []  # type: ignore[union-attr]
+        full.resume_writing()
+        await asyncio.sleep(0)
+        return list(fast.transport.writes), list(full.transport.writes)  # type: ignore[union-attr]
+
+    fast, full = asyncio.run(scenario())
+    assert fast[1] == b"".join(b"%d," % i for i in range(BATCH, BATCH + 6))
+    assert full == [b"".join(b"%d," % i for i in range(BATCH))]
