@@ -101,6 +101,9 @@ PACKED = "ceiling_packed"
 in the same run (measured, rounded), each frame its own write."""
 PEERS = ("centrifugo_1core", "centrifugo", "broadcaster", "pushpin")
 """``centrifugo_1core`` is Centrifugo with GOMAXPROCS=1, ``centrifugo`` on every core."""
+WORKERS = ("oddstream_workers1", "oddstream_workers2")
+"""The real ``oddstream gateway --workers N`` fed through Redis (``loadtest.workers_peer``):
+the scaling rows of ``ws_5k``; "not available" without ODDSTREAM_REDIS or ``--workers``."""
 WS_ONLY = ("centrifugo_1core", "centrifugo")
 """Peers run in the WebSocket scenarios only (Centrifugo's SSE is another transport)."""
 EXPERIMENT = "oddstream_gc_tuned"
@@ -179,6 +182,7 @@ FANOUTS = (
         "ws",
         5_000,
         200,
+        systems=(*SYSTEMS, *WORKERS),
         packed_ceiling=True,
         experiment=True,
         title="WebSocket fan-out, 5k",
@@ -227,6 +231,8 @@ def _server_argv(system: str, board: Path) -> list[str]:
         return procs.python("loadtest.ceiling", *common)
     if system == "websockets":  # A stack candidate (loadtest.stack_candidates).
         return procs.python("loadtest.stack_candidates", "serve", *common)
+    if system in WORKERS:
+        return procs.python("loadtest.workers_peer", *common, "--workers", system[-1])
     if system.startswith("centrifugo"):
         cores = "1" if system == "centrifugo_1core" else "0"
         return procs.python("loadtest.centrifugo_peer", *common, "--cores", cores)
@@ -797,6 +803,11 @@ def fanout_scenario(
             result.get("batched_deltas_per_s"), packed.values.get("deltas_per_s")
         )
         result["systems"][PACKED] = packed.values
+    one, two = (result["systems"].get(w, {}).get("deltas_per_s") for w in WORKERS)
+    result["ratio_workers2_to_workers1"] = _ratio(two, one)
+    result["ratio_workers2_to_centrifugo"] = _ratio(
+        two, result["peers"]["centrifugo"]["deltas_per_s"]
+    )
     _log_ratios(result, log)
     return result
 
@@ -1051,6 +1062,15 @@ def goals(s: dict[str, dict[str, Any]], quick: bool = False) -> list[dict[str, A
             + f"; on every core: {figure(ws5['ratio_to_peer'].get('centrifugo'), '.2f')} x"
             + _peer_why(ws5["peers"]["centrifugo"]),
         )
+        scaled = ws5.get("ratio_workers2_to_centrifugo")
+        workers = ws5.get("systems", {}).get("oddstream_workers2", {})
+        add(
+            "WS 5k: one gateway process per core >= 2 x Centrifugo on every core",
+            None if scaled is None else scaled >= 2,
+            f"{figure(scaled, '.2f')} x; workers 2 / 1: "
+            f"{figure(ws5.get('ratio_workers2_to_workers1'), '.2f')}"
+            + (f" ({workers['reason']})" if workers.get("reason") else ""),
+        )
         p99 = ws5.get("p99_ms")
         theirs = [ws5["peers"][c]["p99_ms"] for c in WS_ONLY]
         add(
@@ -1074,6 +1094,7 @@ def goals(s: dict[str, dict[str, Any]], quick: bool = False) -> list[dict[str, A
         for goal in (
             "WS 5k: >= 0.85 x the joining ceiling",
             "WS 5k: >= 3 x Centrifugo at GOMAXPROCS=1",
+            "WS 5k: one gateway process per core >= 2 x Centrifugo on every core",
             "WS 5k: latency at the fixed rate no worse than Centrifugo's",
             "coalescing: >= 1M deltas/s per gateway process",
         ):
