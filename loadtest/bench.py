@@ -191,7 +191,7 @@ FANOUTS = (
     Fanout("sse_1k", "sse", 1_000, 100, SSE_SYSTEMS, SSE_SYSTEMS, title="SSE fan-out, 1k"),
     Fanout("sse_5k", "sse", 5_000, 200, SSE_SYSTEMS, title="SSE fan-out, 5k"),
 )
-SCENARIOS = (*(f.name for f in FANOUTS), "slow_mix", "e2e", "books", "replay", "wire")
+SCENARIOS = (*(f.name for f in FANOUTS), "hold_40k", "slow_mix", "e2e", "books", "replay", "wire")
 
 
 @dataclass
@@ -983,6 +983,52 @@ def _log_ratios(result: dict[str, Any], log: Callable[[str], None]) -> None:
     log("  ratios: " + ", ".join(parts))
 
 
+def hold_scenario(quick: bool, timing: Timing, log: Callable[[str], None]) -> dict[str, Any]:
+    """40,000 WebSocket clients held by ``oddstream gateway --workers 2`` (clients in four
+    processes of 10k, each under the open-files limit): memory per connection from the
+    gateway's whole process tree, then latency at the light rate over all of them. Each
+    worker must stay under the open-files limit too, so at most twice what one process
+    can hold is asked for."""
+    requested = 400 if quick else 40_000
+    clients = min(requested, 2 * (fd_limit() - FD_RESERVE))
+    log(f"\n== hold_40k: {clients} WebSocket clients on two gateway workers ==")
+    run = measure(
+        "oddstream_workers2",
+        "ws",
+        clients,
+        timing,
+        throughput=False,
+        latency_rate=LOW_LATENCY_DELIVERIES_PER_S,
+        log=log,
+    )
+    _log_run(run, log)
+    v = run.values
+    return {
+        "name": "hold_40k",
+        "transport": "ws",
+        "measured": run.available and not v.get("refused"),
+        "clients_requested": requested,
+        "clients": v.get("connected", 0),
+        "rss_kib_per_conn": v.get("rss_kib_per_conn"),
+        "rss_kib_per_conn_load": v.get("rss_kib_per_conn_load"),
+        "p50_ms": v.get("p50_ms"),
+        "p99_ms": v.get("p99_ms"),
+        "note": "; ".join(
+            filter(
+                None,
+                (
+                    run.reason,
+                    v.get("refused", ""),
+                    f"{requested} requested; two workers under the open-files limit hold {clients}"
+                    if clients < requested
+                    else "",
+                ),
+            )
+        ),
+        "systems": {"oddstream_workers2": v if run.available else {"available": False}},
+    }
+
+
 def slow_scenario(quick: bool, timing: Timing, log: Callable[[str], None]) -> dict[str, Any]:
     """10 % of the clients read slowly. The baseline runs the same clients all fast:
     throughput first, then latency at half of it; the mixed run repeats that latency
@@ -1110,6 +1156,20 @@ def goals(s: dict[str, dict[str, Any]], quick: bool = False) -> list[dict[str, A
         )
     else:
         add("20k WS connections per process, <= 16 KiB each idle", None, "not measured")
+    hold = s.get("hold_40k")
+    if hold and hold["measured"]:
+        kib = hold.get("rss_kib_per_conn") or 0
+        add(
+            "40k WebSocket connections per 2-core node (two workers), <= 12 KiB each",
+            hold["clients"] >= 40_000 and kib <= 12,
+            f"{figure(hold['clients'])} held, {figure(kib, '.1f')} KiB each; {hold['note']}",
+        )
+    else:
+        add(
+            "40k WebSocket connections per 2-core node (two workers), <= 12 KiB each",
+            None,
+            (hold or {}).get("note") or "not measured",
+        )
     e2e = s.get("e2e")
     if e2e and e2e["measured"]:
         p50, p99 = e2e.get("p50_ms"), e2e.get("p99_ms")
@@ -1424,6 +1484,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                         only=tuple(args.systems.split(",")) if args.systems else (),
                     ),
                 )
+        if "hold_40k" in wanted:
+            run_one("hold_40k", lambda: hold_scenario(args.quick, timing, log))
         if "slow_mix" in wanted:
             run_one("slow_mix", lambda: slow_scenario(args.quick, timing, log))
         if "e2e" in wanted or "books" in wanted:

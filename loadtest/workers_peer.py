@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import os
 import subprocess
 import sys
@@ -32,7 +33,7 @@ from loadtest.board import Board
 from loadtest.payloads import DeltaSource, events, market_ids, now_ms, snapshots
 
 NAME = "oddstream_workers"
-_START_TIMEOUT_S = 30.0
+_START_TIMEOUT_S = 60.0
 
 
 def redis_url(db: int) -> str | None:
@@ -42,7 +43,7 @@ def redis_url(db: int) -> str | None:
     return url.rsplit("/", 1)[0] + f"/{db}" if url.rsplit("/", 1)[-1].isdigit() else url
 
 
-def gateway_argv(url: str, port: int, workers: int) -> list[str]:
+def gateway_argv(url: str, port: int, ops_port: int, workers: int) -> list[str]:
     return procs.python(
         "oddstream.cli",
         "gateway",
@@ -53,7 +54,7 @@ def gateway_argv(url: str, port: int, workers: int) -> list[str]:
         "--port",
         str(port),
         "--ops-port",
-        str(peer.free_port()),
+        str(ops_port),
         "--auth",
         "none",
         "--max-connections-per-ip",
@@ -84,16 +85,20 @@ async def run(board: Board, args: argparse.Namespace, work: Path) -> int:
         )
     )
     port = args.port or peer.free_port()
+    ops_port = peer.free_port()  # Worker i's operator listener is this + i.
     log = (work / "gateway.log").open("wb")
     proc = await asyncio.create_subprocess_exec(
-        *gateway_argv(url, port, args.workers),
+        *gateway_argv(url, port, ops_port, args.workers),
         stdout=log,
         stderr=subprocess.STDOUT,
         cwd=procs.ROOT,
     )
     stop = peer.stop_on_signals()
     try:
-        ready = await peer.wait_port(port, time.monotonic() + _START_TIMEOUT_S)
+        deadline = time.monotonic() + _START_TIMEOUT_S
+        ready = await peer.wait_port(port, deadline)
+        for i in range(args.workers):  # Every worker serving, not only the port bound.
+            ready = ready and await _ready(ops_port + i, deadline)
         if not ready or proc.returncode is not None:
             tail = (work / "gateway.log").read_text(errors="replace")[-400:]
             print(f"{NAME}: not available (the gateway did not start: {tail!r})", flush=True)
@@ -120,6 +125,19 @@ async def run(board: Board, args: argparse.Namespace, work: Path) -> int:
         await store.close()
         await owned.flushdb()
         await owned.aclose()
+
+
+async def _ready(ops_port: int, deadline: float) -> bool:
+    """Whether a worker's ``/readyz`` answers 200 before ``deadline``."""
+    import httpx
+
+    async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{ops_port}") as http:
+        while time.monotonic() < deadline:
+            with contextlib.suppress(httpx.HTTPError):
+                if (await http.get("/readyz", timeout=2)).status_code == 200:
+                    return True
+            await asyncio.sleep(0.2)  # Polling a child's start-up, bounded by the deadline.
+    return False
 
 
 def _arguments(parser: argparse.ArgumentParser) -> None:
