@@ -1,13 +1,16 @@
-"""The fan-out benchmark: oddstream against the machine's ceiling and two peers, in one run.
+"""The fan-out benchmark: oddstream against the machine's ceilings and real peers, in one run.
 
-    python -m loadtest.bench                      # every scenario, full size
+    python -m loadtest.bench --full --json docs/bench/latest.json   # the record
     python -m loadtest.bench --quick --json out.json
-    python -m loadtest.bench --scenarios ws_5k,sse_5k --repeat 2
+    python -m loadtest.bench --scenarios ws_5k,sse_5k --repeat 3
 
 Per scenario it starts each system under test (``loadtest.gateway_driver``: the oddstream
-gateway; ``loadtest.ceiling``: pre-encoded frames written straight to the sockets;
-``loadtest.broadcaster_peer``: starlette + broadcaster; ``loadtest.pushpin_peer``:
-Pushpin), connects the same lean clients to it (``loadtest.client``, several processes
+gateway; ``loadtest.ceiling``: pre-encoded frames written straight to the sockets, joined
+per client as the gateway joins them (the reference) or one write per frame;
+``loadtest.centrifugo_peer``: Centrifugo on one core and on all; ``loadtest.workers_peer``:
+``oddstream gateway --workers N`` through Redis; ``loadtest.broadcaster_peer``: starlette
++ broadcaster; ``loadtest.pushpin_peer``: Pushpin, opt-in), connects the same lean
+clients to it (``loadtest.client``, several processes
 on 127.0.0.1), and measures two phases with the very same payloads:
 
 * **throughput**: the publisher keeps 8 deliveries per client in flight (it reads what the
@@ -1321,6 +1324,9 @@ def versions() -> dict[str, str | None]:
             out[dist] = None
     pushpin = _command_version(["pushpin", "--version"])
     out["pushpin"] = pushpin.removeprefix("pushpin ") if pushpin else pushpin
+    # go install leaves Centrifugo's own version string empty: the module built says it.
+    stamp = procs.ROOT / ".cache" / "go" / "bin" / ".centrifugo.version"
+    out["centrifugo"] = stamp.read_text().strip() if stamp.exists() else None
     where = provenance()
     out["git"] = f"{where['commit']}{'+dirty' if where['dirty'] else ''}"
     return out
