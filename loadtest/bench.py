@@ -703,6 +703,10 @@ def combine(runs: list[Run]) -> Run:
         return runs[0]
     ranked = sorted(ok, key=lambda r: r.values.get("delivered_per_s") or 0)
     chosen = ranked[(len(ranked) - 1) // 2]
+    # The lighter latency point is taken in the first round only.
+    first = next((r for r in ok if "latency_at" in r.values), None)
+    if first is not None:
+        chosen.values.setdefault("latency_at", first.values["latency_at"])
     chosen.values["spread"] = {
         key: spread([r.values.get(key) for r in ok]) for key in SPREAD_KEYS
     } | {"p99_ms_low": spread([_low(r.values, "p99_ms") for r in ok])}

@@ -167,7 +167,10 @@ def test_repeats_report_the_median_run_and_the_spread() -> None:
     assert spread["delivered_per_s"] == {"min": 100, "median": 200, "max": 300, "n": 3}
     assert spread["p99_ms"] == {"min": 7.0, "median": 8.0, "max": 9.0, "n": 3}
     assert spread["cpu_cores"] is None
-    two = bench.combine([_run(400, 1.0), _run(100, 2.0)])
+    first = _run(400, 1.0)
+    first.values["latency_at"] = {"5000": {"p99_ms": 3.0}}
+    two = bench.combine([first, _run(100, 2.0)])
+    assert two.values["latency_at"] == {"5000": {"p99_ms": 3.0}}  # From the first round.
     assert two.values["delivered_per_s"] == 100  # The lower middle, never the best.
     assert math.isclose(two.values["spread"]["delivered_per_s"]["median"], 250)
 
