@@ -186,15 +186,12 @@ async def run(board: Board, args: argparse.Namespace, work: Path) -> int:
         async def publish(n: int) -> None:
             await api.batch(batch_body(source, n))
 
-        print(f"centrifugo: pid {proc.pid}", flush=True)
         print(f"centrifugo: GOMAXPROCS={cores}", flush=True)
-        print(f"centrifugo: serving on http://127.0.0.1:{port}/", flush=True)
+        url = f"http://127.0.0.1:{port}/"
         try:
-            failed = await peer.drive_until(board, publish, stop)
+            await peer.announce_and_drive("centrifugo", proc.pid, url, board, publish, stop)
         finally:
             api.close()
-        if failed is not None:
-            print(f"centrifugo: publisher failed: {failed!r}", flush=True)
         return 0
     finally:
         await peer.stop_process(proc)

@@ -52,6 +52,19 @@ async def stop_process(proc: asyncio.subprocess.Process, timeout_s: float = 10) 
         await proc.wait()
 
 
+async def announce_and_drive(
+    name: str, pid: int, url: str, board: Board, publish: Publish, stop: asyncio.Event
+) -> None:
+    """For a peer that runs a server of its own: name the server's pid (the process the
+    benchmark measures), say where it serves, then publish until told to stop; a
+    publisher failure is printed (the benchmark then withholds the row)."""
+    print(f"{name}: pid {pid}", flush=True)
+    print(f"{name}: serving on {url}", flush=True)
+    failed = await drive_until(board, publish, stop)
+    if failed is not None:
+        print(f"{name}: publisher failed: {failed!r}", flush=True)
+
+
 def stop_on_signals() -> asyncio.Event:
     """An event set by SIGTERM or SIGINT (this process owns them)."""
     stop = asyncio.Event()

@@ -235,11 +235,8 @@ async def run(board: Board, args: argparse.Namespace, work: Path) -> int:
                 response = await http.post("/publish/", json={"items": items}, timeout=10)
                 response.raise_for_status()
 
-            print(f"pushpin: pid {proc.pid}", flush=True)
-            print(f"pushpin: serving on http://127.0.0.1:{http_port}/", flush=True)
-            failed = await peer.drive_until(board, publish, stop)
-            if failed is not None:
-                print(f"pushpin: publisher failed: {failed!r}", flush=True)
+            url = f"http://127.0.0.1:{http_port}/"
+            await peer.announce_and_drive("pushpin", proc.pid, url, board, publish, stop)
         return 0
     finally:
         await peer.stop_process(proc)

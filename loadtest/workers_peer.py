@@ -113,11 +113,8 @@ async def run(board: Board, args: argparse.Namespace, work: Path) -> int:
                 publications.append((channels[source.market], payload))
             await store.write_and_publish(Batch(), publications)
 
-        print(f"{NAME}: pid {proc.pid}", flush=True)
-        print(f"{NAME}: serving on http://127.0.0.1:{port}/", flush=True)
-        failed = await peer.drive_until(board, publish, stop)
-        if failed is not None:
-            print(f"{NAME}: publisher failed: {failed!r}", flush=True)
+        url = f"http://127.0.0.1:{port}/"
+        await peer.announce_and_drive(NAME, proc.pid, url, board, publish, stop)
         return 0
     finally:
         await peer.stop_process(proc, 15)
