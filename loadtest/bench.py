@@ -175,6 +175,15 @@ OPT_IN = {
         "605 + 892 of 5,000 in quick runs, with the GRIP origin in its own process. "
         "Run it with --systems ...,pushpin; its rows are then refused while it drops clients"
     ),
+    "websockets": (
+        "a server-stack candidate (the websockets library's own server, broadcast() per "
+        "message; docs/performance.md, server stack choice), not a peer: run it into the "
+        "same JSON with --systems ...,websockets"
+    ),
+    "broadcaster_plain_sse": (
+        "a server-stack candidate (starlette + broadcaster with a plain StreamingResponse), "
+        "not a peer: run it into the same JSON with --systems ...,broadcaster_plain_sse"
+    ),
 }
 """Systems run only when ``--systems`` names them, each with the reason it is not in the
 default run (recorded in the JSON in its place)."""
@@ -194,7 +203,7 @@ FANOUTS = (
         "ws",
         5_000,
         200,
-        systems=(*SYSTEMS, *WORKERS),
+        systems=(*SYSTEMS, *WORKERS, "websockets"),
         packed_ceiling=True,
         experiment=True,
         title="WebSocket fan-out, 5k",
@@ -210,7 +219,14 @@ FANOUTS = (
         title="SSE fan-out, 1k",
         full_repeat=1,
     ),
-    Fanout("sse_5k", "sse", 5_000, 200, SSE_SYSTEMS, title="SSE fan-out, 5k"),
+    Fanout(
+        "sse_5k",
+        "sse",
+        5_000,
+        200,
+        (*SSE_SYSTEMS, "broadcaster_plain_sse"),
+        title="SSE fan-out, 5k",
+    ),
 )
 SCENARIOS = (*(f.name for f in FANOUTS), "hold_40k", "slow_mix", "e2e", "books", "replay", "wire")
 
@@ -792,7 +808,7 @@ def fanout_scenario(
             packed.values["pack"] = size
             _log_run(packed, log)
     experiment: Run | None = None
-    if spec.experiment and not quick and repeat == 1:
+    if spec.experiment and not quick and repeat == 1 and "oddstream" in systems:
         experiment = measure(
             EXPERIMENT,
             spec.transport,
