@@ -41,6 +41,12 @@ H_READING = 9
 """Non-zero while slow clients are allowed to read (toggled by the client processes)."""
 H_PUBLISHER_ALIVE = 10
 """Written by the publisher: a heartbeat counter, so the orchestrator sees it is running."""
+H_PUBLISH_US = 11
+"""Written by the publisher: microseconds spent inside its publish calls (its own work,
+an HTTP round trip for a peer published over HTTP), so far."""
+H_WINDOW_FULL_US = 12
+"""Written by the publisher: microseconds spent waiting because the window was full
+(the server, not the publisher, was behind), so far."""
 HEADER_WORDS = 16
 
 MODE_IDLE = 0
@@ -63,6 +69,8 @@ S_SLOW_CLOSED = 8
 """Slow clients closed by the server (e.g. 4001 slow consumer)."""
 S_DONE = 9
 """The process finished connecting (every connection attempted)."""
+S_READY = 10
+"""Connections that have received at least one delta: subscribed, as the client sees it."""
 S_WORDS = 16
 
 BUCKETS = 1024

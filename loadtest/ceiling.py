@@ -1,9 +1,20 @@
-"""The ceiling: the least a Python server can do to push the same deltas to the same
+"""The ceilings: the least a Python server can do to push the same deltas to the same
 sockets. One uvloop process, bare protocols, the frame (or SSE event) built once per
-publish and written to every socket with ``transport.write``: no framework, no per-client
-queue, no per-client await. What the kernel and the event loop cost, and nothing else.
+publish; no framework, no per-client await. What the kernel and the event loop cost, and
+nothing else. Two ways to write:
 
-    python -m loadtest.ceiling --board /dev/shm/x --port 0
+* per frame (the default): each frame is written to every socket with its own
+  ``transport.write`` at once;
+* ``--join``: the gateway's write rule (``server/streams.py``, ``server/outbox.py``)
+  without anything else of the gateway: a publish appends the frame to each client's
+  queue and marks the client dirty; one flush per event-loop turn (or ``--coalesce-ms``
+  after the first wake, like the gateway's ``coalesce_ms``) writes, for every dirty
+  client, at most :data:`server.outbox.BATCH` queued frames joined in one ``write``, and
+  leaves the rest for the next flush; nothing is taken while a socket's buffer is full
+  (the transport paused writing), and ``resume_writing`` marks the client dirty again.
+  This is the fair reference for the gateway, which joins a client's frames the same way.
+
+    python -m loadtest.ceiling --board /dev/shm/x --port 0 [--join [--coalesce-ms N]]
 
 Answers ``GET /ws`` (any path with ``Upgrade: websocket``) with a WebSocket and any other
 GET with an SSE stream; client frames are read and ignored. Prints
@@ -21,6 +32,7 @@ from typing import cast
 from loadtest import peer, wsframe
 from loadtest.board import H_PACK, Board
 from loadtest.payloads import DeltaSource, market_ids
+from server.outbox import BATCH
 
 _SSE_HEAD = (
     b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nCache-Control: no-store\r\n"
@@ -29,9 +41,54 @@ _SSE_HEAD = (
 
 
 class Fanout:
-    def __init__(self) -> None:
-        self.ws: set[asyncio.Transport] = set()
-        self.sse: set[asyncio.Transport] = set()
+    """Every client, and the joining flush when ``--join``."""
+
+    def __init__(self, join: bool = False, window_s: float = 0.0):
+        self.ws: set[_Peer] = set()
+        self.sse: set[_Peer] = set()
+        self.join = join
+        self.window_s = window_s
+        self._dirty: list[_Peer] = []
+        self._scheduled = False
+
+    def send(self, clients: set[_Peer], data: bytes) -> None:
+        if not self.join:
+            for c in clients:
+                c.transport.write(data)  # type: ignore[union-attr]
+            return
+        for c in clients:
+            c.queue.append(data)
+            if len(c.queue) == 1:
+                self.wake(c)
+
+    def wake(self, client: _Peer) -> None:
+        if client.dirty or client.paused:
+            return
+        client.dirty = True
+        self._dirty.append(client)
+        if not self._scheduled:
+            self._scheduled = True
+            loop = asyncio.get_running_loop()
+            if self.window_s:
+                loop.call_later(self.window_s, self._flush)
+            else:
+                loop.call_soon(self._flush)
+
+    def _flush(self) -> None:
+        self._scheduled = False
+        dirty, self._dirty = self._dirty, []
+        for c in dirty:
+            c.dirty = False
+            if c.paused or c.transport is None or c.transport.is_closing():
+                continue
+            queue = c.queue
+            if len(queue) <= BATCH:
+                c.transport.write(b"".join(queue))
+                queue.clear()
+            else:
+                c.transport.write(b"".join(queue[:BATCH]))
+                del queue[:BATCH]
+                self.wake(c)  # More than one batch: the rest with the next flush.
 
 
 class _Peer(asyncio.Protocol):
@@ -40,9 +97,20 @@ class _Peer(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.head = b""
         self.done = False
+        self.queue: list[bytes] = []
+        self.dirty = False
+        self.paused = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)
+
+    def pause_writing(self) -> None:
+        self.paused = True
+
+    def resume_writing(self) -> None:
+        self.paused = False
+        if self.queue:
+            self.fanout.wake(self)
 
     def data_received(self, data: bytes) -> None:
         if self.done:
@@ -71,20 +139,20 @@ class _Peer(asyncio.Protocol):
             if proto:
                 reply.append(b"Sec-WebSocket-Protocol: " + proto.split(b",")[0].strip())
             self.transport.write(b"\r\n".join(reply) + b"\r\n\r\n")
-            self.fanout.ws.add(self.transport)
+            self.fanout.ws.add(self)
         else:
             self.transport.write(_SSE_HEAD)
-            self.fanout.sse.add(self.transport)
+            self.fanout.sse.add(self)
 
     def connection_lost(self, exc: Exception | None) -> None:
-        if self.transport is not None:
-            self.fanout.ws.discard(self.transport)
-            self.fanout.sse.discard(self.transport)
+        self.fanout.ws.discard(self)
+        self.fanout.sse.discard(self)
+        self.queue.clear()
 
 
 async def serve(board: Board, args: argparse.Namespace) -> None:
     loop = asyncio.get_running_loop()
-    fanout = Fanout()
+    fanout = Fanout(args.join, args.coalesce_ms / 1000)
     source = DeltaSource(market_ids(args.markets))
     server = await loop.create_server(
         lambda: _Peer(fanout), "127.0.0.1", args.port, backlog=4096, reuse_address=True
@@ -96,29 +164,32 @@ async def serve(board: Board, args: argparse.Namespace) -> None:
         for _ in range(n):
             payload = source.packed(pack) if pack > 1 else source.next()
             if fanout.ws:
-                frame = wsframe.server_frame(payload)
-                for t in fanout.ws:
-                    t.write(frame)
+                fanout.send(fanout.ws, wsframe.server_frame(payload))
             if fanout.sse:
-                event = b"event: delta\ndata: " + payload + b"\n\n"
-                for t in fanout.sse:
-                    t.write(event)
+                fanout.send(fanout.sse, b"event: delta\ndata: " + payload + b"\n\n")
 
     bound = server.sockets[0].getsockname()[1]
-    print(f"ceiling: serving on http://127.0.0.1:{bound}/", flush=True)
+    name = "ceiling_joining" if args.join else "ceiling"
+    print(f"{name}: serving on http://127.0.0.1:{bound}/", flush=True)
     try:
         await peer.drive_until(board, publish, stop)
     finally:
-        for t in (*fanout.ws, *fanout.sse):
-            t.abort()
+        for c in (*fanout.ws, *fanout.sse):
+            if c.transport is not None:
+                c.transport.abort()
         server.close()
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(2):
                 await server.wait_closed()
 
 
+def _arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--join", action="store_true", help="join queued frames as the gateway")
+    parser.add_argument("--coalesce-ms", type=float, default=0.0, help="with --join: the window")
+
+
 def main(argv: list[str] | None = None) -> int:
-    return peer.main("ceiling", argv, serve)
+    return peer.main("ceiling", argv, serve, arguments=_arguments)
 
 
 if __name__ == "__main__":

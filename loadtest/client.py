@@ -47,6 +47,7 @@ from loadtest.board import (
     S_DONE,
     S_FAILED,
     S_FRAMES,
+    S_READY,
     S_SLOW_CLOSED,
     S_SLOW_DELTAS,
     S_SLOW_FRAMES,
@@ -107,6 +108,7 @@ class _Conn(asyncio.Protocol):
         self.head = True
         self.rest = b""
         self.closed = False
+        self.ready = False  # A delta has arrived.
         self.opened: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -163,6 +165,9 @@ class _Conn(asyncio.Protocol):
 
 
 class WSConn(_Conn):
+    answers_pings = False
+    """Centrifugo's JSON protocol pings with an empty object (``{}``) and expects one back."""
+
     def accept(self, head: bytes) -> bool:
         if not head.startswith(b"HTTP/1.1 101"):
             return False
@@ -206,6 +211,10 @@ class WSConn(_Conn):
                             q = data.find(TS, p, end) + 5
                             stamps.append(int(data[q : q + 13]))
                             p = data.find(DELTA, q, end)
+                if self.answers_pings and is_ping(data, start, end):
+                    frames -= end - start == 2  # A ping alone is not a message.
+                    if self.transport is not None:
+                        self.transport.write(wsframe.client_frame(b"{}"))
             elif op == wsframe.OP_PING and self.transport is not None:
                 self.transport.write(wsframe.client_frame(data[start:end], wsframe.OP_PONG))
             elif op == wsframe.OP_CLOSE:
@@ -229,8 +238,38 @@ class WSConn(_Conn):
             self.c.add(S_SLOW_FRAMES if self.slow else S_FRAMES, frames)
         if deltas:
             self.c.add(S_SLOW_DELTAS if self.slow else S_DELTAS, deltas)
+            if not self.ready:
+                self.ready = True
+                self.c.add(S_READY)
         if stamps:
             self.c.latencies(stamps, self.slow)
+
+
+def is_ping(data: bytes, start: int, end: int) -> bool:
+    """Whether the message ``data[start:end]`` holds a Centrifugo ping: an empty object
+    alone, or as one line of a message that joins several replies with newlines (what its
+    server does when pushes are queued)."""
+    if end - start == 2:
+        return data[start:end] == b"{}"
+    return (
+        data.startswith(b"{}\n", start)
+        or data.find(b"\n{}\n", start, end) >= 0
+        or data.endswith(b"\n{}", start, end)
+    )
+
+
+class CentrifugoConn(WSConn):
+    """A WebSocket client of Centrifugo's JSON protocol: ``--command`` holds its connect
+    and subscribe commands (one per line, one frame); it answers the server's pings."""
+
+    answers_pings = True
+
+
+def event_end(body: bytes) -> int:
+    """Where the last complete SSE event of ``body`` ends (0: none is complete). An event
+    ends with a blank line: "\\n\\n", or "\\r\\n\\r\\n" (sse-starlette's default)."""
+    lf, crlf = body.rfind(b"\n\n"), body.rfind(b"\n\r\n")
+    return max(lf + 2 if lf >= 0 else 0, crlf + 3 if crlf >= 0 else 0)
 
 
 class SSEConn(WSConn):
@@ -267,9 +306,8 @@ class SSEConn(WSConn):
             body = self.body + b"".join(parts)
         else:
             body = self.body + data
-        # An event ends with a blank line: "\n\n", or "\r\n\r\n" (sse-starlette's default).
-        cut = max(body.rfind(b"\n\n") + 2, body.rfind(b"\n\r\n") + 3)
-        if cut < 2:
+        cut = event_end(body)
+        if cut == 0:
             self.body = body
             return rest
         events = body[:cut]
@@ -314,7 +352,9 @@ async def _connect(
     return conn
 
 
-def _request(url: str, subprotocol: str | None) -> tuple[type[_Conn], str, int, bytes]:
+def _request(
+    url: str, subprotocol: str | None, protocol: str = "oddstream"
+) -> tuple[type[_Conn], str, int, bytes]:
     parts = urlsplit(url)
     host = parts.hostname or "127.0.0.1"
     port = parts.port or 80
@@ -322,7 +362,7 @@ def _request(url: str, subprotocol: str | None) -> tuple[type[_Conn], str, int, 
     lines = [f"GET {target} HTTP/1.1", f"Host: {host}:{port}"]
     kind: type[_Conn]
     if parts.scheme == "ws":
-        kind = WSConn
+        kind = CentrifugoConn if protocol == "centrifugo" else WSConn
         lines += [
             "Upgrade: websocket",
             "Connection: Upgrade",
@@ -342,7 +382,7 @@ def _request(url: str, subprotocol: str | None) -> tuple[type[_Conn], str, int, 
 async def run(args: argparse.Namespace) -> None:
     board = Board.open(args.board)
     counters = Counters(board, args.slot)
-    kind, host, port, request = _request(args.url, args.subprotocol)
+    kind, host, port, request = _request(args.url, args.subprotocol, args.protocol)
     command = args.command.encode() if args.command else None
     commands = (
         [line for line in args.commands_file.read_bytes().splitlines() if line.strip()]
@@ -421,6 +461,12 @@ def main(argv: list[str] | None = None) -> int:
         help="one command per line; connection i sends line i (mod their number)",
     )
     parser.add_argument("--subprotocol")
+    parser.add_argument(
+        "--protocol",
+        choices=("oddstream", "centrifugo"),
+        default="oddstream",
+        help="centrifugo: answer its JSON protocol's pings",
+    )
     parser.add_argument("--slow-every", type=int, default=0)
     parser.add_argument("--concurrency", type=int, default=128)
     parser.add_argument("--connect-timeout-s", type=float, default=30.0)

@@ -2,7 +2,9 @@
 # Installs what `python -m loadtest.bench` measures oddstream against, when missing:
 #   * Pushpin: the Debian package `pushpin` (it pulls in condure and zurl), via apt-get;
 #   * the `broadcaster` Python package (encode/broadcaster), into .venv;
-#   * py-spy (for `--profile`), into .venv.
+#   * py-spy (for `--profile`), into .venv;
+#   * Centrifugo, built by `go install` from the Go module proxy into .cache/go/bin (kept;
+#     rebuilt only when CENTRIFUGO_MODULE changes).
 # Idempotent: does nothing when everything is there. Never fails the caller: a peer that
 # cannot be installed is reported here, and the benchmark then prints
 # "<peer>: not available" and carries on without it.
@@ -59,4 +61,21 @@ for package in broadcaster py-spy; do
         say "$package: not available (pip install $package failed)"
     fi
 done
+CENTRIFUGO_MODULE=github.com/centrifugal/centrifugo/v6@v6.9.1
+tools="$PWD/.cache/go/bin"
+stamp="$tools/.centrifugo.version"
+if [ -x "$tools/centrifugo" ] && [ "$(cat "$stamp" 2>/dev/null)" = "$CENTRIFUGO_MODULE" ]; then
+    say "centrifugo: present ($CENTRIFUGO_MODULE)"
+elif ! command -v go >/dev/null 2>&1; then
+    say "centrifugo: not available (no Go toolchain for go install $CENTRIFUGO_MODULE)"
+else
+    say "centrifugo: go install $CENTRIFUGO_MODULE (once; minutes; kept in .cache/go/bin) ..."
+    mkdir -p "$tools"
+    if (cd /tmp && GOBIN="$tools" go install "$CENTRIFUGO_MODULE") >/dev/null 2>&1; then
+        printf '%s\n' "$CENTRIFUGO_MODULE" >"$stamp"
+        say "centrifugo: installed ($("$tools/centrifugo" version 2>/dev/null | head -n1))"
+    else
+        say "centrifugo: not available (go install $CENTRIFUGO_MODULE failed)"
+    fi
+fi
 exit 0

@@ -6,7 +6,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import signal
+import socket
+import time
 from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Any
@@ -17,6 +20,49 @@ from loadtest.publisher import Publish, drive
 
 #: Exit status of a peer that is not installed here (the benchmark reports it as such).
 UNAVAILABLE = 3
+
+
+def free_port() -> int:
+    """A free TCP port on 127.0.0.1 (for the helper servers a peer starts)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+async def wait_port(port: int, deadline: float) -> bool:
+    """Whether something listens on ``port`` before ``deadline`` (monotonic)."""
+    while time.monotonic() < deadline:
+        with contextlib.suppress(OSError):
+            _, writer = await asyncio.open_connection("127.0.0.1", port)
+            writer.close()
+            return True
+        await asyncio.sleep(0.1)  # Polling a child's start-up, bounded by the deadline.
+    return False
+
+
+async def stop_process(proc: asyncio.subprocess.Process, timeout_s: float = 10) -> None:
+    """SIGTERM a server process the peer started; SIGKILL it after ``timeout_s``."""
+    if proc.returncode is not None:
+        return
+    proc.send_signal(signal.SIGTERM)
+    try:
+        await asyncio.wait_for(proc.wait(), timeout_s)
+    except TimeoutError:
+        proc.kill()
+        await proc.wait()
+
+
+async def announce_and_drive(
+    name: str, pid: int, url: str, board: Board, publish: Publish, stop: asyncio.Event
+) -> None:
+    """For a peer that runs a server of its own: name the server's pid (the process the
+    benchmark measures), say where it serves, then publish until told to stop; a
+    publisher failure is printed (the benchmark then withholds the row)."""
+    print(f"{name}: pid {pid}", flush=True)
+    print(f"{name}: serving on {url}", flush=True)
+    failed = await drive_until(board, publish, stop)
+    if failed is not None:
+        print(f"{name}: publisher failed: {failed!r}", flush=True)
 
 
 def stop_on_signals() -> asyncio.Event:

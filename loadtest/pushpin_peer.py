@@ -26,31 +26,22 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import json
 import shutil
-import signal
-import socket
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from loadtest import peer
+from loadtest import peer, procs
 from loadtest.board import Board
 from loadtest.payloads import DeltaSource, market_ids
+from loadtest.peer import free_port, wait_port
 
 CHANNEL = "odds"
 _START_TIMEOUT_S = 20.0
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def config(run: Path, http_port: int, push_port: int, zmq_ports: list[int]) -> str:
@@ -172,34 +163,8 @@ def origin_app() -> Any:
     return Starlette(routes=[Route("/{path:path}", handle, methods=["GET", "POST"])])
 
 
-async def _wait_port(port: int, deadline: float) -> bool:
-    while time.monotonic() < deadline:
-        with contextlib.suppress(OSError):
-            _, writer = await asyncio.open_connection("127.0.0.1", port)
-            writer.close()
-            return True
-        await asyncio.sleep(0.1)  # Polling a child's start-up, bounded by the deadline.
-    return False
-
-
-def _origin_class() -> Any:
-    import uvicorn
-
-    class Origin(uvicorn.Server):
-        """uvicorn without its own signal handling: this process owns SIGTERM/SIGINT."""
-
-        @contextlib.contextmanager
-        def capture_signals(self) -> Iterator[None]:
-            yield
-
-    return Origin
-
-
 async def run(board: Board, args: argparse.Namespace, work: Path) -> int:
     import httpx
-    import uvicorn
-
-    origin_class = _origin_class()
 
     origin_port = free_port()
     http_port = args.port or free_port()
@@ -210,13 +175,29 @@ async def run(board: Board, args: argparse.Namespace, work: Path) -> int:
     (work / "routes").write_text(f"* 127.0.0.1:{origin_port},over_http\n")
     (work / "pushpin.conf").write_text(config(work, http_port, push_port, zmq_ports))
 
-    origin = origin_class(
-        uvicorn.Config(
-            origin_app(), host="127.0.0.1", port=origin_port, log_level="warning", lifespan="off"
-        )
-    )
-    origin_task = asyncio.create_task(origin.serve())
     log = (work / "pushpin.log").open("wb")
+    # The origin in its own process: in this one, the publisher saturating the event loop
+    # starved it, and Pushpin answered the handshakes and the clients' frames it forwards
+    # with 502 "Error while proxying to origin" and closed those clients.
+    origin = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "uvicorn",
+        "--factory",
+        "loadtest.pushpin_peer:origin_app",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(origin_port),
+        "--log-level",
+        "warning",
+        "--no-access-log",
+        "--lifespan",
+        "off",
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        cwd=procs.ROOT,
+    )
     proc = await asyncio.create_subprocess_exec(
         shutil.which("pushpin") or "pushpin",
         "--config",
@@ -228,9 +209,9 @@ async def run(board: Board, args: argparse.Namespace, work: Path) -> int:
     stop = peer.stop_on_signals()
     try:
         deadline = time.monotonic() + _START_TIMEOUT_S
-        ready = await _wait_port(origin_port, deadline)
-        ready = ready and await _wait_port(http_port, deadline)
-        ready = ready and await _wait_port(push_port, deadline)
+        ready = await wait_port(origin_port, deadline)
+        ready = ready and await wait_port(http_port, deadline)
+        ready = ready and await wait_port(push_port, deadline)
         if not ready or proc.returncode is not None:
             tail = (work / "pushpin.log").read_text(errors="replace")[-600:]
             print(f"pushpin: not available (did not start: {tail!r})", flush=True)
@@ -254,23 +235,13 @@ async def run(board: Board, args: argparse.Namespace, work: Path) -> int:
                 response = await http.post("/publish/", json={"items": items}, timeout=10)
                 response.raise_for_status()
 
-            print(f"pushpin: pid {proc.pid}", flush=True)
-            print(f"pushpin: serving on http://127.0.0.1:{http_port}/", flush=True)
-            failed = await peer.drive_until(board, publish, stop)
-            if failed is not None:
-                print(f"pushpin: publisher failed: {failed!r}", flush=True)
+            url = f"http://127.0.0.1:{http_port}/"
+            await peer.announce_and_drive("pushpin", proc.pid, url, board, publish, stop)
         return 0
     finally:
-        if proc.returncode is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                await asyncio.wait_for(proc.wait(), 10)
-            except TimeoutError:
-                proc.kill()
-                await proc.wait()
+        await peer.stop_process(proc)
+        await peer.stop_process(origin)
         log.close()
-        origin.should_exit = True
-        await asyncio.gather(origin_task, return_exceptions=True)
 
 
 def _missing() -> str | None:

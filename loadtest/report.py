@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-SYSTEMS = ("oddstream", "ceiling", "broadcaster", "pushpin")
+PACKED = ("ceiling_packed", "oddstream_batched")
 
 
 def figure(v: Any, spec: str = ",.0f") -> str:
@@ -44,37 +44,40 @@ def fanout_table(report: dict[str, Any]) -> str:
     rate = report["settings"]["latency_deliveries_per_s"]
     low = 5000
     head = (
-        f"| scenario | system | clients | delivered/s | server CPU | clients CPU | "
+        f"| scenario | system | clients | deltas/s | server CPU | clients CPU | "
         f"p50 / p99 ms @{rate // 1000}k/s | p50 / p99 ms @{low // 1000}k/s | "
-        f"KiB/conn idle / load | x ceiling | oddstream x it |\n"
-        f"|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+        f"KiB/conn idle / load | x joining ceiling | oddstream x it | spread (n) |\n"
+        f"|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"
     )
     rows = [head]
     for name, s in report["scenarios"].items():
         systems = s.get("systems") or {}
         if not systems or name in {"slow_mix", "e2e", "books"}:
             continue
-        ceiling = (systems.get("ceiling") or {}).get("delivered_per_s")
-        odd = (systems.get("oddstream") or {}).get("delivered_per_s")
-        for system in (*SYSTEMS, "oddstream_batched", "ceiling_packed10", "oddstream_gc_tuned"):
-            v = systems.get(system)
-            if v is None:
-                continue
+        ceiling = (systems.get("ceiling_joining") or {}).get("deltas_per_s")
+        odd = (systems.get("oddstream") or {}).get("deltas_per_s")
+        for system, v in systems.items():  # In the order they were measured.
             if v.get("available") is False:
                 rows.append(
                     f"| {name} | {system} | - | not available: {v.get('reason', '')[:80]} "
-                    "| | | | | | | |"
+                    "| | | | | | | | |"
                 )
                 continue
-            delivered = v.get("delivered_per_s")
-            packed = system in ("ceiling_packed10", "oddstream_batched")
+            if v.get("refused"):
+                rows.append(
+                    f"| {name} | {system} | {figure(v.get('connected'))} | "
+                    f"not reported: {v['refused']} | | | | | | | | |"
+                )
+                continue
+            delivered = v.get("deltas_per_s")
+            packed = system in PACKED
             x_ceiling = delivered / ceiling if delivered and ceiling and not packed else None
             compared = odd and delivered and not system.startswith("oddstream") and not packed
             x_it = odd / delivered if compared else None
             rows.append(
                 f"| {name} | {system} | {figure(v.get('connected'))} | "
                 + (
-                    f"{figure(delivered)} frames ({figure(v.get('deltas_per_s'))} deltas) | "
+                    f"{figure(v.get('delivered_per_s'))} frames ({figure(delivered)} deltas) | "
                     if packed
                     else f"{figure(delivered)} | "
                 )
@@ -85,9 +88,17 @@ def fanout_table(report: dict[str, Any]) -> str:
                 f"{figure(_low(v, 'p99_ms', low), '.1f')} | "
                 f"{figure(v.get('rss_kib_per_conn'), '.1f')} / "
                 f"{figure(v.get('rss_kib_per_conn_load'), '.1f')} | "
-                f"{figure(x_ceiling, '.2f')} | {figure(x_it, '.2f')} |"
+                f"{figure(x_ceiling, '.2f')} | {figure(x_it, '.2f')} | {_spread(v)} |"
             )
     return "\n".join(rows)
+
+
+def _spread(values: dict[str, Any]) -> str:
+    """Deltas/s over the repeats: min / median / max (n)."""
+    s = (values.get("spread") or {}).get("deltas_per_s")
+    if not s or s["n"] < 2:
+        return "-"
+    return f"{figure(s['min'])} / {figure(s['median'])} / {figure(s['max'])} ({s['n']})"
 
 
 def _e2e_line(e2e: dict[str, Any]) -> str:

@@ -32,7 +32,7 @@ REQUIRED = (
     "ceiling_per_s",
     "ratio_to_ceiling",
 )
-PEERS = ("broadcaster", "pushpin")
+PEERS = ("centrifugo_1core", "centrifugo", "broadcaster", "pushpin")
 
 
 def _number_or_none(value: Any) -> bool:
@@ -79,8 +79,9 @@ def test_every_scenario_has_the_required_keys(report: dict[str, Any], name: str)
     for key in REQUIRED[1:]:
         assert _number_or_none(scenario[key]), (key, scenario[key])
     assert isinstance(scenario["measured"], bool)
-    for peer in PEERS:
-        figures = scenario["peers"][peer]
+    if name in FANOUTS:
+        assert set(PEERS) <= set(scenario["peers"])
+    for figures in scenario["peers"].values():
         assert _number_or_none(figures["delivered_per_s"])
         assert _number_or_none(figures["p99_ms"])
         if not figures["available"]:
@@ -114,6 +115,25 @@ def test_peers_run_in_the_quick_ws_and_sse_scenarios(report: dict[str, Any]) -> 
 
 
 @pytest.mark.timeout(300)
+@pytest.mark.parametrize("name", FANOUTS)
+def test_every_row_says_where_it_comes_from(report: dict[str, Any], name: str) -> None:
+    scenario = report["scenarios"][name]
+    assert scenario["run"] and scenario["commit"]
+    assert scenario["ceiling_kind"] == "ceiling_joining"
+    assert scenario["systems"]["ceiling_joining"]["delivered_per_s"] > 0
+    for values in scenario["systems"].values():
+        if values.get("available") is not False:
+            assert isinstance(values["commit"], str) and isinstance(values["dirty"], bool)
+
+
+@pytest.mark.timeout(300)
+def test_wire_sizes_are_measured(report: dict[str, Any]) -> None:
+    sizes = report["scenarios"]["wire"]["bytes_per_delta"]
+    assert 0 < sizes["msgpack"] < sizes["json"]
+    assert sizes["json_deflate_takeover"] < sizes["json"]
+
+
+@pytest.mark.timeout(300)
 def test_distributed_scenarios_run_or_say_why_not(report: dict[str, Any]) -> None:
     configured = bool(os.environ.get("ODDSTREAM_KAFKA") and os.environ.get("ODDSTREAM_REDIS"))
     for name in ("e2e", "books"):
@@ -132,7 +152,7 @@ def test_distributed_scenarios_run_or_say_why_not(report: dict[str, Any]) -> Non
 @pytest.mark.timeout(300)
 def test_goals_are_listed_but_not_judged_in_a_quick_run(report: dict[str, Any]) -> None:
     goals = report["goals"]
-    assert len(goals) == 8
+    assert len(goals) == 12
     for goal in goals:
         assert isinstance(goal["goal"], str) and isinstance(goal["why"], str)
         assert goal["met"] is None
