@@ -615,6 +615,7 @@ class BooksRunner:
                 record.partition,
                 record.offset,
                 dead.reason,
+                extra={"topic": record.topic, "partition": record.partition},
             )
             headers = [
                 ("reason", dead.reason.encode()),

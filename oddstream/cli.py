@@ -16,9 +16,11 @@ from typing import Any
 
 from channels.broker import BrokerError
 from channels.store import StoreError
-from oddstream import options
+from oddstream import logs, options
 from oddstream.process import Failed, run
 from server.settings import SettingsError
+
+log = logging.getLogger("oddstream")
 
 HELP: dict[options.Role, str] = {
     "dev": "everything in one process: synthetic feed, books, gateway",
@@ -68,16 +70,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SettingsError as exc:
         print(f"oddstream: {exc}", file=sys.stderr)
         return 2
-    logging.basicConfig(
-        level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    logs.setup(role, settings.log_level, settings.log_format)
     try:
         return run(_main(settings, args))
     except Failed as exc:
-        print(f"oddstream: {exc}", file=sys.stderr)
+        log.error("%s", exc)
         return exc.status
     except (StoreError, BrokerError) as exc:
-        print(f"oddstream: {exc}", file=sys.stderr)
+        log.error("%s", exc)
         return 1
 
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import argparse
-import sys
+import logging
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -15,6 +15,8 @@ from feeds.sources import SourceError, open_source
 from oddstream import topics
 from oddstream.options import FeedSettings
 from oddstream.process import Failed
+
+log = logging.getLogger("oddstream")
 
 #: Messages between two progress lines.
 PROGRESS_EVERY = 1000
@@ -57,19 +59,12 @@ async def _main(settings: FeedSettings, args: argparse.Namespace) -> None:
             sent += 1
             dead = await _dead_letter_skipped(producer, report, dead, args)
             if sent % PROGRESS_EVERY == 0:
-                rate = sent / (time.monotonic() - started)
-                end = "\r" if sys.stderr.isatty() else "\n"  # A live line on a terminal.
-                print(f"oddstream: {sent} messages ({rate:,.0f}/s)", end=end, file=sys.stderr)
+                log.info("sent %d messages (%.0f/s)", sent, sent / (time.monotonic() - started))
             if args.limit is not None and sent >= args.limit:
                 break
         dead = await _dead_letter_skipped(producer, report, dead, args)
         await producer.flush()
-    print(
-        f"oddstream: produced {sent} feed messages; {dead} unreadable records to "
-        f"{names.deadletter}",
-        file=sys.stderr,
-        flush=True,
-    )
+    log.info("produced %d feed messages; %d unreadable records to %s", sent, dead, names.deadletter)
 
 
 async def _dead_letter_skipped(

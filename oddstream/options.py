@@ -447,6 +447,15 @@ OPTIONS: tuple[Option, ...] = (
         "",
     ),
     Option("log_level", "log level", _ALL, one_of("debug", "info", "warning", "error"), "info"),
+    Option(
+        "log_format",
+        "`json`: one JSON object per line on stderr, for a log collector; `text`: for a "
+        "terminal (`docs/observability.md#logs`)",
+        _ALL,
+        one_of("json", "text"),
+        "json",
+        {"dev": "text"},
+    ),
 )
 
 
@@ -475,6 +484,7 @@ class GatewaySettings:
     server: Settings
     redis: str
     log_level: str
+    log_format: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -490,6 +500,7 @@ class DevSettings:
     speed: float
     web: str
     log_level: str
+    log_format: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -504,6 +515,7 @@ class BooksSettings:
     group: str
     topic_prefix: str
     log_level: str
+    log_format: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -518,6 +530,7 @@ class ArchiveSettings:
     mysql_wait_s: float
     topic_prefix: str
     log_level: str
+    log_format: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -532,6 +545,7 @@ class FeedSettings:
     partitions: int
     topic_prefix: str
     log_level: str
+    log_format: str
 
 
 _BY_NAME = {o.name: o for o in OPTIONS}
