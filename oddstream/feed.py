@@ -64,7 +64,12 @@ async def _main(settings: FeedSettings, args: argparse.Namespace) -> None:
                 break
         dead = await _dead_letter_skipped(producer, report, dead, args)
         await producer.flush()
-    log.info("produced %d feed messages; %d unreadable records to %s", sent, dead, names.deadletter)
+    # The command's outcome, on stdout as `record`'s (launchers wait for it at any level).
+    print(
+        f"oddstream: produced {sent} feed messages; {dead} unreadable records to "
+        f"{names.deadletter}",
+        flush=True,
+    )
 
 
 async def _dead_letter_skipped(

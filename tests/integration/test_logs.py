@@ -65,9 +65,5 @@ async def test_roles_log_one_json_event_per_line(space: Space) -> None:
             books.kill()
             await books.wait()
     messages = [event(line, "feed")["message"] for line in feed_lines]
-    assert messages[0].startswith("sent 1000 messages")
-    assert (
-        messages[-1]
-        == f"produced 2000 feed messages; 0 unreadable records to {space.prefix}deadletter"
-    )
+    assert [m.split(" (")[0] for m in messages] == ["sent 1000 messages", "sent 2000 messages"]
     assert seen[-1]["message"].startswith("books: stopped: records=")
