@@ -33,6 +33,7 @@ from aiokafka import AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.partitioner import murmur2
 
+from channels.stamps import STAMP_HEADER, feed_stamp, now_us
 from feeds.embedded import now_ms
 from feeds.model import FEED_TOPICS, FeedMessage, FeedTopic, decode_feed, encode_feed, topic_of
 
@@ -314,7 +315,10 @@ class KafkaFeedProducer:
     async def send(self, message: FeedMessage) -> None:
         """Queue ``message`` on its feed topic, keyed by its ``event_id``."""
         await self.send_raw(
-            self._topic[topic_of(message)], message.event_id.encode(), encode_feed(message)
+            self._topic[topic_of(message)],
+            message.event_id.encode(),
+            encode_feed(message),
+            feed_ts_ms=message.ts,
         )
 
     async def dead_letter(self, value: bytes, headers: Sequence[tuple[str, bytes]]) -> None:
@@ -333,10 +337,14 @@ class KafkaFeedProducer:
         key: bytes | None,
         value: bytes,
         headers: Sequence[tuple[str, bytes]] = (),
+        *,
+        feed_ts_ms: int | None = None,
     ) -> None:
         """Queue raw bytes on a feed topic (a recorded feed, or a deliberately malformed
         record), keyed like a feed message. A record without a key goes to a partition of
-        Kafka's choosing and carries no order header."""
+        Kafka's choosing and carries no order header. Every record carries the stage
+        stamp header (``feed_ts_ms``, the message's own ``ts``, when known; see
+        ``docs/observability.md``)."""
         if self._error is not None:
             raise DeliveryError(f"an earlier record was not delivered: {self._error}")
         if topic not in self._feed_topics:
@@ -344,6 +352,7 @@ class KafkaFeedProducer:
         # Non-decreasing even if the wall clock steps back (a tie-break for records that
         # carry no order header).
         ts = self._last_ts = max(now_ms(), self._last_ts)
+        headers = [*headers, (STAMP_HEADER, feed_stamp(feed_ts_ms, now_us()))]
         partition = None
         if key is not None:
             partition = self._partition(key)

@@ -35,6 +35,10 @@ class FeedRecord(msgspec.Struct, frozen=True, gc=False):
     offset: int
     value: bytes
     key: bytes | None = None
+    headers: Sequence[tuple[str, bytes]] = ()
+    """The Kafka record's headers (stage stamps, trace context: :mod:`feeds.observe`)."""
+    received_us: int = 0
+    """When this process received it (wall-clock microseconds; 0: unknown)."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -130,13 +130,15 @@ def _oddstream(*args: str) -> list[str]:
     return procs.python("oddstream.cli", *args)
 
 
-def _books(kafka: str, redis: str, group: str, prefix: str) -> procs.Child:
-    """An ``oddstream books`` process of the benchmark's topics and group."""
+def _books(kafka: str, redis: str, group: str, prefix: str, ops_port: int = 0) -> procs.Child:
+    """An ``oddstream books`` process of the benchmark's topics and group (its operator
+    listener on ``ops_port``; 0: none)."""
     return procs.Child(
         "books",
         _oddstream(
             "books", "--kafka", kafka, "--redis", redis, "--group", group,
             "--topic-prefix", prefix, "--partitions", "4", "--log-level", "warning",
+            "--ops-port", str(ops_port),
         ),
     )  # fmt: skip
 
@@ -466,6 +468,8 @@ def books_scenario(
             _oddstream(
                 "feed",
                 "synth",
+                "--ops-port",
+                "0",
                 "--kafka",
                 kafka,
                 "--topic-prefix",

@@ -10,6 +10,7 @@ import signal
 from archive.consumer import ArchiveConfig, ArchiveRunner
 from archive.db import ArchiveError, MysqlUrl
 from oddstream import topics
+from oddstream.ops import operator_listener
 from oddstream.options import ArchiveSettings
 from oddstream.process import Failed
 
@@ -43,9 +44,16 @@ async def main(settings: ArchiveSettings) -> None:
             log.info("archive: %s", runner.stats.line())
 
     reporter = loop.create_task(report())
+    ops = operator_listener(
+        "archive",
+        settings.ops_host,
+        settings.ops_port,
+        lambda: runner.stats.rebalances > 0,  # Assigned in its group (MySQL answered).
+    )
     print(f"oddstream: archive in group {settings.group} on {settings.kafka}", flush=True)
     try:
-        await runner.run()
+        async with ops:
+            await runner.run()
     except ArchiveError as exc:
         raise Failed(1, f"archive: {exc} (--mysql / ODDSTREAM_MYSQL)") from None
     finally:

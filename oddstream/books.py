@@ -10,7 +10,9 @@ import signal
 from channels.redis_broker import RedisBroker
 from channels.redis_store import RedisStore
 from feeds.books_runner import BooksConfig, BooksRunner
+from feeds.observe import BooksCollector
 from oddstream import topics
+from oddstream.ops import operator_listener
 from oddstream.options import BooksSettings
 
 log = logging.getLogger("oddstream")
@@ -32,6 +34,7 @@ async def main(settings: BooksSettings) -> None:
                 group_id=settings.group,
                 topics=topics.names(settings),
                 stale_after_s=settings.stale_after_s or None,
+                metrics=settings.metrics == "on",
             ),
         )
         loop = asyncio.get_running_loop()
@@ -45,9 +48,19 @@ async def main(settings: BooksSettings) -> None:
                 log.info("books: %s", runner.stats.line())
 
         reporter = loop.create_task(report())
+        ops = operator_listener(
+            "books",
+            settings.ops_host,
+            settings.ops_port,
+            # A member of the group with its assignment done (it may hold no partition
+            # when the group has more members than partitions).
+            lambda: runner.stats.rebalances > 0 and not runner.ended,
+            [BooksCollector(runner)],
+        )
         print(f"oddstream: books in group {settings.group} on {settings.kafka}", flush=True)
         try:
-            await runner.run()
+            async with ops:
+                await runner.run()
         finally:
             reporter.cancel()
             await asyncio.gather(reporter, *stopping, return_exceptions=True)

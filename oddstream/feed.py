@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
 import logging
 import time
 from collections.abc import AsyncIterator
@@ -13,6 +14,7 @@ from feeds.model import FeedMessage
 from feeds.replay import ReadReport, write_jsonl
 from feeds.sources import SourceError, open_source
 from oddstream import topics
+from oddstream.ops import operator_listener
 from oddstream.options import FeedSettings
 from oddstream.process import Failed
 
@@ -53,7 +55,10 @@ async def _main(settings: FeedSettings, args: argparse.Namespace) -> None:
         )
     sent = dead = 0
     started = time.monotonic()
-    async with KafkaFeedProducer(settings.kafka, topics=names) as producer:
+    producing = asyncio.Event()
+    ops = operator_listener("feed", settings.ops_host, settings.ops_port, producing.is_set)
+    async with ops, KafkaFeedProducer(settings.kafka, topics=names) as producer:
+        producing.set()
         async for message in source:
             await producer.send(message)
             sent += 1

@@ -287,13 +287,36 @@ OPTIONS: tuple[Option, ...] = (
         _SERVING,
         Check(_origins_ok, "comma-separated origins (scheme://host[:port], null, file://) or *"),
     ),
-    Option("ops_host", "listen address of the operator listener", _SERVING),
+    # The operator listener of every role and what it observes (docs/observability.md).
+    Option("ops_host", "listen address of the operator listener", _ALL),
     Option(
         "ops_port",
         "operator listener (`/metrics`, `/healthz`, `/readyz`), never the public port; `0`: none",
-        _SERVING,
+        _ALL,
         between(0, 65535, " (0: off)"),
-        role_defaults={"dev": 0},
+        role_defaults={"dev": 0, "books": 9101, "feed": 9102, "archive": 9103},
+    ),
+    Option(
+        "metrics",
+        "`off`: no per-message observations (stage, step and fan-out histograms); "
+        "`/metrics` keeps the counters and gauges",
+        _ALL,
+        one_of("on", "off"),
+    ),
+    Option(
+        "traces",
+        "`otlp`: export OpenTelemetry traces with OTLP, configured by the standard "
+        "`OTEL_EXPORTER_OTLP_*` variables (needs `oddstream[otlp]`); `off`: none",
+        _ALL,
+        one_of("off", "otlp"),
+        "off",
+    ),
+    Option(
+        "trace_sample",
+        "share of feed messages traced end to end (the feed decides; books and gateways follow)",
+        _SYNTH,
+        between(0, 1),
+        0.001,
     ),
     # Session-level security (server/session.py, server/auth.py; docs/auth.md).
     Option(
@@ -483,6 +506,7 @@ class GatewaySettings:
 
     server: Settings
     redis: str
+    traces: str
     log_level: str
     log_format: str
 
@@ -499,6 +523,8 @@ class DevSettings:
     feed: str
     speed: float
     web: str
+    traces: str
+    trace_sample: float
     log_level: str
     log_format: str
 
@@ -514,6 +540,10 @@ class BooksSettings:
     partitions: int
     group: str
     topic_prefix: str
+    ops_host: str
+    ops_port: int
+    metrics: str
+    traces: str
     log_level: str
     log_format: str
 
@@ -529,6 +559,10 @@ class ArchiveSettings:
     archive_batch: int
     mysql_wait_s: float
     topic_prefix: str
+    ops_host: str
+    ops_port: int
+    metrics: str
+    traces: str
     log_level: str
     log_format: str
 
@@ -544,6 +578,11 @@ class FeedSettings:
     kafka: str
     partitions: int
     topic_prefix: str
+    ops_host: str
+    ops_port: int
+    metrics: str
+    traces: str
+    trace_sample: float
     log_level: str
     log_format: str
 

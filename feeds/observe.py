@@ -1,0 +1,147 @@
+"""A book processor's metrics and stage stamps (``docs/observability.md``).
+
+:class:`StepObserver` is what :class:`~feeds.books_runner.BooksRunner` calls, once per
+step (never per record): it reads the stamps of a step's first record (the oldest: the
+merge releases records in send order), observes the ``feed_send`` and ``kafka`` stages,
+the step's size and duration, and makes the pub/sub envelope when the step is stored.
+:class:`BooksCollector` reads the runner's counts when ``/metrics`` is scraped.
+"""
+
+from __future__ import annotations
+
+import typing
+from collections.abc import Iterable, Mapping, Sequence
+from typing import NamedTuple, Protocol
+
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from channels.metrics import STAGES, counter, gauge, histogram
+from channels.stamps import STAMP_HEADER, envelope, now_us, read_feed_stamp
+from feeds.book import RejectReason
+from feeds.processor import DeadLetter, FeedRecord
+
+_STEP_SIZE = histogram(
+    "oddstream_step_size",
+    "records applied per step",
+    buckets=(1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000),
+)
+_STEP_SECONDS = histogram("oddstream_step_seconds", "applying a step to the books (CPU, no I/O)")
+_REDIS_WRITE = histogram(
+    "oddstream_redis_write_seconds", "a step's store-and-publish, sent -> acknowledged by Redis"
+)
+_LAST_FEED = gauge(
+    "oddstream_last_feed_message_timestamp_seconds",
+    "feed timestamp of the newest record applied (Unix seconds)",
+)
+_DEAD = counter(
+    "oddstream_dead_letters_total", "feed records sent to the dead-letter topic", ["reason"]
+)
+#: The bounded label values of ``oddstream_dead_letters_total``.
+DEAD_LETTER_REASONS = ("malformed", *typing.get_args(RejectReason))
+_DEAD_BY_REASON = {reason: _DEAD.labels(reason=reason) for reason in DEAD_LETTER_REASONS}
+
+
+class StepStamp(NamedTuple):
+    """The stamps of a step's first record: feed timestamp ``t0`` (None when unknown)
+    and books receive ``t2`` (wall-clock microseconds)."""
+
+    feed_us: int | None
+    received_us: int
+
+
+def record_stamp(record: FeedRecord) -> tuple[int | None, int] | None:
+    """``(t0, t1)`` of a record's stamp header; None without one (or unreadable)."""
+    for name, value in record.headers:
+        if name == STAMP_HEADER:
+            return read_feed_stamp(value)
+    return None
+
+
+class StepObserver:
+    """The per-step observations of one book processor; ``enabled`` False
+    (``--metrics off``) observes nothing and stamps only the publish time."""
+
+    def __init__(self, enabled: bool = True):
+        self.enabled = enabled
+
+    def applied(self, records: Sequence[FeedRecord], seconds: float) -> StepStamp | None:
+        """A step of ``records`` was applied in ``seconds``: observe it; returns the stamp
+        its envelope carries (None when not observing or the first record has none)."""
+        if not self.enabled or not records:
+            return None
+        _STEP_SIZE.observe(len(records))
+        _STEP_SECONDS.observe(seconds)
+        first = records[0]
+        stamp = record_stamp(first)
+        if stamp is None:
+            return None
+        feed_us, sent_us = stamp
+        if feed_us is not None:
+            STAGES.feed_send.observe_us(feed_us, sent_us)
+        STAGES.kafka.observe_us(sent_us, first.received_us)
+        last = record_stamp(records[-1]) if len(records) > 1 else stamp
+        if last is not None and last[0] is not None:
+            _LAST_FEED.set(last[0] / 1e6)
+        return StepStamp(feed_us, first.received_us)
+
+    def envelope(self, stamp: StepStamp | None, trace: str | None = None) -> bytes:
+        """The header line of the step's publications, made as they are sent (``t3``);
+        observes the ``books`` stage."""
+        publish_us = now_us()
+        if stamp is None:
+            return envelope(None, publish_us, trace)
+        STAGES.books.observe_us(stamp.received_us, publish_us)
+        return envelope(stamp.feed_us, publish_us, trace)
+
+    def stored(self, seconds: float) -> None:
+        """A step's store-and-publish was acknowledged ``seconds`` after it was sent."""
+        if self.enabled:
+            _REDIS_WRITE.observe(seconds)
+
+    @staticmethod
+    def dead_letter(dead: DeadLetter) -> None:
+        reason = dead.reason.partition(":")[0]
+        child = _DEAD_BY_REASON.get(reason)
+        if child is not None:
+            child.inc()
+
+
+class _Runner(Protocol):
+    """What :class:`BooksCollector` reads of a runner."""
+
+    @property
+    def counts(self) -> Mapping[str, int]: ...
+
+    def lag(self) -> Mapping[int, int]: ...
+
+
+class BooksCollector(Collector):
+    """A book processor's counts, gauges and consumer lag, as of the scrape."""
+
+    def __init__(self, runner: _Runner):
+        self._runner = runner
+
+    def collect(self) -> Iterable[Metric]:
+        runner = self._runner
+        counts = runner.counts
+        yield GaugeMetricFamily(
+            "oddstream_markets_held",
+            "markets whose books this process holds in memory",
+            value=counts["markets_held"],
+        )
+        for name, doc in (
+            ("records", "feed records applied or dead-lettered"),
+            ("steps", "steps done"),
+            ("rebalances", "partition assignments"),
+            ("store_retries", "store/publish attempts retried"),
+        ):
+            yield CounterMetricFamily(f"oddstream_books_{name}_total", doc, value=counts[name])
+        lag = GaugeMetricFamily(
+            "oddstream_kafka_lag",
+            "records not yet applied (high watermark - next offset), per partition number",
+            labels=["partition"],
+        )
+        for partition, records in sorted(runner.lag().items()):
+            lag.add_metric([str(partition)], records)
+        yield lag
