@@ -6,8 +6,12 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+from collections.abc import Iterable
 
-from archive.consumer import ArchiveConfig, ArchiveRunner
+from prometheus_client.core import CounterMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from archive.consumer import ArchiveConfig, ArchiveRunner, ArchiveStats
 from archive.db import ArchiveError, MysqlUrl
 from oddstream import topics
 from oddstream.ops import operator_listener
@@ -49,6 +53,7 @@ async def main(settings: ArchiveSettings) -> None:
         settings.ops_host,
         settings.ops_port,
         lambda: runner.stats.rebalances > 0,  # Assigned in its group (MySQL answered).
+        [ArchiveCollector(runner.stats)],
     )
     print(f"oddstream: archive in group {settings.group} on {settings.kafka}", flush=True)
     try:
@@ -60,3 +65,24 @@ async def main(settings: ArchiveSettings) -> None:
         reporter.cancel()
         await asyncio.gather(reporter, return_exceptions=True)
         log.info("archive: stopped: %s", runner.stats.line())
+
+
+class ArchiveCollector(Collector):
+    """The archive's counts as of the scrape (docs/observability.md, "Archive")."""
+
+    HELP = {
+        "records": "market messages stored in MySQL (a message read twice counts twice)",
+        "batches": "MySQL transactions committed (rows and offsets together)",
+        "malformed": "records of the deltas topic that are not market messages, skipped",
+        "gaps": "stored messages whose seq does not follow the last one stored for the market",
+        "retries": "MySQL batches retried while it was unreachable",
+        "rebalances": "partition assignments",
+    }
+
+    def __init__(self, stats: ArchiveStats):
+        self._stats = stats
+
+    def collect(self) -> Iterable[Metric]:
+        for name, doc in self.HELP.items():
+            value = getattr(self._stats, name)
+            yield CounterMetricFamily(f"oddstream_archive_{name}_total", doc, value=value)
