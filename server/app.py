@@ -33,6 +33,10 @@ async def index(request: Request) -> Response:
     return FileResponse(STATIC / "index.html", headers={"Cache-Control": "no-store"})
 
 
+async def operator_page(request: Request) -> Response:
+    return FileResponse(STATIC / "operator.html", headers={"Cache-Control": "no-store"})
+
+
 def build_app(
     gateway: Gateway,
     background: Sequence[Background] = (),
@@ -96,7 +100,8 @@ def operator_app(
     """An operator listener's app (``--ops-host``/``--ops-port``, never public), for any
     role: ``/metrics`` (the process's registry, ``oddstream_ready`` and ``oddstream_info``
     of ``role``, and ``collectors``), ``/healthz`` and ``/readyz`` (``readyz``, or 200
-    while ``ready()`` else 503). See ``docs/observability.md``."""
+    while ``ready()`` else 503), and at ``/`` the live operator page that draws
+    ``/metrics``. See ``docs/observability.md``."""
     extra = (RoleCollector(role, ready), *collectors)
 
     async def metrics(request: Request) -> Response:
@@ -109,6 +114,7 @@ def operator_app(
 
     return Starlette(
         routes=[
+            Route("/", operator_page),
             Route("/metrics", metrics),
             Route("/healthz", rest.healthz),
             Route("/readyz", readyz or ready_or_not),
