@@ -9,8 +9,10 @@ A JSON event is one object per line::
 
 ``ts``, ``level``, ``role``, ``logger`` and ``message`` are always there; the fields of
 :data:`FIELDS` when the call passed them (``log.warning(..., extra={"partition": 3})``);
-``suppressed`` when repeats of the same call were held back (:class:`Repeats`); ``exc``
-with the traceback of ``log.exception``.
+``trace_id`` also when the event is logged inside a sampled span (a books step, a fan-out
+pass: ``docs/observability.md#traces-opentelemetry``); ``suppressed`` when repeats of the
+same call were held back (:class:`Repeats`); ``exc`` with the traceback of
+``log.exception``.
 
 Standard output is not a log: it carries the one start-up line a launcher reads
 (``serving on URL``, ``books in group G``).
@@ -26,6 +28,8 @@ from collections import OrderedDict
 from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any, TextIO
+
+from opentelemetry import trace
 
 #: Fields a log call may add with ``extra=``; nothing else of a record is written (no
 #: market id becomes a metric label, but a log event may name one).
@@ -93,6 +97,10 @@ class JsonFormatter(logging.Formatter):
             value = record.__dict__.get(name)
             if value is not None:
                 event[name] = value
+        if "trace_id" not in event:
+            span = trace.get_current_span().get_span_context()
+            if span.is_valid:
+                event["trace_id"] = format(span.trace_id, "032x")
         if record.exc_info:
             event["exc"] = self.formatException(record.exc_info)
         return json.dumps(event, default=str, ensure_ascii=False)

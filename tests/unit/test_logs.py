@@ -9,6 +9,7 @@ import logging
 import sys
 
 import pytest
+from opentelemetry.sdk.trace import TracerProvider
 
 from oddstream import logs
 
@@ -33,6 +34,15 @@ def test_json_event_has_the_contract_fields_and_the_given_ones() -> None:
         "partition": 2,
         "market_id": "m1",
     }
+
+
+def test_json_event_inside_a_span_names_its_trace() -> None:
+    tracer = TracerProvider().get_tracer(__name__)
+    formatter = logs.JsonFormatter("books")
+    with tracer.start_as_current_span("books.step") as span:
+        inside = json.loads(formatter.format(record("step failed")))
+    assert inside["trace_id"] == f"{span.get_span_context().trace_id:032x}"
+    assert "trace_id" not in json.loads(formatter.format(record("outside")))
 
 
 def test_json_traceback_stays_on_one_line() -> None:
