@@ -53,7 +53,7 @@ from aiokafka.coordinator.assignors.range import RangePartitionAssignor
 from aiokafka.errors import CommitFailedError, IllegalStateError
 
 from channels.broker import BrokerError
-from channels.stamps import now_us, wrap
+from channels.stamps import now_us
 from channels.store import Store, StoreError
 from feeds.embedded import epoch_minter, now_ms, tick_interval
 from feeds.kafka_feed import (
@@ -597,8 +597,8 @@ class BooksRunner:
                 async with asyncio.timeout(self._io_timeout):
                     if failed and await self._store_lost():
                         step = self._rebase_step()
-                    head = self.observer.envelope(stamp)
-                    stamped = dataclasses.replace(step, publications=wrap(step.publications, head))
+                    publications = self.observer.publications(step, stamp)
+                    stamped = dataclasses.replace(step, publications=publications)
                     started = time.perf_counter()
                     await commit_step(stamped, self._store, self._broker, sent=sent)
                     self.observer.stored(time.perf_counter() - started)
