@@ -67,7 +67,7 @@ from feeds.kafka_feed import (
     new_producer,
 )
 from feeds.merge import TP, CrossTopicMerge, MergeItem
-from feeds.observe import StepObserver, StepStamp
+from feeds.observe import NOT_STAMPED, Stamped, StepObserver
 from feeds.processor import DeadLetter, FeedRecord, Processor, Publisher, Step, commit_step
 from feeds.staleness import STALE_AFTER_S
 from feeds.steps import Flight, StepPipeline
@@ -464,6 +464,7 @@ class BooksRunner:
         started = time.perf_counter()
         step = self.processor.process(records, now=self._monotonic())
         stamp = self.observer.applied(records, time.perf_counter() - started)
+        span = self.observer.step_span(records)
         skipped = self.processor.skipped - skipped_before
         self._processed.update(step.batch.offsets)
         self._event_partition.update(step.batch.partitions)
@@ -471,7 +472,7 @@ class BooksRunner:
         flight = pipeline.apply(step, len(records) - skipped, skipped)
         await self._until(lambda: pipeline.may_store(flight))
         sent = asyncio.Event()
-        task = asyncio.create_task(self._finish(flight, sent, stamp))
+        task = asyncio.create_task(self._finish(flight, sent, Stamped(stamp, span)))
         self._tasks.add(task)
         task.add_done_callback(self._step_ended)
         # Storage works on the step while the next records are fetched and applied, but
@@ -479,7 +480,7 @@ class BooksRunner:
         # nothing else on the way would give it.
         await sent.wait()
 
-    async def _finish(self, flight: Flight, sent: asyncio.Event, stamp: StepStamp | None) -> None:
+    async def _finish(self, flight: Flight, sent: asyncio.Event, stamped: Stamped) -> None:
         """A step's I/O, in the order that makes a crash at any point safe (see the
         module docstring and :mod:`feeds.steps`): dead letters and storage (``sent`` is
         set once the writes are on their way), then, once every earlier step is done, the
@@ -492,7 +493,7 @@ class BooksRunner:
                     if step.dead_letters:
                         await self._produce_dead_letters(step.dead_letters)
                 if store:
-                    await self._store_step(step, sent, stamp)
+                    await self._store_step(step, sent, stamped)
             finally:
                 sent.set()
             pipeline.stored(flight)
@@ -510,6 +511,9 @@ class BooksRunner:
             raise
         finally:
             self._move()
+            if stamped.span is not None:
+                stamped.span.set_attribute("oddstream.step.publications", len(step.publications))
+                stamped.span.end()
         # Counted once the step is done, so an observer that sees the counts also sees
         # everything the step wrote.
         stats = self.stats
@@ -582,14 +586,14 @@ class BooksRunner:
         )
 
     async def _store_step(
-        self, step: Step, sent: asyncio.Event | None = None, stamp: StepStamp | None = None
+        self, step: Step, sent: asyncio.Event | None = None, stamped: Stamped = NOT_STAMPED
     ) -> None:
         """Store and publish a step, retrying while storage is down (with capped backoff;
         the step is idempotent: snapshots overwrite, history is keyed by seq, gateways
         drop repeated messages). Once storage answers again, if it lost what this
         processor wrote (Redis restarted without its data), every book is re-stored
         under a new epoch instead (:meth:`Processor.rebase`). Each publication carries
-        the envelope of the step's ``stamp`` (:mod:`channels.stamps`)."""
+        the envelope of the step's ``stamped`` (:mod:`channels.stamps`)."""
         delay = 0.1
         failed = False
         while True:
@@ -597,10 +601,10 @@ class BooksRunner:
                 async with asyncio.timeout(self._io_timeout):
                     if failed and await self._store_lost():
                         step = self._rebase_step()
-                    publications = self.observer.publications(step, stamp)
-                    stamped = dataclasses.replace(step, publications=publications)
+                    publications = self.observer.publications(step, *stamped)
+                    enveloped = dataclasses.replace(step, publications=publications)
                     started = time.perf_counter()
-                    await commit_step(stamped, self._store, self._broker, sent=sent)
+                    await commit_step(enveloped, self._store, self._broker, sent=sent)
                     self.observer.stored(time.perf_counter() - started)
                 return
             except (StoreError, BrokerError, TimeoutError) as exc:

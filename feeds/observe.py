@@ -13,11 +13,20 @@ import typing
 from collections.abc import Iterable, Mapping, Sequence
 from typing import NamedTuple, Protocol
 
+from opentelemetry.trace import Span
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from channels import traces
 from channels.metrics import STAGES, counter, gauge, histogram
-from channels.stamps import STAMP_HEADER, envelope, now_us, read_feed_stamp, wrap
+from channels.stamps import (
+    STAMP_HEADER,
+    TRACE_HEADER,
+    envelope,
+    now_us,
+    read_feed_stamp,
+    wrap,
+)
 from feeds.book import RejectReason
 from feeds.processor import DeadLetter, FeedRecord, Step
 
@@ -69,6 +78,16 @@ def _feed_digits(record: FeedRecord) -> bytes:
     return b""
 
 
+class Stamped(NamedTuple):
+    """What a step's I/O carries for observation: its stamps and its span."""
+
+    stamp: StepStamp | None
+    span: Span | None
+
+
+NOT_STAMPED = Stamped(None, None)
+
+
 class StepObserver:
     """The per-step observations of one book processor; ``enabled`` False
     (``--metrics off``) observes nothing and stamps only the publish time."""
@@ -96,13 +115,14 @@ class StepObserver:
         return StepStamp(first.received_us, feeds)
 
     def publications(
-        self, step: Step, stamp: StepStamp | None, trace: str | None = None
+        self, step: Step, stamp: StepStamp | None, span: Span | None = None
     ) -> list[tuple[tuple[str, ...], bytes]]:
         """The step's publications, each behind the envelope of its own record (``t0``)
-        and of the step (``t3``: now, as they are sent; ``trace``), and observe the
-        ``books`` stage. A step made otherwise (a rebase, a staleness tick) carries
-        ``t3`` only."""
+        and of the step (``t3``: now, as they are sent; the ``traceparent`` of its
+        ``span``), and observe the ``books`` stage. A step made otherwise (a rebase, a
+        staleness tick) carries ``t3`` only."""
         publish_us = now_us()
+        trace = None if span is None else traces.traceparent(span)
         publications = step.publications
         starts = step.starts
         if stamp is None or len(starts) != len(stamp.feeds):
@@ -116,6 +136,25 @@ class StepObserver:
                 head = envelope(feed or None, publish_us, trace)
                 out += [(channels, head + payload) for channels, payload in publications[begin:end]]
         return out
+
+    @staticmethod
+    def step_span(records: Sequence[FeedRecord]) -> Span | None:
+        """The ``books.step`` span of a step when tracing is on and a record of it carries
+        a sampled context: the first one's child, linked to the others'."""
+        tracer = traces.state.tracer
+        if tracer is None:
+            return None
+        parents = [v for r in records for name, v in r.headers if name == TRACE_HEADER]
+        context = traces.parent(parents[0]) if parents else None
+        if context is None:
+            return None
+        return tracer.start_span(
+            "books.step",
+            context=context,
+            kind=traces.SpanKind.CONSUMER,
+            links=traces.link(parents[1:]),
+            attributes={"oddstream.step.records": len(records)},
+        )
 
     def stored(self, seconds: float) -> None:
         """A step's store-and-publish was acknowledged ``seconds`` after it was sent."""

@@ -17,6 +17,7 @@ from oddstream import topics
 from oddstream.ops import operator_listener
 from oddstream.options import FeedSettings
 from oddstream.process import Failed
+from oddstream.tracing import traced
 
 #: Messages between two progress lines.
 PROGRESS_EVERY = 1000
@@ -51,6 +52,17 @@ async def _main(settings: FeedSettings, args: argparse.Namespace) -> None:
             speed=settings.speed,
             report=report,
         )
+    with traced("feed", settings.traces, settings.trace_sample):
+        await _produce(settings, args, source, report)
+
+
+async def _produce(
+    settings: FeedSettings,
+    args: argparse.Namespace,
+    source: AsyncIterator[FeedMessage],
+    report: ReadReport,
+) -> None:
+    names = topics.names(settings)
     sent = dead = 0
     started = time.monotonic()
     producing = asyncio.Event()
