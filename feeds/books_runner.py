@@ -119,6 +119,11 @@ class BooksConfig:
     heartbeat_interval_ms: int = 1_000
     """How soon a member notices a rebalance (and hands partitions over)."""
     linger_ms: int = 5
+    fetch_max_wait_ms: int = 5
+    """Longest the broker holds a fetch for partitions with nothing new. aiokafka keeps one
+    fetch in flight per broker, and a partition whose records were just taken joins only
+    the next one: with Kafka's 500 ms default, a record arriving meanwhile waited for the
+    idle partitions' long poll (the ``kafka`` stage of ``docs/observability.md``)."""
     store_check_s: float = 2.0
     """How often an idle processor checks that storage still holds its books."""
     stale_after_s: float | None = STALE_AFTER_S
@@ -373,6 +378,7 @@ class BooksRunner:
             session_timeout_ms=config.session_timeout_ms,
             heartbeat_interval_ms=config.heartbeat_interval_ms,
             request_timeout_ms=int(self._io_timeout * 1000),
+            fetch_max_wait_ms=config.fetch_max_wait_ms,
         )
         # Stopping the consumer commits nothing (auto-commit is off) and leaves the
         # group, so the partitions are reassigned without waiting for a session timeout.
