@@ -329,9 +329,8 @@ class BooksRunner:
         }
 
     def lag(self) -> dict[int, int]:
-        """Records fetched by Kafka's high watermark and not yet applied, per partition
-        number owned (summed over the feed topics); partitions not fetched yet are left
-        out."""
+        """Records below Kafka's high watermark not yet applied, per partition number
+        owned (summed over the feed topics); partitions not fetched yet are left out."""
         lag: dict[int, int] = {}
         consumer = self._consumer
         if consumer is None:

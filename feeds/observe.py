@@ -97,8 +97,14 @@ class StepObserver:
 
     def applied(self, records: Sequence[FeedRecord], seconds: float) -> StepStamp | None:
         """A step of ``records`` was applied in ``seconds``: observe it (the stages of its
-        first record); returns what its envelopes carry (None when not observing)."""
-        if not self.enabled or not records:
+        first record); returns what its envelopes carry (None when not observing). The
+        newest feed timestamp is kept either way (the feed-stale alert reads it)."""
+        if not records:
+            return None
+        newest = _feed_digits(records[-1])
+        if newest:
+            _LAST_FEED.set(int(newest) / 1e6)
+        if not self.enabled:
             return None
         _STEP_SIZE.observe(len(records))
         _STEP_SECONDS.observe(seconds)
@@ -109,10 +115,7 @@ class StepObserver:
             if feed_us is not None:
                 STAGES.feed_send.observe_us(feed_us, sent_us)
             STAGES.kafka.observe_us(sent_us, first.received_us)
-        feeds = [_feed_digits(r) for r in records]
-        if feeds[-1]:
-            _LAST_FEED.set(int(feeds[-1]) / 1e6)
-        return StepStamp(first.received_us, feeds)
+        return StepStamp(first.received_us, [_feed_digits(r) for r in records])
 
     def publications(
         self, step: Step, stamp: StepStamp | None, span: Span | None = None

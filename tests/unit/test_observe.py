@@ -4,6 +4,7 @@ never reaches the envelope line."""
 
 from __future__ import annotations
 
+from channels.metrics import REGISTRY
 from channels.stamps import STAMP_HEADER, read_envelope
 from feeds.embedded import epoch_minter
 from feeds.model import encode_feed, topic_of
@@ -49,5 +50,7 @@ def test_without_observation_the_envelope_has_the_publish_time_only() -> None:
     step = Processor(epoch_minter(lambda: T0)).process(batch)
     observer = StepObserver(enabled=False)
     assert observer.applied(batch, 0.001) is None
+    # The newest feed timestamp is kept all the same (the feed-stale alert reads it).
+    assert REGISTRY.get_sample_value("oddstream_last_feed_message_timestamp_seconds") == 0.002
     heads = [read_envelope(p.partition(b"\n")[0]) for _, p in observer.publications(step, None)]
     assert [h is not None and h.feed_us for h in heads] == [None, None]
