@@ -12,6 +12,8 @@ collector (:func:`exposition` takes extra registries) than mirrored on every cha
 
 from __future__ import annotations
 
+import math
+from bisect import bisect_left
 from collections.abc import Callable, Iterable, Sequence
 from importlib.metadata import version as _package_version
 
@@ -22,12 +24,12 @@ from prometheus_client import (
     CollectorRegistry,
     Counter,
     Gauge,
-    Histogram,
     disable_created_metrics,
     generate_latest,
 )
-from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.core import GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
+from prometheus_client.utils import floatToGoString
 
 from channels.stamps import Stamps
 
@@ -37,6 +39,7 @@ __all__ = [
     "REGISTRY",
     "STAGES",
     "FanoutClock",
+    "Histogram",
     "RoleCollector",
     "counter",
     "exposition",
@@ -58,8 +61,12 @@ for _standard in (PROCESS_COLLECTOR, PLATFORM_COLLECTOR, GC_COLLECTOR):
 #: The text format every Prometheus server reads (what :func:`exposition` writes).
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
-#: The bucket ladder of every latency histogram (seconds).
-LATENCY = (0.0002, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0)
+#: The bucket ladder of every latency histogram (seconds): fine below 10 ms, where the
+#: pipeline's objectives are (p50 <= 2 ms, p99 <= 10 ms).
+LATENCY = (
+    0.0001, 0.0002, 0.0003, 0.0005, 0.00075, 0.001, 0.0015, 0.002, 0.003, 0.004, 0.005,
+    0.0075, 0.01, 0.015, 0.02, 0.03, 0.05, 0.075, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0,
+)  # fmt: skip
 
 
 def counter(name: str, doc: str, labels: Sequence[str] = ()) -> Counter:
@@ -71,10 +78,54 @@ def gauge(name: str, doc: str, labels: Sequence[str] = ()) -> Gauge:
     return Gauge(name, doc, labelnames=labels, registry=REGISTRY)
 
 
+class Histogram(Collector):
+    """A histogram for the hot path: :meth:`observe` is one ``bisect`` and two additions
+    (prometheus-client's takes a lock per bucket and scans them, ~4 us; this, ~0.3 us).
+    Not thread-safe: observe from the event loop's thread only, as everything here does
+    (a scrape from that thread reads a consistent enough view: counts only grow).
+
+    With ``labels``, observe through a child bound once: ``h.labels(stage="kafka")``."""
+
+    def __init__(self, name: str, doc: str, labels: Sequence[str], buckets: Sequence[float]):
+        self._name = name
+        self._doc = doc
+        self._labels = tuple(labels)
+        self._bounds = tuple(sorted(buckets))
+        self._children: dict[tuple[str, ...], Histogram] = {}
+        self._counts = [0] * (len(self._bounds) + 1)
+        self._sum = 0.0
+
+    def labels(self, **values: str) -> Histogram:
+        key = tuple(values[label] for label in self._labels)
+        child = self._children.get(key)
+        if child is None:
+            child = self._children[key] = Histogram(self._name, self._doc, (), self._bounds)
+        return child
+
+    def observe(self, value: float) -> None:
+        self._counts[bisect_left(self._bounds, value)] += 1
+        self._sum += value
+
+    def collect(self) -> Iterable[Metric]:
+        family = HistogramMetricFamily(self._name, self._doc, labels=self._labels)
+        children = self._children.items() if self._labels else [((), self)]
+        for key, child in children:
+            buckets = []
+            cumulative = 0
+            for bound, count in zip((*child._bounds, math.inf), child._counts, strict=True):
+                cumulative += count
+                buckets.append((floatToGoString(bound), cumulative))  # type: ignore[no-untyped-call]
+            family.add_metric(list(key), buckets, child._sum)
+        yield family
+
+
 def histogram(
     name: str, doc: str, labels: Sequence[str] = (), buckets: Sequence[float] = LATENCY
 ) -> Histogram:
-    return Histogram(name, doc, labelnames=labels, buckets=buckets, registry=REGISTRY)
+    """A :class:`Histogram` on :data:`REGISTRY`."""
+    made = Histogram(name, doc, labels, buckets)
+    REGISTRY.register(made)
+    return made
 
 
 def exposition(extra: Iterable[Collector] = ()) -> bytes:

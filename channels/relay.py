@@ -27,12 +27,12 @@ from typing import Any
 import msgspec
 
 import protocol
+from channels.arrival import Arrival
 from channels.broker import Broker, Subscription
 from channels.frame import Frame
 from channels.hub import Hub, Subscriber
-from channels.metrics import FanoutClock, observe_arrival
+from channels.metrics import FanoutClock
 from channels.names import event_channel, lobby_channel
-from channels.stamps import now_us, read_envelope
 from channels.store import Store
 from protocol import ApplyError, Delta, EventState, Snapshot
 
@@ -253,24 +253,20 @@ class Relay:
             self._dispatch(channel, payload)
             return
         head, _, payload = payload.partition(b"\n")
-        clock = self._clock
-        if clock is None or not clock.enabled:
-            self._dispatch(channel, payload)
-            return
         try:
-            stamps = read_envelope(head)
+            arrival = Arrival.of(head, self._clock, self.hub)
         except ValueError:
             self.stats.bad_envelopes += 1
-            stamps = None
-        delivered = self.hub.delivered
-        self._received = received = clock.now()
+            arrival = None
+        if arrival is None:
+            self._dispatch(channel, payload)
+            return
+        self._received = arrival.received
         try:
             self._dispatch(channel, payload)
         finally:
             self._received = 0.0
-        if stamps is not None and self.hub.delivered != delivered:
-            observe_arrival(stamps, now_us())
-            clock.arrived(received)
+            arrival.done()
 
     def _dispatch(self, channel: str, payload: bytes) -> None:
         try:

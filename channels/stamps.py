@@ -64,10 +64,13 @@ class Stamps(NamedTuple):
     trace: str | None = None
 
 
-def envelope(feed_us: int | None, publish_us: int, trace: str | None = None) -> bytes:
-    """The header line (with its ``\\n``) put before every payload of one step."""
+def envelope(feed_us: int | bytes | None, publish_us: int, trace: str | None = None) -> bytes:
+    r"""The header line (with its ``\n``) put before a payload. ``feed_us`` may be given
+    as the decimal digits of a Kafka stamp header (checked by the caller: digits only)."""
     head = b"~1"
-    if feed_us is not None:
+    if isinstance(feed_us, bytes):
+        head += b" f=" + feed_us
+    elif feed_us is not None:
         head += b" f=%d" % feed_us
     head += b" p=%d" % publish_us
     if trace:

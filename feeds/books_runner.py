@@ -53,7 +53,7 @@ from aiokafka.coordinator.assignors.range import RangePartitionAssignor
 from aiokafka.errors import CommitFailedError, IllegalStateError
 
 from channels.broker import BrokerError
-from channels.stamps import now_us, wrap
+from channels.stamps import now_us
 from channels.store import Store, StoreError
 from feeds.embedded import epoch_minter, now_ms, tick_interval
 from feeds.kafka_feed import (
@@ -67,7 +67,7 @@ from feeds.kafka_feed import (
     new_producer,
 )
 from feeds.merge import TP, CrossTopicMerge, MergeItem
-from feeds.observe import StepObserver, StepStamp
+from feeds.observe import NOT_STAMPED, Stamped, StepObserver
 from feeds.processor import DeadLetter, FeedRecord, Processor, Publisher, Step, commit_step
 from feeds.staleness import STALE_AFTER_S
 from feeds.steps import Flight, StepPipeline
@@ -119,6 +119,11 @@ class BooksConfig:
     heartbeat_interval_ms: int = 1_000
     """How soon a member notices a rebalance (and hands partitions over)."""
     linger_ms: int = 5
+    fetch_max_wait_ms: int = 5
+    """Longest the broker holds a fetch for partitions with nothing new. aiokafka keeps one
+    fetch in flight per broker, and a partition whose records were just taken joins only
+    the next one: with Kafka's 500 ms default, a record arriving meanwhile waited for the
+    idle partitions' long poll (the ``kafka`` stage of ``docs/observability.md``)."""
     store_check_s: float = 2.0
     """How often an idle processor checks that storage still holds its books."""
     stale_after_s: float | None = STALE_AFTER_S
@@ -324,9 +329,8 @@ class BooksRunner:
         }
 
     def lag(self) -> dict[int, int]:
-        """Records fetched by Kafka's high watermark and not yet applied, per partition
-        number owned (summed over the feed topics); partitions not fetched yet are left
-        out."""
+        """Records below Kafka's high watermark not yet applied, per partition number
+        owned (summed over the feed topics); partitions not fetched yet are left out."""
         lag: dict[int, int] = {}
         consumer = self._consumer
         if consumer is None:
@@ -373,6 +377,7 @@ class BooksRunner:
             session_timeout_ms=config.session_timeout_ms,
             heartbeat_interval_ms=config.heartbeat_interval_ms,
             request_timeout_ms=int(self._io_timeout * 1000),
+            fetch_max_wait_ms=config.fetch_max_wait_ms,
         )
         # Stopping the consumer commits nothing (auto-commit is off) and leaves the
         # group, so the partitions are reassigned without waiting for a session timeout.
@@ -464,6 +469,7 @@ class BooksRunner:
         started = time.perf_counter()
         step = self.processor.process(records, now=self._monotonic())
         stamp = self.observer.applied(records, time.perf_counter() - started)
+        span = self.observer.step_span(records)
         skipped = self.processor.skipped - skipped_before
         self._processed.update(step.batch.offsets)
         self._event_partition.update(step.batch.partitions)
@@ -471,7 +477,7 @@ class BooksRunner:
         flight = pipeline.apply(step, len(records) - skipped, skipped)
         await self._until(lambda: pipeline.may_store(flight))
         sent = asyncio.Event()
-        task = asyncio.create_task(self._finish(flight, sent, stamp))
+        task = asyncio.create_task(self._finish(flight, sent, Stamped(stamp, span)))
         self._tasks.add(task)
         task.add_done_callback(self._step_ended)
         # Storage works on the step while the next records are fetched and applied, but
@@ -479,7 +485,7 @@ class BooksRunner:
         # nothing else on the way would give it.
         await sent.wait()
 
-    async def _finish(self, flight: Flight, sent: asyncio.Event, stamp: StepStamp | None) -> None:
+    async def _finish(self, flight: Flight, sent: asyncio.Event, stamped: Stamped) -> None:
         """A step's I/O, in the order that makes a crash at any point safe (see the
         module docstring and :mod:`feeds.steps`): dead letters and storage (``sent`` is
         set once the writes are on their way), then, once every earlier step is done, the
@@ -492,7 +498,7 @@ class BooksRunner:
                     if step.dead_letters:
                         await self._produce_dead_letters(step.dead_letters)
                 if store:
-                    await self._store_step(step, sent, stamp)
+                    await self._store_step(step, sent, stamped)
             finally:
                 sent.set()
             pipeline.stored(flight)
@@ -510,6 +516,9 @@ class BooksRunner:
             raise
         finally:
             self._move()
+            if stamped.span is not None:
+                stamped.span.set_attribute("oddstream.step.publications", len(step.publications))
+                stamped.span.end()
         # Counted once the step is done, so an observer that sees the counts also sees
         # everything the step wrote.
         stats = self.stats
@@ -582,14 +591,14 @@ class BooksRunner:
         )
 
     async def _store_step(
-        self, step: Step, sent: asyncio.Event | None = None, stamp: StepStamp | None = None
+        self, step: Step, sent: asyncio.Event | None = None, stamped: Stamped = NOT_STAMPED
     ) -> None:
         """Store and publish a step, retrying while storage is down (with capped backoff;
         the step is idempotent: snapshots overwrite, history is keyed by seq, gateways
         drop repeated messages). Once storage answers again, if it lost what this
         processor wrote (Redis restarted without its data), every book is re-stored
         under a new epoch instead (:meth:`Processor.rebase`). Each publication carries
-        the envelope of the step's ``stamp`` (:mod:`channels.stamps`)."""
+        the envelope of the step's ``stamped`` (:mod:`channels.stamps`)."""
         delay = 0.1
         failed = False
         while True:
@@ -597,10 +606,10 @@ class BooksRunner:
                 async with asyncio.timeout(self._io_timeout):
                     if failed and await self._store_lost():
                         step = self._rebase_step()
-                    head = self.observer.envelope(stamp)
-                    stamped = dataclasses.replace(step, publications=wrap(step.publications, head))
+                    publications = self.observer.publications(step, *stamped)
+                    enveloped = dataclasses.replace(step, publications=publications)
                     started = time.perf_counter()
-                    await commit_step(stamped, self._store, self._broker, sent=sent)
+                    await commit_step(enveloped, self._store, self._broker, sent=sent)
                     self.observer.stored(time.perf_counter() - started)
                 return
             except (StoreError, BrokerError, TimeoutError) as exc:

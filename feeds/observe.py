@@ -13,13 +13,22 @@ import typing
 from collections.abc import Iterable, Mapping, Sequence
 from typing import NamedTuple, Protocol
 
+from opentelemetry.trace import Span
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from channels import traces
 from channels.metrics import STAGES, counter, gauge, histogram
-from channels.stamps import STAMP_HEADER, envelope, now_us, read_feed_stamp
+from channels.stamps import (
+    STAMP_HEADER,
+    TRACE_HEADER,
+    envelope,
+    now_us,
+    read_feed_stamp,
+    wrap,
+)
 from feeds.book import RejectReason
-from feeds.processor import DeadLetter, FeedRecord
+from feeds.processor import DeadLetter, FeedRecord, Step
 
 _STEP_SIZE = histogram(
     "oddstream_step_size",
@@ -43,11 +52,12 @@ _DEAD_BY_REASON = {reason: _DEAD.labels(reason=reason) for reason in DEAD_LETTER
 
 
 class StepStamp(NamedTuple):
-    """The stamps of a step's first record: feed timestamp ``t0`` (None when unknown)
-    and books receive ``t2`` (wall-clock microseconds)."""
+    """What a step's envelopes need: the books receive ``t2`` of its first record
+    (wall-clock microseconds) and, per record, its feed timestamp ``t0`` as the decimal
+    digits of its stamp header (``b""`` when unknown)."""
 
-    feed_us: int | None
     received_us: int
+    feeds: list[bytes]
 
 
 def record_stamp(record: FeedRecord) -> tuple[int | None, int] | None:
@@ -58,6 +68,26 @@ def record_stamp(record: FeedRecord) -> tuple[int | None, int] | None:
     return None
 
 
+def _feed_digits(record: FeedRecord) -> bytes:
+    """A record's ``t0`` as its stamp header spells it, if it is only digits (it goes
+    into the envelope as it is: nothing a producer wrote may break that line)."""
+    for name, value in record.headers:
+        if name == STAMP_HEADER:
+            digits = value.partition(b" ")[0]
+            return digits if digits.isdigit() else b""
+    return b""
+
+
+class Stamped(NamedTuple):
+    """What a step's I/O carries for observation: its stamps and its span."""
+
+    stamp: StepStamp | None
+    span: Span | None
+
+
+NOT_STAMPED = Stamped(None, None)
+
+
 class StepObserver:
     """The per-step observations of one book processor; ``enabled`` False
     (``--metrics off``) observes nothing and stamps only the publish time."""
@@ -66,33 +96,68 @@ class StepObserver:
         self.enabled = enabled
 
     def applied(self, records: Sequence[FeedRecord], seconds: float) -> StepStamp | None:
-        """A step of ``records`` was applied in ``seconds``: observe it; returns the stamp
-        its envelope carries (None when not observing or the first record has none)."""
-        if not self.enabled or not records:
+        """A step of ``records`` was applied in ``seconds``: observe it (the stages of its
+        first record); returns what its envelopes carry (None when not observing). The
+        newest feed timestamp is kept either way (the feed-stale alert reads it)."""
+        if not records:
+            return None
+        newest = _feed_digits(records[-1])
+        if newest:
+            _LAST_FEED.set(int(newest) / 1e6)
+        if not self.enabled:
             return None
         _STEP_SIZE.observe(len(records))
         _STEP_SECONDS.observe(seconds)
         first = records[0]
         stamp = record_stamp(first)
-        if stamp is None:
-            return None
-        feed_us, sent_us = stamp
-        if feed_us is not None:
-            STAGES.feed_send.observe_us(feed_us, sent_us)
-        STAGES.kafka.observe_us(sent_us, first.received_us)
-        last = record_stamp(records[-1]) if len(records) > 1 else stamp
-        if last is not None and last[0] is not None:
-            _LAST_FEED.set(last[0] / 1e6)
-        return StepStamp(feed_us, first.received_us)
+        if stamp is not None:
+            feed_us, sent_us = stamp
+            if feed_us is not None:
+                STAGES.feed_send.observe_us(feed_us, sent_us)
+            STAGES.kafka.observe_us(sent_us, first.received_us)
+        return StepStamp(first.received_us, [_feed_digits(r) for r in records])
 
-    def envelope(self, stamp: StepStamp | None, trace: str | None = None) -> bytes:
-        """The header line of the step's publications, made as they are sent (``t3``);
-        observes the ``books`` stage."""
+    def publications(
+        self, step: Step, stamp: StepStamp | None, span: Span | None = None
+    ) -> list[tuple[tuple[str, ...], bytes]]:
+        """The step's publications, each behind the envelope of its own record (``t0``)
+        and of the step (``t3``: now, as they are sent; the ``traceparent`` of its
+        ``span``), and observe the ``books`` stage. A step made otherwise (a rebase, a
+        staleness tick) carries ``t3`` only."""
         publish_us = now_us()
-        if stamp is None:
-            return envelope(None, publish_us, trace)
-        STAGES.books.observe_us(stamp.received_us, publish_us)
-        return envelope(stamp.feed_us, publish_us, trace)
+        trace = None if span is None else traces.traceparent(span)
+        publications = step.publications
+        starts = step.starts
+        if stamp is None or len(starts) != len(stamp.feeds):
+            return wrap(publications, envelope(None, publish_us, trace))
+        if stamp.received_us:
+            STAGES.books.observe_us(stamp.received_us, publish_us)
+        out: list[tuple[tuple[str, ...], bytes]] = []
+        ends = [*starts[1:], len(publications)]
+        for begin, end, feed in zip(starts, ends, stamp.feeds, strict=True):
+            if begin < end:
+                head = envelope(feed or None, publish_us, trace)
+                out += [(channels, head + payload) for channels, payload in publications[begin:end]]
+        return out
+
+    @staticmethod
+    def step_span(records: Sequence[FeedRecord]) -> Span | None:
+        """The ``books.step`` span of a step when tracing is on and a record of it carries
+        a sampled context: the first one's child, linked to the others'."""
+        tracer = traces.state.tracer
+        if tracer is None:
+            return None
+        parents = [v for r in records for name, v in r.headers if name == TRACE_HEADER]
+        context = traces.parent(parents[0]) if parents else None
+        if context is None:
+            return None
+        return tracer.start_span(
+            "books.step",
+            context=context,
+            kind=traces.SpanKind.CONSUMER,
+            links=traces.link(parents[1:]),
+            attributes={"oddstream.step.records": len(records)},
+        )
 
     def stored(self, seconds: float) -> None:
         """A step's store-and-publish was acknowledged ``seconds`` after it was sent."""

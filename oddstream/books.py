@@ -14,6 +14,7 @@ from feeds.observe import BooksCollector
 from oddstream import topics
 from oddstream.ops import operator_listener
 from oddstream.options import BooksSettings
+from oddstream.tracing import traced
 
 log = logging.getLogger("oddstream")
 
@@ -59,8 +60,9 @@ async def main(settings: BooksSettings) -> None:
         )
         print(f"oddstream: books in group {settings.group} on {settings.kafka}", flush=True)
         try:
-            async with ops:
-                await runner.run()
+            with traced("books", settings.traces):
+                async with ops:
+                    await runner.run()
         finally:
             reporter.cancel()
             await asyncio.gather(reporter, *stopping, return_exceptions=True)

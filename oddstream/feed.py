@@ -18,6 +18,7 @@ from oddstream import topics
 from oddstream.ops import operator_listener
 from oddstream.options import FeedSettings
 from oddstream.process import Failed
+from oddstream.tracing import traced
 
 log = logging.getLogger("oddstream")
 
@@ -54,7 +55,7 @@ async def _main(settings: FeedSettings, args: argparse.Namespace) -> None:
         return
     await topics.ensure(settings)
     report = ReadReport()
-    records = 0  # In the recording; 0: a synthetic feed, no progress to tell.
+    records = 0
     if args.feed_command == "synth":
         source: AsyncIterator[FeedMessage] = open_source(
             "synth", seed=settings.seed, events=settings.events, rate=settings.rate, speed=0
@@ -69,6 +70,20 @@ async def _main(settings: FeedSettings, args: argparse.Namespace) -> None:
             speed=settings.speed,
             report=report,
         )
+    with traced("feed", settings.traces, settings.trace_sample):
+        await _produce(settings, args, source, report, records)
+
+
+async def _produce(
+    settings: FeedSettings,
+    args: argparse.Namespace,
+    source: AsyncIterator[FeedMessage],
+    report: ReadReport,
+    records: int,
+) -> None:
+    """Send ``source`` to Kafka; ``records``: how many the recording holds (its progress),
+    0 for a synthetic feed."""
+    names = topics.names(settings)
     sent = dead = 0
     started = time.monotonic()
     LAST_PRODUCED.set_to_current_time()  # Silent from the start until the first record.

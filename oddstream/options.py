@@ -307,14 +307,14 @@ OPTIONS: tuple[Option, ...] = (
         "traces",
         "`otlp`: export OpenTelemetry traces with OTLP, configured by the standard "
         "`OTEL_EXPORTER_OTLP_*` variables (needs `oddstream[otlp]`); `off`: none",
-        _ALL,
+        frozenset({"gateway", "books", "feed"}),
         one_of("off", "otlp"),
         "off",
     ),
     Option(
         "trace_sample",
         "share of feed messages traced end to end (the feed decides; books and gateways follow)",
-        _SYNTH,
+        frozenset({"feed"}),
         between(0, 1),
         0.001,
     ),
@@ -523,8 +523,6 @@ class DevSettings:
     feed: str
     speed: float
     web: str
-    traces: str
-    trace_sample: float
     log_level: str
     log_format: str
 
@@ -562,7 +560,6 @@ class ArchiveSettings:
     ops_host: str
     ops_port: int
     metrics: str
-    traces: str
     log_level: str
     log_format: str
 
