@@ -5,15 +5,14 @@
  * stamps travel only through them): a synthetic feed, a book processor, a gateway whose
  * plain board, open in another tab, follows the football lobby, so it delivers. Between
  * two polls of /metrics the charts are redrawn with new figures (the canvases' pixels
- * differ); the page writes its screenshot to docs/img/operator.png.
+ * differ). Its screenshot goes to web/artifacts/operator.png (docs/img/operator.png is a copy).
  */
 import { spawnSync } from "node:child_process";
 import { randomBytes } from "node:crypto";
 import { createServer } from "node:net";
-import { join } from "node:path";
 import type { Browser, Page } from "playwright-core";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { DevServer, REPO, launchBrowser } from "./harness.js";
+import { DevServer, launchBrowser, screenshotPath } from "./harness.js";
 
 interface OperatorState {
   polls: number;
@@ -119,7 +118,7 @@ describe("the operator page", () => {
     await page.waitForFunction((n) => (window as unknown as { operator: OperatorState }).operator.polls >= n + 8, second.polls, {
       timeout: 15_000,
     });
-    await page.screenshot({ path: join(REPO, "docs", "img", "operator.png") });
+    await page.screenshot({ path: screenshotPath("operator") });
     expect(pageErrors).toEqual([]);
   });
 
