@@ -14,8 +14,8 @@ pass: ``docs/observability.md#traces-opentelemetry``); ``suppressed`` when repea
 same call were held back (:class:`Repeats`); ``exc`` with the traceback of
 ``log.exception``.
 
-Standard output is not a log: it carries the one start-up line a launcher reads
-(``serving on URL``, ``books in group G``).
+Standard output is not a log: it carries the few lines a launcher reads (``serving on
+URL``, ``books in group G``, ``operator endpoints on URL``, a feed's ``produced N``).
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ from __future__ import annotations
 import json
 import logging
 import sys
+import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable
@@ -58,10 +59,16 @@ class Repeats(logging.Filter):
         self.interval_s = interval_s
         self._clock = clock
         self._seen: OrderedDict[tuple[str, int, str], tuple[float, int]] = OrderedDict()
+        # A handler runs its filters outside its own lock (threads log too: to_thread).
+        self._lock = threading.Lock()
 
     def filter(self, record: logging.LogRecord) -> bool:
         if record.levelno < logging.WARNING:
             return True
+        with self._lock:
+            return self._first(record)
+
+    def _first(self, record: logging.LogRecord) -> bool:
         key = (record.name, record.levelno, str(record.msg))
         now = self._clock()
         last = self._seen.get(key)
