@@ -12,13 +12,16 @@ from protocol import ServerMessage
 class Frame:
     """An encoded server message. The JSON bytes are made once (or arrive ready-made from
     the broker); the text and MessagePack forms are derived on first use and cached, so
-    every subscriber of a given format shares the same object."""
+    every subscriber of a given format shares the same object. ``received`` is when the
+    gateway received it from the broker (monotonic seconds; 0: not stamped), for the
+    queueing-delay metric."""
 
-    __slots__ = ("__dict__", "json", "message")
+    __slots__ = ("__dict__", "json", "message", "received")
 
-    def __init__(self, message: ServerMessage, json: bytes | None = None):
+    def __init__(self, message: ServerMessage, json: bytes | None = None, received: float = 0.0):
         self.message = message
         self.json = protocol.encode(message) if json is None else json
+        self.received = received
 
     @cached_property
     def text(self) -> str:

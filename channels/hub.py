@@ -117,6 +117,15 @@ class Hub:
     def has_subscribers(self, market_id: str) -> bool:
         return market_id in self._markets
 
+    def subscription_counts(self) -> tuple[int, int, int]:
+        """(market, event, lobby) subscriptions: subscriber-market pairs held for the
+        market itself (reason ``"m"``), then event and lobby watches. For metrics: it
+        walks every attachment, so call it per scrape, not per message."""
+        markets = sum(1 for held in self._by_sub.values() for r in held.values() if "m" in r)
+        events = sum(len(subs) for subs in self._events.values())
+        lobbies = sum(len(subs) for subs in self._lobbies.values())
+        return markets, events, lobbies
+
     def markets_of(self, sub: Subscriber) -> list[str]:
         return list(self._by_sub.get(sub, ()))
 

@@ -27,9 +27,11 @@ from typing import Any
 import msgspec
 
 import protocol
+from channels.arrival import Arrival
 from channels.broker import Broker, Subscription
 from channels.frame import Frame
 from channels.hub import Hub, Subscriber
+from channels.metrics import FanoutClock
 from channels.names import event_channel, lobby_channel
 from channels.store import Store
 from protocol import ApplyError, Delta, EventState, Snapshot
@@ -69,6 +71,7 @@ class RelayStats(msgspec.Struct):
     resyncs: int = 0
     pending_overflows: int = 0
     foreign_epoch: int = 0
+    bad_envelopes: int = 0
 
 
 class Relay:
@@ -86,6 +89,7 @@ class Relay:
         *,
         max_pending: int = 1024,
         retry_delay: float = 0.2,
+        clock: FanoutClock | None = None,
     ):
         self._broker = broker
         self._store = store
@@ -100,6 +104,9 @@ class Relay:
         self._sub: Subscription | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self.stats = RelayStats()
+        self._clock = clock
+        self._received = 0.0
+        """Monotonic receive time of the stamped message being handled (0: none)."""
 
     async def start(self) -> None:
         self._sub = await self._broker.subscription(self._on_message, self._on_resync)
@@ -238,7 +245,30 @@ class Relay:
     # -- incoming ------------------------------------------------------------------------------
 
     def _on_message(self, channel: str, payload: bytes) -> None:
+        """A pub/sub payload: the protocol message's JSON, perhaps after an envelope's
+        header line (stage stamps, ``docs/observability.md``), stripped here so every
+        client gets exactly the message."""
         self.stats.received += 1
+        if payload[:1] != b"~":
+            self._dispatch(channel, payload)
+            return
+        head, _, payload = payload.partition(b"\n")
+        try:
+            arrival = Arrival.of(head, self._clock, self.hub)
+        except ValueError:
+            self.stats.bad_envelopes += 1
+            arrival = None
+        if arrival is None:
+            self._dispatch(channel, payload)
+            return
+        self._received = arrival.received
+        try:
+            self._dispatch(channel, payload)
+        finally:
+            self._received = 0.0
+            arrival.done()
+
+    def _dispatch(self, channel: str, payload: bytes) -> None:
         try:
             message = protocol.decode_server(payload)
         except msgspec.DecodeError:
@@ -286,7 +316,7 @@ class Relay:
             self._spawn(self._heal(market_id, entry))
             return
         self._set(entry, book)
-        self.hub.fanout(market_id, Frame(message, payload))
+        self.hub.fanout(market_id, Frame(message, payload, self._received))
 
     def _buffer(
         self, market_id: str, entry: _Entry, message: Snapshot | Delta, payload: bytes

@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import gc
 import logging
 import time
@@ -52,6 +53,7 @@ from aiokafka.coordinator.assignors.range import RangePartitionAssignor
 from aiokafka.errors import CommitFailedError, IllegalStateError
 
 from channels.broker import BrokerError
+from channels.stamps import now_us
 from channels.store import Store, StoreError
 from feeds.embedded import epoch_minter, now_ms, tick_interval
 from feeds.kafka_feed import (
@@ -66,6 +68,7 @@ from feeds.kafka_feed import (
     start_client,
 )
 from feeds.merge import TP, CrossTopicMerge, MergeItem
+from feeds.observe import NOT_STAMPED, Stamped, StepObserver
 from feeds.processor import DeadLetter, FeedRecord, Processor, Publisher, Step, commit_step
 from feeds.staleness import STALE_AFTER_S
 from feeds.steps import Flight, StepPipeline
@@ -113,12 +116,19 @@ class BooksConfig:
     heartbeat_interval_ms: int = 1_000
     """How soon a member notices a rebalance (and hands partitions over)."""
     linger_ms: int = 5
+    fetch_max_wait_ms: int = 5
+    """Longest the broker holds a fetch for partitions with nothing new. aiokafka keeps one
+    fetch in flight per broker, and a partition whose records were just taken joins only
+    the next one: with Kafka's 500 ms default, a record arriving meanwhile waited for the
+    idle partitions' long poll (the ``kafka`` stage of ``docs/observability.md``)."""
     store_check_s: float = 2.0
     """How often an idle processor checks that storage still holds its books."""
     stale_after_s: float | None = STALE_AFTER_S
     """Longest silence of the feed about an event before its open markets are suspended
     with reason ``feed_stale`` (reopened when the feed speaks again); ``None``: never.
     See :mod:`feeds.staleness`."""
+    metrics: bool = True
+    """Observe each step (stage stamps, step and Redis-write histograms)."""
 
 
 @dataclass(slots=True)
@@ -213,6 +223,7 @@ class BooksRunner:
         guard = self.processor.staleness
         self._tick_s = None if guard is None else tick_interval(guard.stale_after_s)
         self.stats = BooksStats()
+        self.observer = StepObserver(config.metrics)
         self._merge = CrossTopicMerge(self._feed, config.max_hold_ms / 1000)
         self._io_timeout = config.io_timeout_s
         # Serialises applying a step and starting its I/O (store -> publish -> produce
@@ -303,6 +314,33 @@ class BooksRunner:
             await self._done.wait()
 
     @property
+    def counts(self) -> dict[str, int]:
+        """What ``/metrics`` reads (:class:`feeds.observe.BooksCollector`)."""
+        stats = self.stats
+        return {
+            "markets_held": len(self.processor.books.markets),
+            "records": stats.records,
+            "steps": stats.steps,
+            "rebalances": stats.rebalances,
+            "store_retries": stats.store_retries,
+        }
+
+    def lag(self) -> dict[int, int]:
+        """Records below Kafka's high watermark not yet applied, per partition number
+        owned (summed over the feed topics); partitions not fetched yet are left out."""
+        lag: dict[int, int] = {}
+        consumer = self._consumer
+        if consumer is None:
+            return lag
+        for topic in self._feed:
+            for partition in self._owned:
+                highwater = consumer.highwater(TopicPartition(topic, partition))
+                if highwater is not None:
+                    done = self._processed.get((topic, partition), 0)
+                    lag[partition] = lag.get(partition, 0) + max(0, highwater - done)
+        return lag
+
+    @property
     def ended(self) -> bool:
         """:meth:`run` has returned or raised."""
         return self._done.is_set()
@@ -336,6 +374,7 @@ class BooksRunner:
             session_timeout_ms=config.session_timeout_ms,
             heartbeat_interval_ms=config.heartbeat_interval_ms,
             request_timeout_ms=int(self._io_timeout * 1000),
+            fetch_max_wait_ms=config.fetch_max_wait_ms,
         )
         # Stopping the consumer commits nothing (auto-commit is off) and leaves the
         # group, so the partitions are reassigned without waiting for a session timeout.
@@ -362,13 +401,14 @@ class BooksRunner:
         return fetched
 
     def _buffer(self, fetched: Mapping[Any, list[Any]]) -> None:
+        received = now_us()
         for kafka_tp, messages in fetched.items():
             tp: TP = (kafka_tp.topic, kafka_tp.partition)
             rank = self._merge.rank(tp[0])
             # Records of partitions revoked since the fetch are someone else's now.
             if rank is None or tp[1] not in self._owned or not messages:
                 continue
-            self._merge.add(tp, _items(messages, tp[0], tp[1], rank))
+            self._merge.add(tp, _items(messages, tp[0], tp[1], rank, received))
             if self._merge.pending(tp) > self._config.max_pending and tp not in self._paused:
                 self._consumer.pause(kafka_tp)
                 self._paused.add(tp)
@@ -413,7 +453,10 @@ class BooksRunner:
         The books and ``_processed`` move together, between awaits; the counts
         (:attr:`stats`) trail them by the steps in the pipeline."""
         skipped_before = self.processor.skipped
+        started = time.perf_counter()
         step = self.processor.process(records, now=self._monotonic())
+        stamp = self.observer.applied(records, time.perf_counter() - started)
+        span = self.observer.step_span(records)
         skipped = self.processor.skipped - skipped_before
         self._processed.update(step.batch.offsets)
         self._event_partition.update(step.batch.partitions)
@@ -421,7 +464,7 @@ class BooksRunner:
         flight = pipeline.apply(step, len(records) - skipped, skipped)
         await self._until(lambda: pipeline.may_store(flight))
         sent = asyncio.Event()
-        task = asyncio.create_task(self._finish(flight, sent))
+        task = asyncio.create_task(self._finish(flight, sent, Stamped(stamp, span)))
         self._tasks.add(task)
         task.add_done_callback(self._step_ended)
         # Storage works on the step while the next records are fetched and applied, but
@@ -429,7 +472,7 @@ class BooksRunner:
         # nothing else on the way would give it.
         await sent.wait()
 
-    async def _finish(self, flight: Flight, sent: asyncio.Event) -> None:
+    async def _finish(self, flight: Flight, sent: asyncio.Event, stamped: Stamped) -> None:
         """A step's I/O, in the order that makes a crash at any point safe (see the
         module docstring and :mod:`feeds.steps`): dead letters and storage (``sent`` is
         set once the writes are on their way), then, once every earlier step is done, the
@@ -442,7 +485,7 @@ class BooksRunner:
                     if step.dead_letters:
                         await self._produce_dead_letters(step.dead_letters)
                 if store:
-                    await self._store_step(step, sent)
+                    await self._store_step(step, sent, stamped)
             finally:
                 sent.set()
             pipeline.stored(flight)
@@ -460,6 +503,9 @@ class BooksRunner:
             raise
         finally:
             self._move()
+            if stamped.span is not None:
+                stamped.span.set_attribute("oddstream.step.publications", len(step.publications))
+                stamped.span.end()
         # Counted once the step is done, so an observer that sees the counts also sees
         # everything the step wrote.
         stats = self.stats
@@ -531,12 +577,15 @@ class BooksRunner:
             len(step.batch.snapshots),
         )
 
-    async def _store_step(self, step: Step, sent: asyncio.Event | None = None) -> None:
+    async def _store_step(
+        self, step: Step, sent: asyncio.Event | None = None, stamped: Stamped = NOT_STAMPED
+    ) -> None:
         """Store and publish a step, retrying while storage is down (with capped backoff;
         the step is idempotent: snapshots overwrite, history is keyed by seq, gateways
         drop repeated messages). Once storage answers again, if it lost what this
         processor wrote (Redis restarted without its data), every book is re-stored
-        under a new epoch instead (:meth:`Processor.rebase`)."""
+        under a new epoch instead (:meth:`Processor.rebase`). Each publication carries
+        the envelope of the step's ``stamped`` (:mod:`channels.stamps`)."""
         delay = 0.1
         failed = False
         while True:
@@ -544,7 +593,11 @@ class BooksRunner:
                 async with asyncio.timeout(self._io_timeout):
                     if failed and await self._store_lost():
                         step = self._rebase_step()
-                    await commit_step(step, self._store, self._broker, sent=sent)
+                    publications = self.observer.publications(step, *stamped)
+                    enveloped = dataclasses.replace(step, publications=publications)
+                    started = time.perf_counter()
+                    await commit_step(enveloped, self._store, self._broker, sent=sent)
+                    self.observer.stored(time.perf_counter() - started)
                 return
             except (StoreError, BrokerError, TimeoutError) as exc:
                 if self._stopping.is_set():
@@ -595,6 +648,7 @@ class BooksRunner:
         topic = self._topics.deadletter
         futures = []
         for dead in dead_letters:
+            self.observer.dead_letter(dead)
             record = dead.record
             log.debug(
                 "dead letter %s/%d@%d: %s",
@@ -602,6 +656,7 @@ class BooksRunner:
                 record.partition,
                 record.offset,
                 dead.reason,
+                extra={"topic": record.topic, "partition": record.partition},
             )
             headers = [
                 ("reason", dead.reason.encode()),
@@ -781,7 +836,9 @@ class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]
         await self._runner._on_assigned([(tp.topic, tp.partition) for tp in assigned])
 
 
-def _items(messages: Iterable[Any], topic: str, partition: int, rank: int) -> list[MergeItem]:
+def _items(
+    messages: Iterable[Any], topic: str, partition: int, rank: int, received_us: int
+) -> list[MergeItem]:
     """Merge items of one partition's fetched records (the hot loop of the input side)."""
     items: list[MergeItem] = []
     append = items.append
@@ -799,7 +856,9 @@ def _items(messages: Iterable[Any], topic: str, partition: int, rank: int) -> li
                     producer, _, number = value.rpartition(b":")
                     seq = int(number)
                     break
-        record = FeedRecord(topic, partition, message.offset, message.value, message.key)
+        record = FeedRecord(
+            topic, partition, message.offset, message.value, message.key, headers, received_us
+        )
         append(MergeItem(record, (message.timestamp, seq, rank), producer, seq))
     return items
 

@@ -32,7 +32,10 @@ import msgspec
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.partitioner import murmur2
+from opentelemetry.trace import Span
 
+from channels import traces
+from channels.stamps import STAMP_HEADER, TRACE_HEADER, feed_stamp, now_us
 from feeds.embedded import now_ms
 from feeds.model import FEED_TOPICS, FeedMessage, FeedTopic, decode_feed, encode_feed, topic_of
 
@@ -256,6 +259,22 @@ async def _stop_client(client: KafkaClient, timeout_s: float) -> None:
         await client.stop()
 
 
+def _send_span(topic: str, key: bytes | None, headers: list[tuple[str, bytes]]) -> Span | None:
+    """The ``feed.send`` span of a record when tracing is on (a root: sampled by the
+    provider's ratio); a sampled one's ``traceparent`` is added to ``headers``."""
+    tracer = traces.state.tracer
+    if tracer is None:
+        return None
+    attributes = {"messaging.system": "kafka", "messaging.destination.name": topic}
+    if key is not None:
+        attributes["oddstream.event_id"] = key.decode("utf-8", "replace")
+    span = tracer.start_span("feed.send", kind=traces.SpanKind.PRODUCER, attributes=attributes)
+    parent = traces.traceparent(span)
+    if parent is not None:
+        headers.append((TRACE_HEADER, parent.encode()))
+    return span
+
+
 def kafka_partition(key: bytes, partitions: int) -> int:
     """The partition Kafka's default partitioner (murmur2, as the Java client) gives a
     keyed record."""
@@ -333,7 +352,10 @@ class KafkaFeedProducer:
     async def send(self, message: FeedMessage) -> None:
         """Queue ``message`` on its feed topic, keyed by its ``event_id``."""
         await self.send_raw(
-            self._topic[topic_of(message)], message.event_id.encode(), encode_feed(message)
+            self._topic[topic_of(message)],
+            message.event_id.encode(),
+            encode_feed(message),
+            feed_ts_ms=message.ts,
         )
 
     async def dead_letter(self, value: bytes, headers: Sequence[tuple[str, bytes]]) -> None:
@@ -352,10 +374,15 @@ class KafkaFeedProducer:
         key: bytes | None,
         value: bytes,
         headers: Sequence[tuple[str, bytes]] = (),
+        *,
+        feed_ts_ms: int | None = None,
     ) -> None:
         """Queue raw bytes on a feed topic (a recorded feed, or a deliberately malformed
         record), keyed like a feed message. A record without a key goes to a partition of
-        Kafka's choosing and carries no order header."""
+        Kafka's choosing and carries no order header. Every record carries the stage
+        stamp header (``feed_ts_ms``, the message's own ``ts``, when known) and, when
+        tracing samples its ``feed.send`` span, a ``traceparent`` (see
+        ``docs/observability.md``)."""
         if self._error is not None:
             raise DeliveryError(f"an earlier record was not delivered: {self._error}")
         if topic not in self._feed_topics:
@@ -363,14 +390,20 @@ class KafkaFeedProducer:
         # Non-decreasing even if the wall clock steps back (a tie-break for records that
         # carry no order header).
         ts = self._last_ts = max(now_ms(), self._last_ts)
+        headers = [*headers, (STAMP_HEADER, feed_stamp(feed_ts_ms, now_us()))]
+        span = _send_span(topic, key, headers)
         partition = None
         if key is not None:
             partition = self._partition(key)
             seq = self._seq[partition] = self._seq.get(partition, 0) + 1
             headers = [(ORDER_HEADER, self._producer_id + b":%d" % seq), *headers]
-        future: Any = await self._producer.send(
-            topic, value, key=key, partition=partition, timestamp_ms=ts, headers=list(headers)
-        )
+        try:
+            future: Any = await self._producer.send(
+                topic, value, key=key, partition=partition, timestamp_ms=ts, headers=headers
+            )
+        finally:
+            if span is not None:
+                span.end()
         future.add_done_callback(self._delivered)
         self.sent += 1
 

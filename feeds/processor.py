@@ -35,6 +35,10 @@ class FeedRecord(msgspec.Struct, frozen=True, gc=False):
     offset: int
     value: bytes
     key: bytes | None = None
+    headers: Sequence[tuple[str, bytes]] = ()
+    """The Kafka record's headers (stage stamps, trace context: :mod:`feeds.observe`)."""
+    received_us: int = 0
+    """When this process received it (wall-clock microseconds; 0: unknown)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,6 +57,10 @@ class Step:
     """(market_id, payload) for the downstream ``deltas`` topic, in seq order per market."""
     dead_letters: list[DeadLetter] = field(default_factory=list)
     applied: int = 0
+    starts: list[int] = field(default_factory=list)
+    """Per record given to :meth:`Processor.process`, the index of its first publication
+    (a record's publications end where the next one's start): each delta's own stamps
+    (:mod:`feeds.observe`)."""
 
 
 class Processor:
@@ -91,7 +99,10 @@ class Processor:
         guard = self.staleness if now is not None else None
         heard_at = 0.0 if now is None else now
         applied = 0
+        starts = step.starts
+        publications = step.publications
         for record in records:
+            starts.append(len(publications))
             tp = (record.topic, record.partition)
             offset = record.offset
             if skip_until and offset < skip_until.get(tp, 0):

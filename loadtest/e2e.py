@@ -30,7 +30,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from loadtest import procs, profile
+from loadtest import procs, profile, stages
 from loadtest.bench import (
     FULL,
     LATENCY_DELIVERIES_PER_S,
@@ -44,6 +44,7 @@ from loadtest.bench import (
     wait_connected,
 )
 from loadtest.board import H_PUBLISHED, H_RATE_MILLI, H_RECORD, S_CLOSED, diff, max_ms, percentiles
+from loadtest.pushpin_peer import free_port
 
 Log = Callable[[str], None]
 
@@ -130,13 +131,15 @@ def _oddstream(*args: str) -> list[str]:
     return procs.python("oddstream.cli", *args)
 
 
-def _books(kafka: str, redis: str, group: str, prefix: str) -> procs.Child:
-    """An ``oddstream books`` process of the benchmark's topics and group."""
+def _books(kafka: str, redis: str, group: str, prefix: str, ops_port: int = 0) -> procs.Child:
+    """An ``oddstream books`` process of the benchmark's topics and group (its operator
+    listener on ``ops_port``; 0: none)."""
     return procs.Child(
         "books",
         _oddstream(
             "books", "--kafka", kafka, "--redis", redis, "--group", group,
             "--topic-prefix", prefix, "--partitions", "4", "--log-level", "warning",
+            "--ops-port", str(ops_port),
         ),
     )  # fmt: skip
 
@@ -217,19 +220,22 @@ def e2e_scenario(
     children: list[procs.Child] = []
     servers: list[procs.Child] = []
     work = Path(tempfile.mkdtemp(prefix="oddstream-e2e-"))
+    # The operator listeners the stage table is read from (loopback, free ports).
+    books_ops, gateway_ops = free_port(), free_port()
+    metrics_urls = [f"http://127.0.0.1:{p}/metrics" for p in (books_ops, gateway_ops)]
     try:
-        books = _books(kafka, redis, group, prefix)
+        books = _books(kafka, redis, group, prefix, books_ops)
         servers.append(books)
         if books.wait_line("books in group", timeout_s=60) is None:
             return _failed("e2e", f"books did not start: {books.tail(5)!r}", log)
         gateway = procs.Child(
             "gateway",
-            # Every client comes from loopback: no per-address cap; no operator port.
+            # Every client comes from loopback: no per-address cap.
             _oddstream(
                 "gateway",
                 *("--auth", "none"),
                 *("--redis", redis, "--port", "0", "--log-level", "warning"),
-                *("--max-connections-per-ip", "0", "--ops-port", "0"),
+                *("--max-connections-per-ip", "0", "--ops-port", str(gateway_ops)),
             ),
         )
         servers.append(gateway)
@@ -286,6 +292,7 @@ def e2e_scenario(
         feed_cpu0 = procs.cpu_seconds(procs.tree(feed.pid))
         redis_cpu0 = _redis_cpu(redis)
         fast0 = board.histogram()
+        stages0 = stages.scrape(metrics_urls)
         board.set(H_RECORD, 1)
         measure_s = timing.measure_s + (0 if quick else 4)
         target_file = profile_dir / "e2e-gateway.txt" if profile_dir is not None else None
@@ -295,11 +302,12 @@ def e2e_scenario(
         if target_file is not None:
             profile.finish(sampler, target_file, 10, log)
         after = Sample(board, pids)
+        stage_table = stages.table(stages.diff(stages.scrape(metrics_urls), stages0))
         span = after.t - before.t
         hist = diff(board.histogram(), fast0)
         pct = percentiles(hist, (50, 95, 99))
         redis_cpu1 = _redis_cpu(redis)
-        metrics = _get_json_text(f"{base}/metrics")
+        metrics = _get_json_text(metrics_urls[1])
         result: dict[str, Any] = dict.fromkeys(E2E_KEYS)
         result.update(
             name="e2e",
@@ -338,6 +346,7 @@ def e2e_scenario(
                 for k, v in metrics.items()
                 if k.startswith(("oddstream_relay", "oddstream_conn"))
             },
+            stages=stage_table,
             note="ceiling and peers are not applicable end to end",
             peers=_no_peers("not applicable end to end"),
         )
@@ -351,6 +360,9 @@ def e2e_scenario(
             f"redis cpu {result['redis_cpu_cores']}; "
             f"{_f(result['rss_kib_per_conn'])} KiB/conn idle"
         )
+        log("  stages (from the processes' /metrics over the window):")
+        for line in stages.lines(stage_table):
+            log("  " + line)
         return result
     finally:
         stop_clients(board, children)
@@ -466,6 +478,8 @@ def books_scenario(
             _oddstream(
                 "feed",
                 "synth",
+                "--ops-port",
+                "0",
                 "--kafka",
                 kafka,
                 "--topic-prefix",

@@ -5,7 +5,8 @@ real ``server.serve.serve`` (our asyncio edge with h11 and websockets' sans-I/O 
 uvloop; the production settings),
 over a :class:`channels.store.MemoryStore` seeded with the benchmark's markets and a
 :class:`channels.broker.MemoryBroker`. The benchmark publisher encodes each delta once
-and publishes it on the market's channel, exactly as a book processor does; from there
+and publishes it on the market's channel behind the stage stamps' envelope
+(``docs/observability.md``), exactly as a book processor does; from there
 the gateway's own code runs: relay (decode, seq check, book update), hub fan-out, each
 session's outbox and writer. Nothing of the feed or the books is in this process, so its
 CPU is the gateway's.
@@ -26,6 +27,7 @@ from pathlib import Path
 
 from channels.broker import MemoryBroker
 from channels.names import market_channel
+from channels.stamps import envelope, now_us
 from loadtest.board import Board
 from loadtest.client import raise_nofile
 from loadtest.payloads import DeltaSource, market_ids, seeded_store
@@ -60,7 +62,8 @@ async def run(board: Board, args: argparse.Namespace) -> None:
     async def publish(n: int) -> None:
         for _ in range(n):
             payload = source.next()
-            broker.publish_now(channels[source.market], payload)
+            stamp = now_us()  # Feed and publish at once: the benchmark has no feed hop.
+            broker.publish_now(channels[source.market], envelope(stamp, stamp) + payload)
 
     async def feed() -> None:
         await drive(board, publish)

@@ -10,6 +10,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from loadtest import stages
+
 PACKED = ("ceiling_packed", "oddstream_batched")
 
 
@@ -121,6 +123,14 @@ def _e2e_line(e2e: dict[str, Any]) -> str:
     )
 
 
+def _e2e_stages(e2e: dict[str, Any]) -> str:
+    """The e2e stage table (loadtest/stages.py), indented under the e2e line."""
+    rows = e2e.get("stages")
+    if not rows:
+        return ""
+    return "\n".join("  " + line for line in ["", *stages.lines(rows)])
+
+
 def _books_line(books: dict[str, Any]) -> str:
     return (
         f"- **books**: {figure(books.get('messages'))} feed messages through one processor: "
@@ -148,7 +158,7 @@ def other_tables(report: dict[str, Any]) -> str:
         scenario = report["scenarios"].get(name)
         if scenario:
             out.append(
-                line(scenario)
+                line(scenario) + (_e2e_stages(scenario) if name == "e2e" else "")
                 if scenario.get("measured")
                 else f"- **{name}**: not measured ({scenario.get('note')})"
             )

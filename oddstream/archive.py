@@ -4,10 +4,16 @@ retention job instead (:mod:`archive.retention`), then exit."""
 
 from __future__ import annotations
 
-from archive.consumer import ArchiveConfig, ArchiveRunner
+from collections.abc import Iterable
+
+from prometheus_client.core import CounterMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from archive.consumer import ArchiveConfig, ArchiveRunner, ArchiveStats
 from archive.db import DISCONNECTED, ArchiveError, MysqlUrl
 from archive.retention import prune
 from oddstream import topics
+from oddstream.ops import operator_listener
 from oddstream.options import ArchiveSettings
 from oddstream.process import Failed, stoppable
 
@@ -30,10 +36,18 @@ async def main(settings: ArchiveSettings) -> None:
             mysql_wait_s=settings.mysql_wait_s,
         ),
     )
+    ops = operator_listener(
+        "archive",
+        settings.ops_host,
+        settings.ops_port,
+        lambda: runner.stats.rebalances > 0,  # Assigned in its group (MySQL answered).
+        [ArchiveCollector(runner.stats)],
+    )
     async with stoppable("archive", runner.stop, runner.stats.line):
         print(f"oddstream: archive in group {settings.group} on {settings.kafka}", flush=True)
         try:
-            await runner.run()
+            async with ops:
+                await runner.run()
         except ArchiveError as exc:
             raise Failed(1, f"archive: {exc} (--mysql / ODDSTREAM_MYSQL)") from None
 
@@ -44,3 +58,24 @@ async def _prune(url: MysqlUrl, before_ts: int) -> None:
     except DISCONNECTED as exc:
         raise Failed(1, f"archive: MySQL unreachable while pruning: {exc}") from None
     print(f"oddstream: archive pruned before {before_ts}: {stats.line()}", flush=True)
+
+
+class ArchiveCollector(Collector):
+    """The archive's counts as of the scrape (docs/observability.md, "Archive")."""
+
+    HELP = {
+        "records": "market messages stored in MySQL (a message read twice counts twice)",
+        "batches": "MySQL transactions committed (rows and offsets together)",
+        "malformed": "records of the deltas topic that are not market messages, skipped",
+        "gaps": "stored messages whose seq does not follow the last one stored for the market",
+        "retries": "MySQL batches retried while it was unreachable",
+        "rebalances": "partition assignments",
+    }
+
+    def __init__(self, stats: ArchiveStats):
+        self._stats = stats
+
+    def collect(self) -> Iterable[Metric]:
+        for name, doc in self.HELP.items():
+            value = getattr(self._stats, name)
+            yield CounterMetricFamily(f"oddstream_archive_{name}_total", doc, value=value)

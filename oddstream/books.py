@@ -6,9 +6,12 @@ from __future__ import annotations
 from channels.redis_broker import RedisBroker
 from channels.redis_store import RedisStore
 from feeds.books_runner import BooksConfig, BooksRunner
+from feeds.observe import BooksCollector
 from oddstream import topics
+from oddstream.ops import operator_listener
 from oddstream.options import BooksSettings
 from oddstream.process import stoppable
+from oddstream.tracing import traced
 
 
 async def main(settings: BooksSettings) -> None:
@@ -24,11 +27,23 @@ async def main(settings: BooksSettings) -> None:
                 group_id=settings.group,
                 topics=topics.names(settings),
                 stale_after_s=settings.stale_after_s or None,
+                metrics=settings.metrics == "on",
             ),
+        )
+        ops = operator_listener(
+            "books",
+            settings.ops_host,
+            settings.ops_port,
+            # A member of the group with its assignment done (it may hold no partition
+            # when the group has more members than partitions).
+            lambda: runner.stats.rebalances > 0 and not runner.ended,
+            [BooksCollector(runner)],
         )
         async with stoppable("books", runner.stop, runner.stats.line):
             print(f"oddstream: books in group {settings.group} on {settings.kafka}", flush=True)
-            await runner.run()
+            with traced("books", settings.traces):
+                async with ops:
+                    await runner.run()
     finally:
         await broker.close()
         await store.close()

@@ -16,9 +16,11 @@ from typing import Any
 
 from channels.broker import BrokerError
 from channels.store import StoreError
-from oddstream import options
+from oddstream import logs, options
 from oddstream.process import Failed, run
 from server.settings import SettingsError
+
+log = logging.getLogger("oddstream")
 
 HELP: dict[options.Role, str] = {
     "dev": "everything in one process: synthetic feed, books, gateway",
@@ -68,9 +70,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SettingsError as exc:
         print(f"oddstream: {exc}", file=sys.stderr)
         return 2
-    logging.basicConfig(
-        level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    logs.setup(role, settings.log_level, settings.log_format)
     if isinstance(settings, options.GatewaySettings):
         from oddstream import workers
 
@@ -81,14 +81,14 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def role_status(main: Coroutine[Any, Any, None]) -> int:
-    """Run a role's ``main``; its exit status, with a start-up failure printed."""
+    """Run a role's ``main``; its exit status, with a start-up failure logged."""
     try:
         return run(main)
     except Failed as exc:
-        print(f"oddstream: {exc}", file=sys.stderr)
+        log.error("%s", exc)
         return exc.status
     except (StoreError, BrokerError) as exc:
-        print(f"oddstream: {exc}", file=sys.stderr)
+        log.error("%s", exc)
         return 1
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 from channels.redis_broker import RedisBroker
 from channels.redis_store import RedisStore
 from oddstream.options import GatewaySettings
+from oddstream.tracing import traced
 from server.app import build_app
 from server.gateway import Gateway
 from server.serve import Seat, serve
@@ -17,7 +18,8 @@ async def main(settings: GatewaySettings, seat: Seat | None = None) -> None:
     broker = await RedisBroker.connect(settings.redis)
     node = Gateway(settings.server, broker, store)
     try:
-        await serve(build_app(node), settings.server, node, seat)
+        with traced("gateway", settings.traces):
+            await serve(build_app(node), settings.server, node, seat)
     finally:
         await broker.close()
         await store.close()

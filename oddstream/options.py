@@ -297,13 +297,36 @@ OPTIONS: tuple[Option, ...] = (
         _SERVING,
         Check(_origins_ok, "comma-separated origins (scheme://host[:port], null, file://) or *"),
     ),
-    Option("ops_host", "listen address of the operator listener", _SERVING),
+    # The operator listener of every role and what it observes (docs/observability.md).
+    Option("ops_host", "listen address of the operator listener", _ALL),
     Option(
         "ops_port",
         "operator listener (`/metrics`, `/healthz`, `/readyz`), never the public port; `0`: none",
-        _SERVING,
+        _ALL,
         between(0, 65535, " (0: off)"),
-        role_defaults={"dev": 0},
+        role_defaults={"dev": 0, "books": 9101, "feed": 9102, "archive": 9103},
+    ),
+    Option(
+        "metrics",
+        "`off`: no per-message observations (stage, step and fan-out histograms); "
+        "`/metrics` keeps the counters and gauges",
+        _ALL,
+        one_of("on", "off"),
+    ),
+    Option(
+        "traces",
+        "`otlp`: export OpenTelemetry traces with OTLP, configured by the standard "
+        "`OTEL_EXPORTER_OTLP_*` variables (needs `oddstream[otlp]`); `off`: none",
+        frozenset({"gateway", "books", "feed"}),
+        one_of("off", "otlp"),
+        "off",
+    ),
+    Option(
+        "trace_sample",
+        "share of feed messages traced end to end (the feed decides; books and gateways follow)",
+        frozenset({"feed"}),
+        between(0, 1),
+        0.001,
     ),
     # Session-level security (server/session.py, server/auth.py; docs/auth.md).
     Option(
@@ -512,6 +535,15 @@ OPTIONS: tuple[Option, ...] = (
         "",
     ),
     Option("log_level", "log level", _ALL, one_of("debug", "info", "warning", "error"), "info"),
+    Option(
+        "log_format",
+        "`json`: one JSON object per line on stderr, for a log collector; `text`: for a "
+        "terminal (`docs/observability.md#logs`)",
+        _ALL,
+        one_of("json", "text"),
+        "json",
+        {"dev": "text"},
+    ),
 )
 
 
@@ -540,7 +572,9 @@ class GatewaySettings:
     server: Settings
     redis: str
     workers: int
+    traces: str
     log_level: str
+    log_format: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -556,6 +590,7 @@ class DevSettings:
     speed: float
     web: str
     log_level: str
+    log_format: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -569,7 +604,12 @@ class BooksSettings:
     partitions: int
     group: str
     topic_prefix: str
+    ops_host: str
+    ops_port: int
+    metrics: str
+    traces: str
     log_level: str
+    log_format: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -584,7 +624,11 @@ class ArchiveSettings:
     prune_before: int
     mysql_wait_s: float
     topic_prefix: str
+    ops_host: str
+    ops_port: int
+    metrics: str
     log_level: str
+    log_format: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -598,7 +642,13 @@ class FeedSettings:
     kafka: str
     partitions: int
     topic_prefix: str
+    ops_host: str
+    ops_port: int
+    metrics: str
+    traces: str
+    trace_sample: float
     log_level: str
+    log_format: str
 
 
 _BY_NAME = {o.name: o for o in OPTIONS}

@@ -30,6 +30,8 @@ echo "test: docs/configuration.md is current" >&2
 .venv/bin/python -m oddstream.options --check
 echo "test: web (types, build, SDK unit tests, browser tests)" >&2
 web/scripts/test.sh
+echo "test: Prometheus and promtool (Debian's prometheus; alert and scrape tests)" >&2
+scripts/prometheus.sh >/dev/null
 echo "test: pytest" >&2
 .venv/bin/pytest "$@"
 scripts/deploy-test.sh

@@ -5,7 +5,7 @@ and per-address caps) and once per request that opens a stream or reaches the ap
 browser (:meth:`Admission.origin_allowed`, the Origin allowlist; :meth:`Admission.cors`,
 the CORS headers of an answer). Authentication and tracing hook in here too, so that a
 WebSocket, an SSE stream and a REST request meet the same checks. Every refusal is
-counted; :meth:`Admission.metrics` surfaces the counters and the limits.
+counted; :mod:`server.metrics` surfaces the counters and the limits.
 """
 
 from __future__ import annotations
@@ -142,27 +142,3 @@ class Admission:
             (b"access-control-expose-headers", b"X-Oddstream-Token"),
             (b"vary", b"Origin"),
         ]
-
-    # -- metrics ----------------------------------------------------------------------------
-
-    def metrics(self) -> list[str]:
-        """Prometheus lines: the edge's counters, its connections and its limits."""
-        s = self.settings
-        lines = ["# TYPE oddstream_edge_connections gauge"]
-        lines.append(f"oddstream_edge_connections {self.connections}")
-        for name, value in msgspec.structs.asdict(self.stats).items():
-            lines += [
-                f"# TYPE oddstream_edge_{name}_total counter",
-                f"oddstream_edge_{name}_total {value}",
-            ]
-        limits = {
-            "header_timeout_seconds": s.header_timeout_s,
-            "idle_timeout_seconds": s.idle_timeout_s,
-            "max_head_bytes": s.max_head_bytes,
-            "max_body_bytes": s.max_body_bytes,
-            "max_connections": self.max_connections,
-            "max_connections_per_ip": s.max_connections_per_ip,
-        }
-        for name, value in limits.items():
-            lines += [f"# TYPE oddstream_limit_{name} gauge", f"oddstream_limit_{name} {value}"]
-        return lines

@@ -4,21 +4,25 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Sequence
 from pathlib import Path
 from typing import Any
 
+from prometheus_client.registry import Collector
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import FileResponse, Response
+from starlette.responses import FileResponse, JSONResponse, Response
 from starlette.routing import BaseRoute, Mount, Route
 from starlette.staticfiles import StaticFiles
 
 from archive.db import MysqlUrl
 from archive.query import History, HistorySource
+from channels.metrics import CONTENT_TYPE, RoleCollector, exposition
 from server import graphql, history, openapi, rest
 from server.admission import Admission
 from server.gateway import Gateway
+from server.metrics import GatewayCollector
+from server.streams import Streams
 
 STATIC = Path(__file__).parent / "static"
 
@@ -27,6 +31,10 @@ Background = Callable[[], Coroutine[Any, Any, None]]
 
 async def index(request: Request) -> Response:
     return FileResponse(STATIC / "index.html", headers={"Cache-Control": "no-store"})
+
+
+async def operator_page(request: Request) -> Response:
+    return FileResponse(STATIC / "operator.html", headers={"Cache-Control": "no-store"})
 
 
 def build_app(
@@ -87,21 +95,45 @@ def build_app(
     return app
 
 
-def ops_app(gateway: Gateway, admission: Admission) -> Starlette:
-    """The operator listener's app (``--ops-host``/``--ops-port``, never public): metrics
-    of the gateway and of its edge, and the same health probes as the public port."""
+def operator_app(
+    role: str,
+    ready: Callable[[], bool],
+    collectors: Sequence[Collector] = (),
+    readyz: Callable[[Request], Awaitable[Response]] | None = None,
+) -> Starlette:
+    """An operator listener's app (``--ops-host``/``--ops-port``, never public), for any
+    role: ``/metrics`` (the process's registry, ``oddstream_ready`` and ``oddstream_info``
+    of ``role``, and ``collectors``), ``/healthz`` and ``/readyz`` (``readyz``, or 200
+    while ``ready()`` else 503), and at ``/`` the live operator page that draws
+    ``/metrics``. See ``docs/observability.md``."""
+    extra = (RoleCollector(role, ready), *collectors)
 
     async def metrics(request: Request) -> Response:
-        answer = await rest.metrics(request)
-        edge = "\n".join(admission.metrics()) + "\n"
-        return Response(bytes(answer.body) + edge.encode(), media_type=answer.media_type)
+        return Response(exposition(extra), media_type=CONTENT_TYPE)
 
-    app = Starlette(
+    async def ready_or_not(request: Request) -> Response:
+        if ready():
+            return JSONResponse({"status": "ready"})
+        return JSONResponse({"status": "not ready"}, 503)
+
+    return Starlette(
         routes=[
+            Route("/", operator_page),
             Route("/metrics", metrics),
             Route("/healthz", rest.healthz),
-            Route("/readyz", rest.readyz),
+            Route("/readyz", readyz or ready_or_not),
         ]
+    )
+
+
+def ops_app(gateway: Gateway, admission: Admission, streams: Streams | None = None) -> Starlette:
+    """The gateway's operator app: its metrics (:mod:`server.metrics`), those of its edge
+    and streams, and the same health probes as the public port."""
+    app = operator_app(
+        "gateway",
+        lambda: gateway.ready and not gateway.draining,
+        [GatewayCollector(gateway, admission, streams)],
+        rest.readyz,
     )
     app.state.gateway = gateway
     return app

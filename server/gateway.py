@@ -16,6 +16,7 @@ from channels.broker import Broker
 from channels.conflate import ConflationStats
 from channels.frame import Frame
 from channels.hub import Hub
+from channels.metrics import FanoutClock
 from channels.relay import Relay
 from channels.store import Store
 from protocol import Heartbeat, Snapshot
@@ -73,6 +74,8 @@ class GatewayStats(msgspec.Struct):
     """WebSocket writes to clients: one per client per flush, whatever it carries."""
     ws_messages: int = 0
     """Server messages those writes carried (more than the writes: coalescing)."""
+    heartbeats: int = 0
+    """Heartbeat frames offered to clients."""
 
 
 class Gateway:
@@ -86,7 +89,8 @@ class Gateway:
         self.limits = DeliveryLimits.of(settings)
         self.store = store
         self.hub = Hub()
-        self.relay = Relay(broker, store, self.hub)
+        self.fanout_clock = FanoutClock(time.monotonic, enabled=settings.metrics == "on")
+        self.relay = Relay(broker, store, self.hub, clock=self.fanout_clock)
         self.stats = GatewayStats()
         self.conflation = ConflationStats()
         self._snapshot_frames: dict[str, tuple[Snapshot, Frame]] = {}

@@ -1,4 +1,4 @@
-"""REST: events, market summaries, markets' snapshots, health and metrics.
+"""REST: events, market summaries, markets' snapshots, and health.
 
 A snapshot answer carries the header ``X-Oddstream-Token``: the resume token of the
 snapshots it holds (:mod:`server.resume_token`). Passed to ``/sse`` as ``Last-Event-ID``
@@ -9,7 +9,6 @@ doubled.
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Iterable, Mapping
 from functools import partial
 from typing import NamedTuple
@@ -309,37 +308,3 @@ async def readyz(request: Request) -> Response:
     except StoreError as exc:
         return JSONResponse({"status": "unavailable", "reason": str(exc)}, 503)
     return JSONResponse({"status": "ready"})
-
-
-async def metrics(request: Request) -> Response:
-    gateway = _gateway(request)
-    lines = [
-        "# TYPE oddstream_connections gauge",
-        f"oddstream_connections {gateway.stats.connections}",
-        "# TYPE oddstream_connections_total counter",
-        f"oddstream_connections_total {gateway.stats.connections_total}",
-        "# TYPE oddstream_deliveries_total counter",
-        f"oddstream_deliveries_total {gateway.hub.delivered}",
-        "# TYPE oddstream_slow_consumer_closes_total counter",
-        f"oddstream_slow_consumer_closes_total {gateway.stats.slow_consumer_closes}",
-        "# TYPE oddstream_dead_client_closes_total counter",
-        f"oddstream_dead_client_closes_total {gateway.stats.dead_client_closes}",
-    ]
-    for name, value in msgspec.structs.asdict(gateway.conflation).items():
-        lines += [
-            f"# TYPE oddstream_conflation_{name}_total counter",
-            f"oddstream_conflation_{name}_total {value}",
-        ]
-    for name, value in msgspec.structs.asdict(gateway.relay.stats).items():
-        lines += [
-            f"# TYPE oddstream_relay_{name}_total counter",
-            f"oddstream_relay_{name}_total {value}",
-        ]
-    lines.append("# TYPE oddstream_auth_refusals_total counter")
-    lines += [
-        f'oddstream_auth_refusals_total{{code="{code}"}} {n}'
-        for code, n in gateway.auth.refusals.items()
-    ]
-    for name, value in dataclasses.asdict(gateway.session_stats).items():
-        lines += [f"# TYPE oddstream_{name}_total counter", f"oddstream_{name}_total {value}"]
-    return Response("\n".join(lines) + "\n", media_type="text/plain; version=0.0.4")

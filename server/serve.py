@@ -105,7 +105,7 @@ async def listening(
     admission = Admission(settings)
     streams = Streams(gateway)
     public = Edge(app, settings, streams, admission)
-    ops = Edge(ops_app(gateway, admission), settings)
+    ops = Edge(ops_app(gateway, admission, streams), settings)
     lifespan = Lifespan(app)
     loop = asyncio.get_running_loop()
     servers: list[asyncio.Server] = []

@@ -119,6 +119,12 @@ class SessionStats:
     """Connections closed ``4103`` for sustained rate-limit abuse."""
     token_expired_closes: int = 0
     """Connections closed ``4003`` at their token's expiry (no ``refresh`` in time)."""
+    unauthorised_closes: int = 0
+    """Connections closed ``4102`` for a refused ``auth``."""
+    resumes_exact: int = 0
+    """Markets resumed from the client's position."""
+    resumes_reset: int = 0
+    """Markets that could not be resumed exactly: a fresh snapshot with ``reset``."""
 
 
 class Session:
@@ -257,6 +263,7 @@ class Session:
         except ProtocolError as exc:
             self.send(Error(code=exc.code, message=exc.message, id=command.id))
             if kind == "auth" and exc.code != ErrorCode.UNAVAILABLE:
+                self._stats.unauthorised_closes += 1
                 self._end(CloseCode.UNAUTHORIZED)
             return
         self._grant_for(grant)
@@ -549,8 +556,10 @@ class Session:
                 self.offer(Frame(delta, payload))
             for reason in reasons:
                 self._relay.hub.attach(m, self, reason)
+            self._stats.resumes_exact += 1
             return
         # Not resumable exactly: a fresh snapshot, flagged so the client drops its copy.
+        self._stats.resumes_reset += 1
         for reason in reasons:
             self._relay.hub.attach(m, self, reason)
         snap = self._relay.current(m)

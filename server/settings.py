@@ -45,6 +45,7 @@ class Settings:
     allowed_origins: str = ""  # Comma-separated; "" the gateway's own origin only; "*": any.
     ops_host: str = "127.0.0.1"  # /metrics, /healthz, /readyz for operators.
     ops_port: int = 9100  # 0: no operator listener.
+    metrics: str = "on"  # "off": no per-message observations (docs/observability.md).
     # Storage.
     history_size: int = 256
     # Session-level security (docs/protocol.md#limits, docs/auth.md). Commands per second

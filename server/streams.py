@@ -65,9 +65,12 @@ class Streams:
         self._scheduled = False
         dirty, self._dirty = self._dirty, []
         now = asyncio.get_running_loop().time()
+        clock = self.gateway.fanout_clock  # The stage timings (docs/observability.md).
+        clock.pass_started()
         for conn in dirty:
             conn.dirty = False
             conn.flush(now)
+        clock.pass_ended()
 
     def add(self, conn: StreamConnection) -> None:
         self.connections.add(conn)
@@ -101,6 +104,7 @@ class Streams:
             if conn.sent_at <= quiet_since and conn.streaming:
                 frame = frame or self.gateway.heartbeat()
                 conn.offer(frame)
+                self.gateway.stats.heartbeats += 1
         if self.connections:
             self._schedule_heartbeat()
         else:
@@ -110,7 +114,10 @@ class Streams:
 class StreamConnection(asyncio.Protocol):
     """What WebSocket and SSE connections share: flow control, the flush, timeouts and
     teardown. A subclass opens ``self.session`` (with ``waker=self.wake``) and writes
-    frames in :meth:`write`; :meth:`end` closes the stream its own way."""
+    frames in :meth:`write`; :meth:`end` closes the stream its own way. ``kind`` is its
+    transport and subprotocol, as the metrics label them."""
+
+    kind: tuple[str, str] = ("sse", "none")
 
     def __init__(self, streams: Streams, ticket: Ticket | None = None):
         self.streams = streams
@@ -198,6 +205,7 @@ class StreamConnection(asyncio.Protocol):
         if frames:
             self.write(frames)
             self.sent_at = now
+            self.gateway.fanout_clock.wrote(frames[0].received)
         if outbox.closed:
             self.end(session.close_code)
             return

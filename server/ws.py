@@ -134,6 +134,7 @@ class WebSocketConnection(StreamConnection):
             self._close(CloseCode.GOING_AWAY, "draining; reconnect elsewhere")
             return
         self._binary = chosen == SUBPROTOCOL_MSGPACK
+        self.kind = ("ws", "msgpack" if self._binary else "json")
         query = parse_qs(url.query)
         batch = query.get("batch", ["0"])[-1]
         if batch not in ("0", "1"):

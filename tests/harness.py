@@ -5,6 +5,10 @@ lines of the processes deployed in it."""
 
 from __future__ import annotations
 
+import contextlib
+import itertools
+import os
+import socket
 import uuid
 from dataclasses import dataclass
 
@@ -58,3 +62,23 @@ async def isolated(kafka: str, redis_url: str, db: int, tag: str) -> Space:
         await client.aclose()
     uid = uuid.uuid4().hex[:8]
     return Space(kafka, url, f"{tag}{uid}.", f"g{uid}")
+
+
+def free_ports(n: int) -> list[int]:
+    """``n`` free ports on 127.0.0.1: in ``ODDSTREAM_TEST_PORTS`` (``low-high``) when set
+    (a shared machine gives each developer a range), else any the system has free. Each
+    is held until all are found, so none is returned twice."""
+    low, _, high = os.environ.get("ODDSTREAM_TEST_PORTS", "0-0").partition("-")
+    candidates = range(int(low), int(high) + 1) if int(low) else itertools.repeat(0, 100)
+    found: list[int] = []
+    with contextlib.ExitStack() as held:
+        for candidate in candidates:
+            s = held.enter_context(socket.socket())
+            try:
+                s.bind(("127.0.0.1", candidate))
+            except OSError:
+                continue
+            found.append(s.getsockname()[1])
+            if len(found) == n:
+                return found
+    raise AssertionError(f"no {n} free ports (ODDSTREAM_TEST_PORTS={low}-{high})")

@@ -49,7 +49,9 @@ class Feed:
         self.offsets: dict[str, int] = {}
         self.dead = 0
 
-    async def send(self, *messages: FeedMessage) -> None:
+    async def send(self, *messages: FeedMessage, head: bytes = b"") -> None:
+        """``head``: an envelope's header line put before every payload published, as a
+        book processor does (:mod:`channels.stamps`)."""
         records = []
         for m in messages:
             topic = topic_of(m)
@@ -58,6 +60,7 @@ class Feed:
             records.append(FeedRecord(topic, 0, offset, encode_feed(m), m.event_id.encode()))
         step = self.processor.process(records)
         self.dead += len(step.dead_letters)
+        step.publications = [(c, head + payload) for c, payload in step.publications]
         await commit_step(step, self.store, self.broker)
 
     def book(self, market_id: str) -> protocol.Snapshot:

@@ -69,13 +69,18 @@ async def setup(history_size: int = 256) -> tuple[Feed, Relay, Collector, LossyB
     relay = Relay(broker, store, Hub())
     await relay.start()
     await feed.send(event(), match_result())
-    await relay.acquire(market_channel(M1))
-    await relay.ensure([M1])
+    return feed, relay, await watch(relay, M1), broker
+
+
+async def watch(relay: Relay, market_id: str) -> Collector:
+    """A collector attached to ``market_id`` (held and loaded first), its snapshot taken."""
+    await relay.acquire(market_channel(market_id))
+    await relay.ensure([market_id])
     sub = Collector()
-    frame = relay.attach(M1, sub, "m")
+    frame = relay.attach(market_id, sub, "m")
     assert frame is not None
     sub.offer(frame)
-    return feed, relay, sub, broker
+    return sub
 
 
 async def test_gap_is_healed_from_history_before_anything_is_passed_on() -> None:

@@ -22,11 +22,17 @@ CHART = ROOT / "charts" / "oddstream"
 KUBERNETES = "1.32.0"
 """The Kubernetes version the manifests are validated against (kubectl's here)."""
 HELM_ARGS = ("--namespace", "odds", "--kube-version", KUBERNETES)
-CRDS = {("monitoring.coreos.com/v1", "ServiceMonitor")}
-"""Kinds of operators, which the Kubernetes schemas do not know: checked by hand."""
+OBSERVABILITY = ROOT / "k8s" / "observability"
+CRDS = {
+    ("monitoring.coreos.com/v1", "ServiceMonitor"): ("endpoints", "selector"),
+    ("monitoring.coreos.com/v1", "PodMonitor"): ("podMetricsEndpoints", "selector"),
+    ("monitoring.coreos.com/v1", "PrometheusRule"): ("groups",),
+}
+"""Kinds of operators, which the Kubernetes schemas do not know: checked by hand (the
+fields their spec must have)."""
 KINDS = Counter(
     {
-        "ConfigMap": 1,
+        "ConfigMap": 2,
         "ServiceAccount": 1,
         "Deployment": 3,
         "Service": 1,
@@ -35,6 +41,8 @@ KINDS = Counter(
         "Ingress": 1,
         "NetworkPolicy": 3,
         "ServiceMonitor": 1,
+        "PodMonitor": 1,
+        "PrometheusRule": 1,
     }
 )
 CLOSE_TIMEOUT_S = 2
@@ -65,9 +73,10 @@ def helm_template(*values: str) -> list[dict[str, Any]]:
 def validate(docs: list[dict[str, Any]]) -> None:
     """Each object against its schema (strict: no unknown fields), or by hand for CRDs."""
     for doc in docs:
-        if (doc["apiVersion"], doc["kind"]) in CRDS:
+        required = CRDS.get((doc["apiVersion"], doc["kind"]))
+        if required is not None:
             assert set(doc) <= {"apiVersion", "kind", "metadata", "spec"}, doc
-            assert doc["spec"]["endpoints"] and doc["spec"]["selector"]["matchLabels"], doc
+            assert all(doc["spec"][field] for field in required), doc
             continue
         try:
             kubernetes_validate.validate(doc, KUBERNETES, strict=True)
@@ -89,7 +98,7 @@ def one(docs: list[dict[str, Any]], kind: str, component: str) -> dict[str, Any]
 
 
 def config(docs: list[dict[str, Any]]) -> dict[str, str]:
-    [cm] = by_kind(docs, "ConfigMap")
+    [cm] = (d for d in by_kind(docs, "ConfigMap") if "ODDSTREAM_KAFKA" in d["data"])
     data: dict[str, str] = cm["data"]
     return data
 
@@ -135,6 +144,21 @@ def check_design(docs: list[dict[str, Any]]) -> None:
         spec = deployment["spec"]["template"]["spec"]
         assert spec["securityContext"]["runAsNonRoot"] is True
         assert spec["containers"][0]["securityContext"]["readOnlyRootFilesystem"] is True
+        # Every role serves /metrics on its operator port, which a monitor scrapes.
+        assert "ops" in {p["name"] for p in spec["containers"][0]["ports"]}
+    check_monitoring(docs)
+
+
+def check_monitoring(docs: list[dict[str, Any]]) -> None:
+    """The alert rules and the dashboard of k8s/observability, as they are."""
+    rules = yaml.safe_load((OBSERVABILITY / "prometheusrule.yaml").read_text())
+    assert next(by_kind(docs, "PrometheusRule"))["spec"] == rules["spec"]
+    [dashboard] = (d for d in by_kind(docs, "ConfigMap") if "oddstream.json" in d["data"])
+    assert dashboard["metadata"]["labels"]["grafana_dashboard"] == "1"
+    assert dashboard["data"]["oddstream.json"] == (OBSERVABILITY / "dashboard.json").read_text()
+    [pods] = by_kind(docs, "PodMonitor")
+    [components] = pods["spec"]["selector"]["matchExpressions"]
+    assert set(components["values"]) == {"books", "feed"}
 
 
 def jwt_key(docs: list[dict[str, Any]]) -> str | None:

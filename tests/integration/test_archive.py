@@ -43,6 +43,7 @@ from protocol import Delta, Snapshot
 from tests.component.stack import running_stack
 from tests.component.test_real_feeds import settle_rollback_story
 from tests.data import FEEDS as DATA
+from tests.harness import free_ports
 from tests.integration import procs
 from tests.integration.test_kafka_books import config, new_group, running, send_all, wait_for
 
@@ -361,8 +362,20 @@ async def test_archive_sigkill_mid_stream_neither_loses_nor_duplicates(
         await first.proc.wait()
         partial = len(await history_keys(mysql))
         assert 0 < partial < total, "killed mid-stream"
-        second = await procs.start(started, "archive-2", args)
+        [ops] = free_ports(1)
+        second = await procs.start(started, "archive-2", [*args, "--ops-port", str(ops)])
         await _until_stored(second, mysql, total)
+        # Its counts on its operator port (docs/observability.md, "Archive").
+        async with httpx.AsyncClient() as http:
+            metrics = (await http.get(f"http://127.0.0.1:{ops}/metrics")).text
+        counts = {
+            line.split()[0]: float(line.split()[1])
+            for line in metrics.splitlines()
+            if line.startswith("oddstream_archive_")
+        }
+        assert counts["oddstream_archive_records_total"] >= total - partial
+        assert counts["oddstream_archive_rebalances_total"] >= 1
+        assert counts["oddstream_archive_malformed_total"] == 0
         assert await second.stop() == 0
     keys = await history_keys(mysql)
     assert len(keys) == len(set(keys)) == total

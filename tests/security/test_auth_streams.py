@@ -355,13 +355,13 @@ async def test_refusals_are_counted_in_the_operator_metrics() -> None:
         async with httpx.AsyncClient(base_url=stack.ops_url) as ops:
             metrics = (await ops.get("/metrics")).text.splitlines()
     for line in (
-        'oddstream_auth_refusals_total{code="unauthorized"} 1',
-        'oddstream_auth_refusals_total{code="forbidden"} 1',
-        'oddstream_auth_refusals_total{code="token_invalid"} 1',
-        'oddstream_auth_refusals_total{code="token_expired"} 1',
-        'oddstream_auth_refusals_total{code="unavailable"} 0',
-        "oddstream_rate_limited_commands_total 3",
-        "oddstream_rate_limit_closes_total 1",
-        "oddstream_token_expired_closes_total 1",
+        'oddstream_auth_refusals_total{code="unauthorized"} 1.0',
+        'oddstream_auth_refusals_total{code="forbidden"} 1.0',
+        'oddstream_auth_refusals_total{code="token_invalid"} 1.0',
+        'oddstream_auth_refusals_total{code="token_expired"} 1.0',
+        'oddstream_auth_refusals_total{code="unavailable"} 0.0',
+        "oddstream_rate_limited_commands_total 3.0",
+        "oddstream_rate_limit_closes_total 1.0",
+        "oddstream_token_expired_closes_total 1.0",
     ):
         assert line in metrics

@@ -64,7 +64,7 @@ export async function seriousViolations(page: Page): Promise<AxeViolation[]> {
   });
 }
 
-/** One `oddstream dev` process. */
+/** One `oddstream` process: `oddstream dev` (:meth:`start`), or any role (:meth:`run`). */
 export class DevServer {
   private constructor(
     readonly proc: ChildProcess,
@@ -76,11 +76,19 @@ export class DevServer {
 
   /** Start `oddstream dev` on `port` (0: any free one) and wait for its URL line. */
   static async start(port: number, extra: readonly string[] = []): Promise<DevServer> {
+    return DevServer.run(["dev", "--port", String(port), ...extra]);
+  }
+
+  /**
+   * Start `oddstream ARGS` and wait for the stdout line `ready` matches (by default a
+   * gateway's `serving on URL`); `url` is the match's first group.
+   */
+  static async run(argv: readonly string[], ready = /serving on (http:\/\/\S+?)\/?\s/): Promise<DevServer> {
     const python = process.env["ODDSTREAM_PYTHON"] ?? join(REPO, ".venv", "bin", "python");
     if (!existsSync(python)) {
       throw new Error(`${python} is missing: run scripts/setup.sh at the repository root first`);
     }
-    const args = ["-m", "oddstream.cli", "dev", "--port", String(port), ...extra];
+    const args = ["-m", "oddstream.cli", ...argv];
     const proc = spawn(python, args, {
       cwd: REPO,
       env: { ...process.env, PYTHONUNBUFFERED: "1" },
@@ -89,13 +97,13 @@ export class DevServer {
     const log: string[] = [];
     const exited = new Promise<number | null>((res) => proc.once("exit", (code) => res(code)));
     const url = await new Promise<string>((res, rej) => {
-      const timer = setTimeout(() => rej(new Error(`oddstream dev did not start in 60 s:\n${log.join("")}`)), 60_000);
+      const timer = setTimeout(() => rej(new Error(`oddstream ${argv[0]} did not start in 60 s:\n${log.join("")}`)), 60_000);
       let buffer = "";
       proc.stdout?.on("data", (chunk: Buffer) => {
         const text = chunk.toString();
         log.push(text);
         buffer += text;
-        const m = /serving on (http:\/\/\S+?)\/?\s/.exec(buffer);
+        const m = ready.exec(buffer);
         if (m?.[1]) {
           clearTimeout(timer);
           res(m[1]);
@@ -104,10 +112,10 @@ export class DevServer {
       proc.stderr?.on("data", (chunk: Buffer) => log.push(chunk.toString()));
       void exited.then((code) => {
         clearTimeout(timer);
-        rej(new Error(`oddstream dev exited with ${code} before serving:\n${log.join("")}`));
+        rej(new Error(`oddstream ${argv[0]} exited with ${code} before it was ready:\n${log.join("")}`));
       });
     });
-    return new DevServer(proc, url, Number(new URL(url).port), exited, log);
+    return new DevServer(proc, url, URL.canParse(url) ? Number(new URL(url).port) : 0, exited, log);
   }
 
   /** SIGTERM (the server drains: `reconnect` to every client) and wait for the exit. */

@@ -2,7 +2,9 @@
 # The web test command (called by the repository's scripts/test.sh; also runs on its own):
 # Debian's Chromium, npm ci, generated-types drift check and type checks, build, then every
 # web test (vitest unit tests of the SDK, then the browser tests against `oddstream dev`).
-# Needs the Python venv (scripts/setup.sh at the repository root) for the browser tests.
+# Needs the Python venv (scripts/setup.sh at the repository root) for the browser tests, and
+# Kafka and Redis (ODDSTREAM_KAFKA / ODDSTREAM_REDIS, as scripts/test.sh exports them) for the
+# operator page's (e2e/operator.e2e.test.ts: a distributed run).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 started=$SECONDS
