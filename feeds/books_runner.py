@@ -13,8 +13,11 @@ order that makes a crash at any point safe:
 4. the Kafka commit of the step's offsets.
 
 The store, not Kafka's committed offsets, is the authority on where a partition's books
-stand: on assignment the runner restores the books from the store and seeks to the
-offsets stored with them, so each market's ``seq`` continues with no gap and no reuse.
+stand: on assignment the runner claims each partition (a fencing token, see
+:mod:`channels.fencing`), restores the books from the store and seeks to the offsets
+stored with them, so each market's ``seq`` continues with no gap and no reuse. Every
+write carries the tokens: a runner that lost its partitions without noticing (paused past
+the session timeout) is refused by the store and stops (:class:`FencedError`).
 Kafka's committed offsets trail the store and serve lag monitoring and tooling.
 
 Crash windows: a crash after (1) and before (2) replays the step, so its dead letters may
@@ -52,6 +55,7 @@ from aiokafka.coordinator.assignors.range import RangePartitionAssignor
 from aiokafka.errors import CommitFailedError, IllegalStateError
 
 from channels.broker import BrokerError
+from channels.fencing import FencedError
 from channels.store import Store, StoreError
 from feeds.embedded import epoch_minter, now_ms, tick_interval
 from feeds.kafka_feed import (
@@ -150,6 +154,9 @@ class BooksStats:
     """Times storage was found to have lost its data and every book was re-stored."""
     stale_suspensions: int = 0
     """Markets suspended because their event's feed went silent (``feed_stale``)."""
+    fenced: int = 0
+    """Writes the store refused because another processor owns the partitions now
+    (the runner stops at the first)."""
     partitions: frozenset[int] = frozenset()
     """Partition numbers owned now."""
 
@@ -160,7 +167,7 @@ class BooksStats:
             f"rebalances={self.rebalances} skipped={self.skipped} "
             f"forced={self.forced_releases} commit_failures={self.commit_failures} "
             f"store_retries={self.store_retries} rebases={self.rebases} "
-            f"stale_suspensions={self.stale_suspensions}"
+            f"stale_suspensions={self.stale_suspensions} fenced={self.fenced}"
         )
 
 
@@ -242,6 +249,9 @@ class BooksRunner:
         """Partition numbers whose records are processed now (empty during a rebalance)."""
         self._held: set[int] = set()
         """Partition numbers whose books are in memory."""
+        self._fence: dict[int, int] = {}
+        """Fencing token of each partition number of the last assignment, carried by
+        every write (:mod:`channels.fencing`)."""
         self._processed: dict[TP, int] = {}
         """Next offset per feed partition, as applied to the books (and stored)."""
         self._event_partition: dict[str, int] = {}
@@ -549,7 +559,8 @@ class BooksRunner:
         the step is idempotent: snapshots overwrite, history is keyed by seq, gateways
         drop repeated messages). Once storage answers again, if it lost what this
         processor wrote (Redis restarted without its data), every book is re-stored
-        under a new epoch instead (:meth:`Processor.rebase`)."""
+        under a new epoch instead (:meth:`Processor.rebase`). Raises
+        :class:`FencedError`, not retried, when another processor took the partitions."""
         delay = 0.1
         failed = False
         while True:
@@ -557,8 +568,13 @@ class BooksRunner:
                 async with asyncio.timeout(self._io_timeout):
                     if failed and await self._store_lost():
                         step = self._rebase_step()
+                    step.batch.fence = self._fence
                     await commit_step(step, self._store, self._broker, sent=sent)
                 return
+            except FencedError as exc:
+                self.stats.fenced += 1
+                log.error("fenced: %s; this processor lost its partitions and stops", exc)
+                raise
             except (StoreError, BrokerError, TimeoutError) as exc:
                 if self._stopping.is_set():
                     raise
@@ -725,6 +741,9 @@ class BooksRunner:
         self.processor.watch(
             (e for e, p in self._event_partition.items() if p in numbers), self._monotonic()
         )
+        # Claimed before anything is read: a previous owner's write is refused from here
+        # on, or already in what is read.
+        self._fence = {p: await self._store.claim(p) for p in sorted(numbers)}
         for p in sorted(numbers):
             stored = {t: await self._store.offsets(t, p) for t in self._feed}
             if p not in self._held or any(
