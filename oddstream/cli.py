@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from channels.broker import BrokerError
+from channels.fencing import FencedError
 from channels.store import StoreError
 from oddstream import options
 from oddstream.process import Failed, run
@@ -76,7 +77,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Failed as exc:
         print(f"oddstream: {exc}", file=sys.stderr)
         return exc.status
-    except (StoreError, BrokerError) as exc:
+    except (StoreError, BrokerError, FencedError) as exc:
         print(f"oddstream: {exc}", file=sys.stderr)
         return 1
 
