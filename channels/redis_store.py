@@ -21,6 +21,7 @@ a key, so ids may contain ``:``)::
     P event-partition             HASH    event id -> its Kafka partition (authoritative)
     P offsets                     HASH    "<topic>:<partition>" -> next offset to consume
     P fence:<n>                   STRING  fencing token of Kafka partition n's owner
+    P outbox:<n>                  LIST    partition n's last outbox entries (exactly-once deltas)
 
 Writes: :meth:`RedisStore.write` sends a whole :class:`~channels.store.Batch` as one
 MULTI/EXEC transaction, so a reader sees all of a batch or none of it. A new epoch of a
@@ -75,7 +76,7 @@ from redis.exceptions import RedisError, ResponseError
 import protocol
 from channels.fencing import FencedError, admit
 from channels.redis_conn import RedisEndpoint, connect, describe, ping, redact_url
-from channels.store import Batch, MarketSummary, StoreError
+from channels.store import OUTBOX_KEEP, Batch, MarketSummary, StoreError
 from protocol import EventState, Snapshot
 
 #: Keys per MGET in bulk reads: large enough to amortise round trips, small enough not
@@ -308,6 +309,9 @@ class RedisStore(RedisEndpoint):
             commands.append(hset)
             for partition, ids in by_partition.items():
                 commands.append(["SADD", f"{p}partition-events:{partition}", *ids])
+        for partition, entry in batch.outbox.items():
+            commands.append(["RPUSH", f"{p}outbox:{partition}", entry])
+            commands.append(["LTRIM", f"{p}outbox:{partition}", -OUTBOX_KEEP, -1])
         return commands
 
     async def _transaction(
@@ -434,6 +438,12 @@ class RedisStore(RedisEndpoint):
         snaps = [_snapshot_decoder.decode(r) for r in snap_raws if r is not None]
         events = [_event_decoder.decode(r) for r in event_raws if r is not None]
         return snaps, events
+
+    async def outbox(self, partition: int) -> list[bytes]:
+        entries: list[bytes] = await self._run(
+            self._client.lrange(f"{self._p}outbox:{partition}", 0, -1), "outbox"
+        )
+        return entries
 
     async def ping(self) -> None:
         """PING; raises :class:`StoreError` naming the server when it does not answer."""

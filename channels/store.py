@@ -55,9 +55,17 @@ class Batch:
     """The writer's fencing token per partition it owns (:mod:`channels.fencing`): the
     write raises :class:`~channels.fencing.FencedError` if storage holds a higher one.
     Empty: not fenced (a writer that claims no partitions)."""
+    outbox: dict[int, bytes] = field(default_factory=dict)
+    """Per partition, an entry appended to its outbox (``feeds.transactions``: what the
+    ``deltas`` topic must get); storage keeps the last :data:`OUTBOX_KEEP`."""
 
     def __bool__(self) -> bool:
-        return bool(self.snapshots or self.history or self.events or self.offsets)
+        return bool(self.snapshots or self.history or self.events or self.offsets or self.outbox)
+
+
+OUTBOX_KEEP = 2
+"""Outbox entries kept per partition: at most two steps are in a processor's pipeline,
+and a step is stored only once every step two before it is on the topic."""
 
 
 class StoreError(Exception):
@@ -78,6 +86,9 @@ class Store(Protocol):
         previous owner's write is either refused or read."""
 
     async def snapshot(self, market_id: str) -> Snapshot | None: ...
+
+    async def outbox(self, partition: int) -> list[bytes]:
+        """The partition's last outbox entries, oldest first."""
 
     async def snapshots(self, market_ids: Iterable[str]) -> list[Snapshot]:
         """Snapshots of the markets that exist, in the order asked."""
@@ -136,6 +147,7 @@ class MemoryStore:
         self._offsets: dict[tuple[str, int], int] = {}
         self._partition_of: dict[str, int] = {}
         self._fences: dict[int, int] = {}
+        self._outboxes: dict[int, deque[bytes]] = {}
 
     async def write(self, batch: Batch) -> None:
         self.write_now(batch)
@@ -158,10 +170,18 @@ class MemoryStore:
         self._events.update(batch.events)
         self._offsets.update(batch.offsets)
         self._partition_of.update(batch.partitions)
+        for partition, entry in batch.outbox.items():
+            box = self._outboxes.get(partition)
+            if box is None:
+                box = self._outboxes[partition] = deque(maxlen=OUTBOX_KEEP)
+            box.append(entry)
 
     async def claim(self, partition: int) -> int:
         token = self._fences[partition] = self._fences.get(partition, 0) + 1
         return token
+
+    async def outbox(self, partition: int) -> list[bytes]:
+        return list(self._outboxes.get(partition, ()))
 
     async def snapshot(self, market_id: str) -> Snapshot | None:
         return self._snapshots.get(market_id)

@@ -72,6 +72,7 @@ from feeds.merge import TP, CrossTopicMerge, MergeItem
 from feeds.processor import DeadLetter, FeedRecord, Processor, Publisher, Step, commit_step
 from feeds.staleness import STALE_AFTER_S
 from feeds.steps import Flight, StepPipeline
+from feeds.transactions import DeltaTransactions, encode_entry, split
 
 log = logging.getLogger(__name__)
 
@@ -122,6 +123,10 @@ class BooksConfig:
     linger_ms: int = 5
     store_check_s: float = 2.0
     """How often an idle processor checks that storage still holds its books."""
+    exactly_once: bool = False
+    """Produce each step's deltas in Kafka transactions per feed partition, with an
+    outbox in the store the next owner re-produces from (:mod:`feeds.transactions`):
+    the ``deltas`` topic exactly once. Off: at most once across a crash."""
     stale_after_s: float | None = STALE_AFTER_S
     """Longest silence of the feed about an event before its open markets are suspended
     with reason ``feed_stale`` (reopened when the feed speaks again); ``None``: never.
@@ -154,6 +159,9 @@ class BooksStats:
     """Times storage was found to have lost its data and every book was re-stored."""
     stale_suspensions: int = 0
     """Markets suspended because their event's feed went silent (``feed_stale``)."""
+    reproduced: int = 0
+    """Messages produced to ``deltas`` from the outbox: a previous owner stored them and
+    died (or was fenced) before its transaction committed."""
     fenced: int = 0
     """Writes the store refused because another processor owns the partitions now
     (the runner stops at the first)."""
@@ -167,7 +175,8 @@ class BooksStats:
             f"rebalances={self.rebalances} skipped={self.skipped} "
             f"forced={self.forced_releases} commit_failures={self.commit_failures} "
             f"store_retries={self.store_retries} rebases={self.rebases} "
-            f"stale_suspensions={self.stale_suspensions} fenced={self.fenced}"
+            f"stale_suspensions={self.stale_suspensions} fenced={self.fenced} "
+            f"reproduced={self.reproduced}"
         )
 
 
@@ -259,6 +268,8 @@ class BooksRunner:
         self._delta_partition_count = 0
         self._delta_keys: dict[str, tuple[bytes, int]] = {}
         self._backlog = False
+        self._txn: DeltaTransactions | None = None
+        """The transactional producers, with ``config.exactly_once``."""
 
     # -- lifecycle ---------------------------------------------------------------
 
@@ -337,6 +348,18 @@ class BooksRunner:
         self._producer = producer
         async with asyncio.timeout(self._io_timeout):
             self._delta_partition_count = len(await producer.partitions_for(self._topics.deltas))
+        if config.exactly_once:
+            self._txn = DeltaTransactions(
+                self._bootstrap,
+                group_id=config.group_id,
+                deltas=self._topics.deltas,
+                feed=self._feed,
+                key_of=self._delta_key,
+                client_id=config.client_id,
+                linger_ms=config.linger_ms,
+                timeout_s=self._io_timeout,
+            )
+            stack.push_async_callback(self._txn.close_all)
         consumer = AIOKafkaConsumer(
             bootstrap_servers=self._bootstrap,
             group_id=config.group_id,
@@ -440,6 +463,7 @@ class BooksRunner:
         skipped = self.processor.skipped - skipped_before
         self._processed.update(step.batch.offsets)
         self._event_partition.update(step.batch.partitions)
+        self._add_outbox(step)
         pipeline = self._pipeline
         flight = pipeline.apply(step, len(records) - skipped, skipped)
         await self._until(lambda: pipeline.may_store(flight))
@@ -473,9 +497,8 @@ class BooksRunner:
             await self._until(lambda: pipeline.may_send(flight))
             pipeline.sending(flight)
             async with asyncio.timeout(self._io_timeout):
-                if step.deltas:
-                    await self._produce_deltas(step.deltas)
-                if step.batch.offsets:
+                await self._send_deltas(step)
+                if step.batch.offsets and self._txn is None:
                     await self._commit(step.batch.offsets)
             pipeline.done(flight)
         except BaseException as exc:
@@ -541,10 +564,10 @@ class BooksRunner:
         for snap in step.batch.snapshots.values():
             if snap.event_id in where:
                 step.batch.partitions[snap.event_id] = where[snap.event_id]
+        self._add_outbox(step)
         await self._store_step(step)
         async with asyncio.timeout(self._io_timeout):
-            if step.deltas:
-                await self._produce_deltas(step.deltas)
+            await self._send_deltas(step)
         self.stats.stale_suspensions += len(step.batch.snapshots)
         self.stats.publications += len(step.publications)
         self.stats.deltas += len(step.deltas)
@@ -576,13 +599,18 @@ class BooksRunner:
                 log.error("fenced: %s; this processor lost its partitions and stops", exc)
                 raise
             except (StoreError, BrokerError, TimeoutError) as exc:
-                if self._stopping.is_set():
-                    raise
                 failed = True
-                self.stats.store_retries += 1
-                log.warning("storage failed (%s); retrying in %.1fs", exc, delay)
-                await asyncio.sleep(delay)  # Backoff while storage is down.
-                delay = min(delay * 2, 5.0)
+                delay = await self._back_off(exc, delay)
+
+    async def _back_off(self, exc: Exception, delay: float) -> float:
+        """Storage failed: wait ``delay`` and return the next one (capped), or raise
+        ``exc`` when stopping."""
+        if self._stopping.is_set():
+            raise exc
+        self.stats.store_retries += 1
+        log.warning("storage failed (%s); retrying in %.1fs", exc, delay)
+        await asyncio.sleep(delay)  # Backoff while storage is down.
+        return min(delay * 2, 5.0)
 
     async def _store_lost(self) -> bool:
         """True when the store no longer holds the offsets this processor wrote for a
@@ -642,6 +670,26 @@ class BooksRunner:
                 await self._producer.send(topic, record.value, key=record.key, headers=headers)
             )
         await _acknowledged(futures)
+
+    def _add_outbox(self, step: Step) -> None:
+        """With transactions: the step's outbox entry per partition it touched."""
+        if self._txn is None:
+            return
+        markets = self.processor.books.markets
+        where = self._event_partition
+        by_partition = split(step.deltas, lambda m: where[markets[m].snapshot.event_id])
+        for p in {*by_partition, *(tp[1] for tp in step.batch.offsets)}:
+            offsets = {t: self._processed.get((t, p), 0) for t in self._feed}
+            entry = self._txn.entry(p, by_partition.get(p, []), offsets)
+            step.batch.outbox[p] = encode_entry(entry)
+
+    async def _send_deltas(self, step: Step) -> None:
+        """The step's messages to the ``deltas`` topic: in its transactions (with its
+        offsets), or produced and acknowledged."""
+        if self._txn is not None:
+            await self._txn.send_step(step.batch.outbox)
+        elif step.deltas:
+            await self._produce_deltas(step.deltas)
 
     async def _produce_deltas(self, deltas: Sequence[tuple[str, bytes]]) -> None:
         # Whole batches per partition rather than one send per delta (several times
@@ -716,8 +764,14 @@ class BooksRunner:
         async with self._lock:
             try:
                 await self._settle()
-                async with asyncio.timeout(self._io_timeout):
-                    await self._assign(assigned)
+                delay = 0.1
+                while True:
+                    try:
+                        async with asyncio.timeout(self._io_timeout):
+                            await self._assign(assigned)
+                        break
+                    except StoreError as exc:  # Storage down: assign again once it is up.
+                        delay = await self._back_off(exc, delay)
             except Exception as exc:  # noqa: BLE001 - aiokafka logs and swallows
                 # listener errors; keep it for run() to raise, so the member leaves.
                 log.error("partition assignment failed: %r", exc)
@@ -753,6 +807,12 @@ class BooksRunner:
                 await self._restore(p, stored)
             for topic in self._feed:
                 await self._seek((topic, p), stored[topic])
+            if self._txn is not None:
+                await self._txn.open(p, await self._store.outbox(p))
+        if self._txn is not None:
+            for p in self._txn.partitions - numbers:
+                await self._txn.close(p)
+            self.stats.reproduced = self._txn.reproduced
         self._held = numbers
         self._owned = frozenset(numbers)
         self.stats.partitions = self._owned

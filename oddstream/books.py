@@ -32,6 +32,7 @@ async def main(settings: BooksSettings) -> None:
                 group_id=settings.group,
                 topics=topics.names(settings),
                 stale_after_s=settings.stale_after_s or None,
+                exactly_once=settings.deltas_delivery == "exactly-once",
             ),
         )
         loop = asyncio.get_running_loop()

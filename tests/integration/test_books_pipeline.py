@@ -60,6 +60,9 @@ class ForgetfulStore:
     async def claim(self, partition: int) -> int:
         return await self.inner.claim(partition)
 
+    async def outbox(self, partition: int) -> list[bytes]:
+        return await self.inner.outbox(partition)
+
     async def snapshot(self, market_id: str) -> Snapshot | None:
         return await self.inner.snapshot(market_id)
 

@@ -15,7 +15,7 @@ from redis.asyncio.connection import Connection
 import protocol
 from channels.fencing import FencedError
 from channels.redis_store import RedisStore
-from channels.store import Batch
+from channels.store import OUTBOX_KEEP, Batch, MemoryStore, Store
 from tests.integration.conftest import HISTORY
 from tests.integration.test_redis import delta, snapshot
 
@@ -124,3 +124,15 @@ async def test_a_fence_lost_with_the_data_is_set_again_by_the_owner(
         await admin.aclose()
     with pytest.raises(FencedError):
         await old_store.write(step(2, old))
+
+
+@pytest.mark.parametrize("kind", ["memory", "redis"])
+async def test_the_outbox_keeps_the_last_entries_of_each_partition(
+    kind: str, writers: tuple[RedisStore, RedisStore]
+) -> None:
+    store: Store = MemoryStore() if kind == "memory" else writers[0]
+    for n in range(1, 5):
+        await store.write(Batch(outbox={0: b"p0-%d" % n, **({1: b"p1"} if n == 1 else {})}))
+    assert await store.outbox(0) == [b"p0-%d" % n for n in range(5 - OUTBOX_KEEP, 5)]
+    assert await store.outbox(1) == [b"p1"]
+    assert await store.outbox(2) == []
