@@ -7,6 +7,7 @@ more. Besides the clients' books, the scenario reads the ``deltas`` topic
 from __future__ import annotations
 
 import asyncio
+import random
 import signal
 
 import pytest
@@ -96,3 +97,54 @@ async def test_zombie_processor(deployment: Deployment) -> None:
     assert not reused, reused[:10]
     assert fenced, zombie.output()
     assert code not in (None, 0), code
+
+
+#: The random_kills scenario: its seed, how many processors it kills, and the feed.
+KILLS_SEED = 16
+KILLS = 3
+KILLS_RATE = 1000.0
+EXACTLY_ONCE = {"ODDSTREAM_DELTAS_DELIVERY": "exactly-once"}
+
+
+async def test_random_kills(deployment: Deployment) -> None:
+    """Book processors with exactly-once ``deltas`` SIGKILLed at seeded random moments
+    while the feed runs (each replaced by a new one): a ``read_committed`` reader of
+    ``deltas`` finds every market's seq gapless and never repeated within its epoch, and
+    every client's book is right."""
+    dep = deployment
+    s = dep.scale
+    limit = s.limit + 2000
+    expectation = asyncio.create_task(
+        asyncio.to_thread(Expectation.synthetic, s.seed, s.events, limit)
+    )
+    books, (_, urls) = await asyncio.gather(dep.books(2, env=EXACTLY_ONCE), dep.gateways(2))
+    await dep.settled(books)
+    args = dep.feed_args(seed=s.seed, events=s.events, rate=KILLS_RATE, limit=limit)
+    feed = await start(dep.procs, "feed", args)
+    events = await dep.events(urls[0])
+    clients = dep.clients(spread(urls, s.clients(4)), events, sse=1, dead_after_s=3)
+    await all_connected(clients)
+    rng = random.Random(KILLS_SEED)
+    killed = []
+    for _ in range(KILLS):
+        # The fault schedule (seeded), not synchronisation.
+        await asyncio.sleep(rng.uniform(0.2, 1.5))
+        live = [b for b in dep.procs if b.name.startswith("books") and b.proc.returncode is None]
+        victim = rng.choice(live)
+        victim.kill()
+        killed.append(victim.name)
+        await dep.books(1, env=EXACTLY_ONCE)
+    await feed_done(feed)
+    verdict = await dep.finish("random kills (exactly-once)", clients, urls, await expectation)
+    verdict.topic = check_topic(
+        await read_topic(dep.kafka, f"{dep.prefix}deltas", read_committed=True)
+    )
+    verdict.details += verdict.topic.details
+    reproduced = [line.strip() for p in dep.procs for line in p.lines if "produced them" in line]
+    verdict.notes.append(
+        f"killed {', '.join(killed)}; {verdict.topic.messages} messages of "
+        f"{verdict.topic.markets} markets on the deltas topic; outbox re-productions: "
+        f"{len(reproduced)}"
+    )
+    print(verdict.notes[-1], *reproduced, sep="\n")
+    assert_passed(verdict)
