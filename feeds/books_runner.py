@@ -23,9 +23,10 @@ Kafka's committed offsets trail the store and serve lag monitoring and tooling.
 Crash windows: a crash after (1) and before (2) replays the step, so its dead letters may
 be written twice (at least once). A crash after (2) and before (3) is acknowledged loses
 that step's messages on the ``deltas`` topic (at most once there), since the store
-already says they were applied; gateways are unaffected (they read the store). Closing
-that window needs the store to keep a step's deltas until they are acknowledged (an
-outbox the next owner re-sends).
+already says they were applied; gateways are unaffected (they read the store). With
+``config.exactly_once``, (3) and (4) are one Kafka transaction per feed partition and
+the step's messages wait in a store outbox that the next owner re-produces
+(:mod:`feeds.transactions`): the ``deltas`` topic exactly once.
 
 Pipelining: a step's I/O runs in a task while the loop fetches, merges and applies the
 next records; when each step may do what is decided, without I/O, by
@@ -595,12 +596,15 @@ class BooksRunner:
                     await commit_step(step, self._store, self._broker, sent=sent)
                 return
             except FencedError as exc:
-                self.stats.fenced += 1
-                log.error("fenced: %s; this processor lost its partitions and stops", exc)
+                self._fenced(exc)
                 raise
             except (StoreError, BrokerError, TimeoutError) as exc:
                 failed = True
                 delay = await self._back_off(exc, delay)
+
+    def _fenced(self, exc: FencedError) -> None:
+        self.stats.fenced += 1
+        log.error("fenced: %s; this processor lost its partitions and stops", exc)
 
     async def _back_off(self, exc: Exception, delay: float) -> float:
         """Storage failed: wait ``delay`` and return the next one (capped), or raise
@@ -687,7 +691,11 @@ class BooksRunner:
         """The step's messages to the ``deltas`` topic: in its transactions (with its
         offsets), or produced and acknowledged."""
         if self._txn is not None:
-            await self._txn.send_step(step.batch.outbox)
+            try:
+                await self._txn.send_step(step.batch.outbox)
+            except FencedError as exc:
+                self._fenced(exc)
+                raise
         elif step.deltas:
             await self._produce_deltas(step.deltas)
 

@@ -36,6 +36,9 @@ from typing import Any
 import msgspec
 from aiokafka import AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
+from aiokafka.errors import ProducerFenced
+
+from channels.fencing import FencedError
 
 log = logging.getLogger(__name__)
 
@@ -91,8 +94,9 @@ class DeltaTransactions:
     """The transactional producers of the feed partitions one processor owns.
 
     ``key_of`` gives a market's record key and ``deltas`` partition. Every network
-    operation is bounded by ``timeout_s``; Kafka errors (``ProducerFenced`` when another
-    owner took the partition) are raised to the caller, whose step then fails."""
+    operation is bounded by ``timeout_s``; Kafka errors are raised to the caller, whose
+    step then fails (:class:`FencedError` when another owner took the partition and
+    Kafka fenced this producer)."""
 
     def __init__(
         self,
@@ -195,11 +199,16 @@ class DeltaTransactions:
                 }
                 if offsets:
                     await producer.send_offsets_to_transaction(offsets, self._group)
+                await producer.commit_transaction()
+            except ProducerFenced as exc:
+                raise FencedError(
+                    f"partition {partition}: Kafka fenced its transactional producer "
+                    "(a newer owner started one)"
+                ) from exc
             except BaseException:
                 with contextlib.suppress(Exception):
                     await producer.abort_transaction()
                 raise
-            await producer.commit_transaction()
 
     async def send_step(self, outbox: Mapping[int, bytes]) -> None:
         """A step's transactions (``Batch.outbox``: partition -> its entry), one per
