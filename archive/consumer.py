@@ -111,6 +111,9 @@ class ArchiveRunner:
                 client_id=config.client_id,
                 enable_auto_commit=False,
                 auto_offset_reset="earliest",
+                # Only what book processors committed: a step of a transactional
+                # producer that was aborted (its owner died or was fenced) is not history.
+                isolation_level="read_committed",
                 session_timeout_ms=config.session_timeout_ms,
                 heartbeat_interval_ms=config.heartbeat_interval_ms,
                 request_timeout_ms=int(config.io_timeout_s * 1000),

@@ -20,6 +20,8 @@ a key, so ids may contain ``:``)::
     P partition-events:<n>        SET     event ids written from Kafka partition n
     P event-partition             HASH    event id -> its Kafka partition (authoritative)
     P offsets                     HASH    "<topic>:<partition>" -> next offset to consume
+    P fence:<n>                   STRING  fencing token of Kafka partition n's owner
+    P outbox:<n>                  LIST    partition n's last outbox entries (exactly-once deltas)
 
 Writes: :meth:`RedisStore.write` sends a whole :class:`~channels.store.Batch` as one
 MULTI/EXEC transaction, so a reader sees all of a batch or none of it. A new epoch of a
@@ -37,6 +39,12 @@ published by a second script in order (each distinct set of channels sent once).
 transaction is packed by hiredis into one write and its replies read straight off the
 connection: a processor writes tens of thousands of deltas a second, and redis-py's
 pipeline spent more per command (packing, a timeout per reply) than Redis did.
+
+A fenced batch (``Batch.fence``, :mod:`channels.fencing`) is a compare-and-set: WATCH
+and GET its partitions' fence keys, refuse the batch if one holds a higher token, else
+run the transaction (raising lower tokens to the batch's first); Redis refuses the EXEC
+if a fence key changed after the WATCH (a claim came in between): refused too. One round
+trip more than an unfenced write.
 
 Redis transactions are isolated, not rolled back: a command failing *inside* EXEC (only
 possible if someone stored a key of the wrong type under the prefix) leaves the others
@@ -66,8 +74,9 @@ import redis.asyncio as aioredis
 from redis.exceptions import RedisError, ResponseError
 
 import protocol
+from channels.fencing import FencedError, admit
 from channels.redis_conn import RedisEndpoint, connect, describe, ping, redact_url
-from channels.store import Batch, MarketSummary, StoreError
+from channels.store import OUTBOX_KEEP, Batch, MarketSummary, StoreError
 from protocol import EventState, Snapshot
 
 #: Keys per MGET in bulk reads: large enough to amortise round trips, small enough not
@@ -184,12 +193,21 @@ class RedisStore(RedisEndpoint):
     def _event(self, event_id: str) -> str:
         return f"{self._p}event:{event_id}"
 
+    def _fence(self, partition: int) -> str:
+        return f"{self._p}fence:{partition}"
+
     # -- writes --------------------------------------------------------------------------------
 
     async def write(self, batch: Batch) -> None:
         """Apply a batch in one MULTI/EXEC: readers see all of it or none of it.
-        Raises :class:`StoreError` when Redis fails; the batch may then be retried."""
+        Raises :class:`StoreError` when Redis fails; the batch may then be retried;
+        :class:`~channels.fencing.FencedError` when its fence is older than Redis's."""
         await self.write_and_publish(batch, ())
+
+    async def claim(self, partition: int) -> int:
+        """INCR the partition's fence key: the new owner's token."""
+        token: int = await self._run(self._client.incr(self._fence(partition)), "claim")
+        return token
 
     def shares_server_with(self, broker: object) -> bool:
         """True when ``broker`` publishes on this store's Redis server, so a batch and its
@@ -220,8 +238,9 @@ class RedisStore(RedisEndpoint):
         commands = self._batch_commands(batch)
         if publications:
             commands.append(_publish_command(publications))
+        fence = {self._fence(p): (p, token) for p, token in batch.fence.items()}
         try:
-            await self._run(self._transaction(commands, sent), "write")
+            await self._run(self._transaction(commands, sent, fence), "write")
         finally:
             if sent is not None:
                 sent.set()
@@ -290,10 +309,16 @@ class RedisStore(RedisEndpoint):
             commands.append(hset)
             for partition, ids in by_partition.items():
                 commands.append(["SADD", f"{p}partition-events:{partition}", *ids])
+        for partition, entry in batch.outbox.items():
+            commands.append(["RPUSH", f"{p}outbox:{partition}", entry])
+            commands.append(["LTRIM", f"{p}outbox:{partition}", -OUTBOX_KEEP, -1])
         return commands
 
     async def _transaction(
-        self, commands: Sequence[Sequence[Arg]], sent: asyncio.Event | None = None
+        self,
+        commands: Sequence[Sequence[Arg]],
+        sent: asyncio.Event | None = None,
+        fence: _Fence | None = None,
     ) -> None:
         """Run ``commands`` in one MULTI/EXEC, sent in one write.
 
@@ -302,8 +327,10 @@ class RedisStore(RedisEndpoint):
         costs more than the commands themselves. Like a pipeline, a dropped connection
         is retried on a fresh one (the writes are idempotent, a repeated PUBLISH is
         dropped by ``seq``); raises the first error Redis reported. Sets ``sent`` once
-        the transaction is written to the connection."""
-        packed = b"".join([_MULTI, *[_pack(tuple(c)) for c in commands], _EXEC])
+        the transaction is written to the connection. With a ``fence`` (fence key ->
+        (partition, token)), the transaction runs only if :func:`channels.fencing.admit`
+        admits it, under a WATCH of the fence keys (else :class:`FencedError`)."""
+        packed = b"".join([*[_pack(tuple(c)) for c in commands], _EXEC])
         pool = self._client.connection_pool
         conn = await pool.get_connection()  # type: ignore[no-untyped-call]
         try:
@@ -312,7 +339,7 @@ class RedisStore(RedisEndpoint):
                 await conn.disconnect()
 
             await conn.retry.call_with_retry(
-                lambda: _exchange(conn, packed, len(commands), sent), fail
+                lambda: _exchange(conn, packed, len(commands), sent, fence), fail
             )
         except BaseException:
             # Replies may be left unread (cancelled, or failed mid-way): the connection
@@ -412,6 +439,12 @@ class RedisStore(RedisEndpoint):
         events = [_event_decoder.decode(r) for r in event_raws if r is not None]
         return snaps, events
 
+    async def outbox(self, partition: int) -> list[bytes]:
+        entries: list[bytes] = await self._run(
+            self._client.lrange(f"{self._p}outbox:{partition}", 0, -1), "outbox"
+        )
+        return entries
+
     async def ping(self) -> None:
         """PING; raises :class:`StoreError` naming the server when it does not answer."""
         await self._run(ping(self._client, 1.0), "ping")
@@ -473,10 +506,34 @@ _EXEC = hiredis.pack_command(("EXEC",))
 _pack: Callable[[tuple[Arg, ...]], bytes] = hiredis.pack_command  # type: ignore[assignment]
 
 
-async def _exchange(conn: Any, packed: bytes, count: int, sent: asyncio.Event | None) -> None:
-    """Send a packed MULTI, ``count`` commands and EXEC (then set ``sent``); read every
-    reply."""
-    await conn.send_packed_command(packed)
+_Fence = dict[str, tuple[int, int]]
+"""A batch's fence by key: fence key -> (partition, token)."""
+
+
+async def _exchange(
+    conn: Any, packed: bytes, count: int, sent: asyncio.Event | None, fence: _Fence | None
+) -> None:
+    """Send MULTI, the packed ``count`` commands and EXEC (then set ``sent``); read every
+    reply. With a ``fence``, first WATCH and read the fence keys and refuse the batch
+    (:class:`FencedError`) unless :func:`admit` admits it; the tokens it raises are set
+    inside the transaction."""
+    head = _MULTI
+    if fence:
+        keys = list(fence)
+        await conn.send_packed_command(_pack(("WATCH", *keys)) + _pack(("MGET", *keys)))
+        await conn.read_response()
+        held = await conn.read_response()
+        owned = list(fence.values())
+        stored = {p: None if h is None else int(h) for (p, _), h in zip(owned, held, strict=True)}
+        raise_to = admit(stored, dict(owned))
+        if raise_to:
+            sets: list[Arg] = ["MSET"]
+            for key, (partition, _) in fence.items():
+                if partition in raise_to:
+                    sets += (key, raise_to[partition])
+            head += _pack(tuple(sets))
+            count += 1
+    await conn.send_packed_command([head, packed])
     if sent is not None:
         sent.set()
     errors: list[ResponseError] = []
@@ -493,6 +550,8 @@ async def _exchange(conn: Any, packed: bytes, count: int, sent: asyncio.Event | 
         raise (errors[0] if errors else exc) from None
     if errors:
         raise errors[0]
+    if replies is None and fence:
+        raise FencedError(f"partitions {sorted(p for p, _ in fence.values())} were claimed anew")
     for reply in replies or ():
         if isinstance(reply, Exception):
             raise reply

@@ -14,6 +14,7 @@ from typing import Protocol, runtime_checkable
 
 import msgspec
 
+from channels.fencing import admit
 from protocol import EventState, MarketStatus, Snapshot
 
 
@@ -50,9 +51,21 @@ class Batch:
     offsets: dict[tuple[str, int], int] = field(default_factory=dict)
     partitions: dict[str, int] = field(default_factory=dict)
     """Kafka partition of each event written (its key's partition), for restore."""
+    fence: dict[int, int] = field(default_factory=dict)
+    """The writer's fencing token per partition it owns (:mod:`channels.fencing`): the
+    write raises :class:`~channels.fencing.FencedError` if storage holds a higher one.
+    Empty: not fenced (a writer that claims no partitions)."""
+    outbox: dict[int, bytes] = field(default_factory=dict)
+    """Per partition, an entry appended to its outbox (``feeds.transactions``: what the
+    ``deltas`` topic must get); storage keeps the last :data:`OUTBOX_KEEP`."""
 
     def __bool__(self) -> bool:
-        return bool(self.snapshots or self.history or self.events or self.offsets)
+        return bool(self.snapshots or self.history or self.events or self.offsets or self.outbox)
+
+
+OUTBOX_KEEP = 2
+"""Outbox entries kept per partition: at most two steps are in a processor's pipeline,
+and a step is stored only once every step two before it is on the topic."""
 
 
 class StoreError(Exception):
@@ -63,9 +76,19 @@ class StoreError(Exception):
 
 class Store(Protocol):
     async def write(self, batch: Batch) -> None:
-        """Apply a batch atomically: afterwards readers see all of it or, on error, none."""
+        """Apply a batch atomically: afterwards readers see all of it or, on error, none.
+        Raises :class:`~channels.fencing.FencedError` (nothing written) when the batch's
+        fence is older than storage's."""
+
+    async def claim(self, partition: int) -> int:
+        """Take a partition over: a fencing token higher than any given for it before
+        (:mod:`channels.fencing`). Claim *before* reading the partition's books, so a
+        previous owner's write is either refused or read."""
 
     async def snapshot(self, market_id: str) -> Snapshot | None: ...
+
+    async def outbox(self, partition: int) -> list[bytes]:
+        """The partition's last outbox entries, oldest first."""
 
     async def snapshots(self, market_ids: Iterable[str]) -> list[Snapshot]:
         """Snapshots of the markets that exist, in the order asked."""
@@ -123,11 +146,14 @@ class MemoryStore:
         self._lobby: dict[str, dict[str, None]] = {}
         self._offsets: dict[tuple[str, int], int] = {}
         self._partition_of: dict[str, int] = {}
+        self._fences: dict[int, int] = {}
+        self._outboxes: dict[int, deque[bytes]] = {}
 
     async def write(self, batch: Batch) -> None:
         self.write_now(batch)
 
     def write_now(self, batch: Batch) -> None:
+        self._fences.update(admit(self._fences, batch.fence))
         for market_id, seq, payload in batch.history:
             hist = self._history.get(market_id)
             if hist is None:
@@ -144,6 +170,18 @@ class MemoryStore:
         self._events.update(batch.events)
         self._offsets.update(batch.offsets)
         self._partition_of.update(batch.partitions)
+        for partition, entry in batch.outbox.items():
+            box = self._outboxes.get(partition)
+            if box is None:
+                box = self._outboxes[partition] = deque(maxlen=OUTBOX_KEEP)
+            box.append(entry)
+
+    async def claim(self, partition: int) -> int:
+        token = self._fences[partition] = self._fences.get(partition, 0) + 1
+        return token
+
+    async def outbox(self, partition: int) -> list[bytes]:
+        return list(self._outboxes.get(partition, ()))
 
     async def snapshot(self, market_id: str) -> Snapshot | None:
         return self._snapshots.get(market_id)

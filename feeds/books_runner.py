@@ -13,16 +13,20 @@ order that makes a crash at any point safe:
 4. the Kafka commit of the step's offsets.
 
 The store, not Kafka's committed offsets, is the authority on where a partition's books
-stand: on assignment the runner restores the books from the store and seeks to the
-offsets stored with them, so each market's ``seq`` continues with no gap and no reuse.
+stand: on assignment the runner claims each partition (a fencing token, see
+:mod:`channels.fencing`), restores the books from the store and seeks to the offsets
+stored with them, so each market's ``seq`` continues with no gap and no reuse. Every
+write carries the tokens: a runner that lost its partitions without noticing (paused past
+the session timeout) is refused by the store and stops (:class:`FencedError`).
 Kafka's committed offsets trail the store and serve lag monitoring and tooling.
 
 Crash windows: a crash after (1) and before (2) replays the step, so its dead letters may
 be written twice (at least once). A crash after (2) and before (3) is acknowledged loses
 that step's messages on the ``deltas`` topic (at most once there), since the store
-already says they were applied; gateways are unaffected (they read the store). Closing
-that window needs the store to keep a step's deltas until they are acknowledged (an
-outbox the next owner re-sends).
+already says they were applied; gateways are unaffected (they read the store). With
+``config.exactly_once``, (3) and (4) are one Kafka transaction per feed partition and
+the step's messages wait in a store outbox that the next owner re-produces
+(:mod:`feeds.transactions`): the ``deltas`` topic exactly once.
 
 Pipelining: a step's I/O runs in a task while the loop fetches, merges and applies the
 next records; when each step may do what is decided, without I/O, by
@@ -53,6 +57,7 @@ from aiokafka.coordinator.assignors.range import RangePartitionAssignor
 from aiokafka.errors import CommitFailedError, IllegalStateError
 
 from channels.broker import BrokerError
+from channels.fencing import FencedError
 from channels.stamps import now_us
 from channels.store import Store, StoreError
 from feeds.embedded import epoch_minter, now_ms, tick_interval
@@ -72,6 +77,7 @@ from feeds.observe import NOT_STAMPED, Stamped, StepObserver
 from feeds.processor import DeadLetter, FeedRecord, Processor, Publisher, Step, commit_step
 from feeds.staleness import STALE_AFTER_S
 from feeds.steps import Flight, StepPipeline
+from feeds.transactions import DeltaTransactions, encode_entry, split
 
 log = logging.getLogger(__name__)
 
@@ -123,6 +129,10 @@ class BooksConfig:
     idle partitions' long poll (the ``kafka`` stage of ``docs/observability.md``)."""
     store_check_s: float = 2.0
     """How often an idle processor checks that storage still holds its books."""
+    exactly_once: bool = False
+    """Produce each step's deltas in Kafka transactions per feed partition, with an
+    outbox in the store the next owner re-produces from (:mod:`feeds.transactions`):
+    the ``deltas`` topic exactly once. Off: at most once across a crash."""
     stale_after_s: float | None = STALE_AFTER_S
     """Longest silence of the feed about an event before its open markets are suspended
     with reason ``feed_stale`` (reopened when the feed speaks again); ``None``: never.
@@ -157,6 +167,12 @@ class BooksStats:
     """Times storage was found to have lost its data and every book was re-stored."""
     stale_suspensions: int = 0
     """Markets suspended because their event's feed went silent (``feed_stale``)."""
+    reproduced: int = 0
+    """Messages produced to ``deltas`` from the outbox: a previous owner stored them and
+    died (or was fenced) before its transaction committed."""
+    fenced: int = 0
+    """Writes the store refused because another processor owns the partitions now
+    (the runner stops at the first)."""
     partitions: frozenset[int] = frozenset()
     """Partition numbers owned now."""
 
@@ -167,7 +183,8 @@ class BooksStats:
             f"rebalances={self.rebalances} skipped={self.skipped} "
             f"forced={self.forced_releases} commit_failures={self.commit_failures} "
             f"store_retries={self.store_retries} rebases={self.rebases} "
-            f"stale_suspensions={self.stale_suspensions}"
+            f"stale_suspensions={self.stale_suspensions} fenced={self.fenced} "
+            f"reproduced={self.reproduced}"
         )
 
 
@@ -250,6 +267,9 @@ class BooksRunner:
         """Partition numbers whose records are processed now (empty during a rebalance)."""
         self._held: set[int] = set()
         """Partition numbers whose books are in memory."""
+        self._fence: dict[int, int] = {}
+        """Fencing token of each partition number of the last assignment, carried by
+        every write (:mod:`channels.fencing`)."""
         self._processed: dict[TP, int] = {}
         """Next offset per feed partition, as applied to the books (and stored)."""
         self._event_partition: dict[str, int] = {}
@@ -257,6 +277,8 @@ class BooksRunner:
         self._delta_partition_count = 0
         self._delta_keys: dict[str, tuple[bytes, int]] = {}
         self._backlog = False
+        self._txn: DeltaTransactions | None = None
+        """The transactional producers, with ``config.exactly_once``."""
 
     # -- lifecycle ---------------------------------------------------------------
 
@@ -362,6 +384,18 @@ class BooksRunner:
         self._producer = producer
         async with asyncio.timeout(self._io_timeout):
             self._delta_partition_count = len(await producer.partitions_for(self._topics.deltas))
+        if config.exactly_once:
+            self._txn = DeltaTransactions(
+                self._bootstrap,
+                group_id=config.group_id,
+                deltas=self._topics.deltas,
+                feed=self._feed,
+                key_of=self._delta_key,
+                client_id=config.client_id,
+                linger_ms=config.linger_ms,
+                timeout_s=self._io_timeout,
+            )
+            stack.push_async_callback(self._txn.close_all)
         consumer = AIOKafkaConsumer(
             bootstrap_servers=self._bootstrap,
             group_id=config.group_id,
@@ -460,6 +494,7 @@ class BooksRunner:
         skipped = self.processor.skipped - skipped_before
         self._processed.update(step.batch.offsets)
         self._event_partition.update(step.batch.partitions)
+        self._add_outbox(step)
         pipeline = self._pipeline
         flight = pipeline.apply(step, len(records) - skipped, skipped)
         await self._until(lambda: pipeline.may_store(flight))
@@ -493,9 +528,8 @@ class BooksRunner:
             await self._until(lambda: pipeline.may_send(flight))
             pipeline.sending(flight)
             async with asyncio.timeout(self._io_timeout):
-                if step.deltas:
-                    await self._produce_deltas(step.deltas)
-                if step.batch.offsets:
+                await self._send_deltas(step)
+                if step.batch.offsets and self._txn is None:
                     await self._commit(step.batch.offsets)
             pipeline.done(flight)
         except BaseException as exc:
@@ -564,10 +598,10 @@ class BooksRunner:
         for snap in step.batch.snapshots.values():
             if snap.event_id in where:
                 step.batch.partitions[snap.event_id] = where[snap.event_id]
+        self._add_outbox(step)
         await self._store_step(step)
         async with asyncio.timeout(self._io_timeout):
-            if step.deltas:
-                await self._produce_deltas(step.deltas)
+            await self._send_deltas(step)
         self.stats.stale_suspensions += len(step.batch.snapshots)
         self.stats.publications += len(step.publications)
         self.stats.deltas += len(step.deltas)
@@ -585,7 +619,8 @@ class BooksRunner:
         drop repeated messages). Once storage answers again, if it lost what this
         processor wrote (Redis restarted without its data), every book is re-stored
         under a new epoch instead (:meth:`Processor.rebase`). Each publication carries
-        the envelope of the step's ``stamped`` (:mod:`channels.stamps`)."""
+        the envelope of the step's ``stamped`` (:mod:`channels.stamps`). Raises
+        :class:`FencedError`, not retried, when another processor took the partitions."""
         delay = 0.1
         failed = False
         while True:
@@ -593,20 +628,33 @@ class BooksRunner:
                 async with asyncio.timeout(self._io_timeout):
                     if failed and await self._store_lost():
                         step = self._rebase_step()
+                    step.batch.fence = self._fence
                     publications = self.observer.publications(step, *stamped)
                     enveloped = dataclasses.replace(step, publications=publications)
                     started = time.perf_counter()
                     await commit_step(enveloped, self._store, self._broker, sent=sent)
                     self.observer.stored(time.perf_counter() - started)
                 return
+            except FencedError as exc:
+                self._fenced(exc)
+                raise
             except (StoreError, BrokerError, TimeoutError) as exc:
-                if self._stopping.is_set():
-                    raise
                 failed = True
-                self.stats.store_retries += 1
-                log.warning("storage failed (%s); retrying in %.1fs", exc, delay)
-                await asyncio.sleep(delay)  # Backoff while storage is down.
-                delay = min(delay * 2, 5.0)
+                delay = await self._back_off(exc, delay)
+
+    def _fenced(self, exc: FencedError) -> None:
+        self.stats.fenced += 1
+        log.error("fenced: %s; this processor lost its partitions and stops", exc)
+
+    async def _back_off(self, exc: Exception, delay: float) -> float:
+        """Storage failed: wait ``delay`` and return the next one (capped), or raise
+        ``exc`` when stopping."""
+        if self._stopping.is_set():
+            raise exc
+        self.stats.store_retries += 1
+        log.warning("storage failed (%s); retrying in %.1fs", exc, delay)
+        await asyncio.sleep(delay)  # Backoff while storage is down.
+        return min(delay * 2, 5.0)
 
     async def _store_lost(self) -> bool:
         """True when the store no longer holds the offsets this processor wrote for a
@@ -668,6 +716,30 @@ class BooksRunner:
                 await self._producer.send(topic, record.value, key=record.key, headers=headers)
             )
         await _acknowledged(futures)
+
+    def _add_outbox(self, step: Step) -> None:
+        """With transactions: the step's outbox entry per partition it touched."""
+        if self._txn is None:
+            return
+        markets = self.processor.books.markets
+        where = self._event_partition
+        by_partition = split(step.deltas, lambda m: where[markets[m].snapshot.event_id])
+        for p in {*by_partition, *(tp[1] for tp in step.batch.offsets)}:
+            offsets = {t: self._processed.get((t, p), 0) for t in self._feed}
+            entry = self._txn.entry(p, by_partition.get(p, []), offsets)
+            step.batch.outbox[p] = encode_entry(entry)
+
+    async def _send_deltas(self, step: Step) -> None:
+        """The step's messages to the ``deltas`` topic: in its transactions (with its
+        offsets), or produced and acknowledged."""
+        if self._txn is not None:
+            try:
+                await self._txn.send_step(step.batch.outbox)
+            except FencedError as exc:
+                self._fenced(exc)
+                raise
+        elif step.deltas:
+            await self._produce_deltas(step.deltas)
 
     async def _produce_deltas(self, deltas: Sequence[tuple[str, bytes]]) -> None:
         # Whole batches per partition rather than one send per delta (several times
@@ -742,8 +814,14 @@ class BooksRunner:
         async with self._lock:
             try:
                 await self._settle()
-                async with asyncio.timeout(self._io_timeout):
-                    await self._assign(assigned)
+                delay = 0.1
+                while True:
+                    try:
+                        async with asyncio.timeout(self._io_timeout):
+                            await self._assign(assigned)
+                        break
+                    except StoreError as exc:  # Storage down: assign again once it is up.
+                        delay = await self._back_off(exc, delay)
             except Exception as exc:  # noqa: BLE001 - aiokafka logs and swallows
                 # listener errors; keep it for run() to raise, so the member leaves.
                 log.error("partition assignment failed: %r", exc)
@@ -767,6 +845,9 @@ class BooksRunner:
         self.processor.watch(
             (e for e, p in self._event_partition.items() if p in numbers), self._monotonic()
         )
+        # Claimed before anything is read: a previous owner's write is refused from here
+        # on, or already in what is read.
+        self._fence = {p: await self._store.claim(p) for p in sorted(numbers)}
         for p in sorted(numbers):
             stored = {t: await self._store.offsets(t, p) for t in self._feed}
             if p not in self._held or any(
@@ -776,6 +857,12 @@ class BooksRunner:
                 await self._restore(p, stored)
             for topic in self._feed:
                 await self._seek((topic, p), stored[topic])
+            if self._txn is not None:
+                await self._txn.open(p, await self._store.outbox(p))
+        if self._txn is not None:
+            for p in self._txn.partitions - numbers:
+                await self._txn.close(p)
+            self.stats.reproduced = self._txn.reproduced
         self._held = numbers
         self._owned = frozenset(numbers)
         self.stats.partitions = self._owned

@@ -28,6 +28,7 @@ async def main(settings: BooksSettings) -> None:
                 topics=topics.names(settings),
                 stale_after_s=settings.stale_after_s or None,
                 metrics=settings.metrics == "on",
+                exactly_once=settings.deltas_delivery == "exactly-once",
             ),
         )
         ops = operator_listener(

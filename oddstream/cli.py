@@ -15,6 +15,7 @@ from collections.abc import Coroutine, Sequence
 from typing import Any
 
 from channels.broker import BrokerError
+from channels.fencing import FencedError
 from channels.store import StoreError
 from oddstream import logs, options
 from oddstream.process import Failed, run
@@ -87,7 +88,7 @@ def role_status(main: Coroutine[Any, Any, None]) -> int:
     except Failed as exc:
         log.error("%s", exc)
         return exc.status
-    except (StoreError, BrokerError) as exc:
+    except (StoreError, BrokerError, FencedError) as exc:
         log.error("%s", exc)
         return 1
 

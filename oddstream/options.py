@@ -402,6 +402,15 @@ OPTIONS: tuple[Option, ...] = (
         at_least(0, " (0: never)"),
         STALE_AFTER_S,
     ),
+    Option(
+        "deltas_delivery",
+        "the `deltas` topic: `at-most-once` (a step stored but not yet produced is lost "
+        "there by a crash) or `exactly-once` (Kafka transactions per feed partition and an "
+        "outbox the next owner re-produces; consumers read `read_committed`)",
+        frozenset({"books"}),
+        one_of("at-most-once", "exactly-once"),
+        "at-most-once",
+    ),
     Option("seed", "synthetic feed seed", _SYNTH, None, 1),
     Option("events", "concurrent synthetic events", _SYNTH, at_least(1), 12),
     Option("rate", "synthetic feed messages per second", _SYNTH, above(0), 200.0),
@@ -599,6 +608,7 @@ class BooksSettings:
 
     history_size: int
     stale_after_s: float
+    deltas_delivery: str
     kafka: str
     redis: str
     partitions: int

@@ -45,6 +45,7 @@ from feeds import model as feed
 from feeds.synthetic import MatchDay
 from protocol import UNSET, EventState, Selection, Snapshot
 from tests.faults.client import ResilientClient, percentile
+from tests.faults.topic import TopicVerdict
 
 #: Flags about how a snapshot was delivered, not about the book (``conflated`` where the
 #: protocol has it).
@@ -365,6 +366,8 @@ class Verdict:
     seconds: float = 0.0
     details: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    topic: TopicVerdict | None = None
+    """The check of the ``deltas`` topic, in the scenarios that read it."""
     error: str = ""
     """Why the scenario's test failed otherwise (before its check, or an assertion of its
     own after it), as pytest reported it."""
@@ -394,6 +397,8 @@ class Verdict:
             out.append(f"{self.regressions} snapshots took a book back to an older seq")
         if self.duplicates_applied:
             out.append(f"{self.duplicates_applied} duplicates applied")
+        if self.topic is not None:
+            out += self.topic.failures()
         return out
 
     @property

@@ -10,7 +10,6 @@ import os
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
 
 import httpx
 import msgspec
@@ -29,6 +28,7 @@ from tests.faults.checker import (
     rest_events,
 )
 from tests.faults.client import ResilientClient, SseClient, WsClient
+from tests.faults.topic import stop_consumer
 from tests.harness import Space
 from tests.integration.procs import Proc, start
 
@@ -333,21 +333,10 @@ async def dead_letter_reasons(kafka: str, prefix: str, timeout: float = 10) -> d
                             key = " ".join(reason.split()[:6])
                             counts[key] = counts.get(key, 0) + 1
             finally:
-                await _stop(consumer)
+                await stop_consumer(consumer)
     except (KafkaError, OSError, TimeoutError):
         pass
     return counts
-
-
-async def _stop(consumer: Any) -> None:
-    try:
-        await consumer.stop()
-    except asyncio.CancelledError:
-        # aiokafka re-raises the cancellation of its own internal task here; ours
-        # (a timeout, a test ending) must still propagate.
-        task = asyncio.current_task()
-        if task is not None and task.cancelling():
-            raise
 
 
 def assert_passed(verdict: Verdict) -> None:

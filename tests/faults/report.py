@@ -26,6 +26,7 @@ _COLUMNS = (
     "undetected gaps",
     "dups applied",
     "reconnects",
+    "topic gaps/dups/reused",
     "p99 live lag ms",
     "worst lag ms",
     "s",
@@ -49,6 +50,7 @@ def _cells(v: Verdict) -> list[str]:
         str(v.undetected_gaps),
         str(v.duplicates_applied),
         str(v.reconnects),
+        "-" if v.topic is None else f"{v.topic.gaps}/{v.topic.duplicates}/{v.topic.reused}",
         str(v.p99_lag_ms),
         str(v.worst_lag_ms),
         f"{v.seconds:.0f}",
@@ -85,9 +87,11 @@ must heal them first); duplicates: deltas received again (never applied; a failu
 divergences: client books != REST at the end, REST != the checker's reference model, and
 client states on the way != the reference model's book at that seq;
 undetected gaps: a client trusted a jump (unflagged snapshot after a resume, delta across
-a hole); lags: now - feed timestamp of each delta applied (p99 live: the worst client's
-p99 over deltas stamped after its connection opened; worst: any delta, including those
-replayed by a resume after an outage)."""
+a hole); topic gaps/dups/reused: seqs missing, repeated and given out twice on the
+`deltas` topic, per market and epoch (scenarios that read it; - elsewhere); lags:
+now - feed timestamp of each delta applied (p99 live: the worst client's p99 over deltas
+stamped after its connection opened; worst: any delta, including those replayed by a
+resume after an outage)."""
 
 
 def write(rows: Sequence[Verdict], path: Path = ARTIFACT) -> Path:

@@ -20,6 +20,7 @@ from typing import Any, TypeVar
 import httpx
 import msgspec
 import pytest
+from aiokafka import AIOKafkaProducer
 
 import protocol
 from archive.consumer import ArchiveConfig, ArchiveRunner
@@ -33,7 +34,7 @@ from channels.store import MemoryStore
 from feeds.betfair import read_betfair
 from feeds.books_runner import BooksRunner
 from feeds.embedded import epoch_minter
-from feeds.kafka_feed import TopicNames
+from feeds.kafka_feed import TopicNames, ensure_topics
 from feeds.model import FeedMessage, encode_feed, topic_of
 from feeds.processor import FeedRecord, Processor
 from feeds.replay import ReadReport
@@ -46,6 +47,7 @@ from tests.data import FEEDS as DATA
 from tests.harness import free_ports
 from tests.integration import procs
 from tests.integration.test_kafka_books import config, new_group, running, send_all, wait_for
+from tests.integration.test_redis import snapshot as redis_snapshot
 
 pytestmark = pytest.mark.integration
 
@@ -575,3 +577,31 @@ async def test_prune_before_an_instant_keeps_every_later_instant(mysql: MysqlUrl
     )
     assert result.returncode == 0, result.stderr
     assert "markets=" in result.stdout and "messages_deleted=" in result.stdout
+
+
+async def test_an_aborted_transaction_on_deltas_is_not_archived(
+    kafka_bootstrap: str, topics: TopicNames, mysql: MysqlUrl
+) -> None:
+    """The archive reads ``deltas`` with ``read_committed``: a processor's transaction
+    that was aborted (its owner died or was fenced before committing) leaves no row."""
+    await ensure_topics(kafka_bootstrap, 1, topics=topics)
+    producer = AIOKafkaProducer(
+        bootstrap_servers=kafka_bootstrap, transactional_id=f"test-{uuid.uuid4().hex}"
+    )
+    async with asyncio.timeout(WAIT_S):
+        await producer.start()
+        try:
+            for market, commit in (("m-aborted", False), ("m-kept", True)):
+                await producer.begin_transaction()
+                value = protocol.encode(redis_snapshot(market))
+                await producer.send_and_wait(topics.deltas, value, key=market.encode())
+                if commit:
+                    await producer.commit_transaction()
+                else:
+                    await producer.abort_transaction()
+        finally:
+            await producer.stop()
+    runner = archive_runner(kafka_bootstrap, mysql, topics)
+    # Offsets: 0 the aborted snapshot, 1 its abort marker, 2 the kept one.
+    await archive_until(runner, lambda: stored(runner) >= 3)
+    assert await query(mysql, "SELECT market_id FROM market_messages") == [("m-kept",)]

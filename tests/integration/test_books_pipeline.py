@@ -57,6 +57,12 @@ class ForgetfulStore:
                 epochs.append(snap.epoch)
         await self.inner.write(batch)
 
+    async def claim(self, partition: int) -> int:
+        return await self.inner.claim(partition)
+
+    async def outbox(self, partition: int) -> list[bytes]:
+        return await self.inner.outbox(partition)
+
     async def snapshot(self, market_id: str) -> Snapshot | None:
         return await self.inner.snapshot(market_id)
 
