@@ -224,12 +224,13 @@ def e2e_scenario(
             return _failed("e2e", f"books did not start: {books.tail(5)!r}", log)
         gateway = procs.Child(
             "gateway",
-            # Every client comes from loopback: no per-address cap; no operator port.
+            # Every client comes from loopback: no per-address cap. The operator port
+            # serves the relay's counters (duplicates received: the fan-in).
             _oddstream(
                 "gateway",
                 *("--auth", "none"),
                 *("--redis", redis, "--port", "0", "--log-level", "warning"),
-                *("--max-connections-per-ip", "0", "--ops-port", "0"),
+                *("--max-connections-per-ip", "0", "--ops-port", str(procs.free_port())),
             ),
         )
         servers.append(gateway)
@@ -237,6 +238,8 @@ def e2e_scenario(
         if line is None:
             return _failed("e2e", f"gateway did not start: {gateway.tail(5)!r}", log)
         base = line.split("serving on ", 1)[1].split()[0].rstrip("/")
+        ops = gateway.wait_line("operator endpoints on", timeout_s=10)
+        metrics_url = None if ops is None else ops.split("operator endpoints on ", 1)[1].split()[0]
         gateway_rss0 = procs.rss_kib([gateway.pid])
         board.set(H_RATE_MILLI, round(WARM_RATE * 1000))
         feed = procs.Child(
@@ -299,7 +302,7 @@ def e2e_scenario(
         hist = diff(board.histogram(), fast0)
         pct = percentiles(hist, (50, 95, 99))
         redis_cpu1 = _redis_cpu(redis)
-        metrics = _get_json_text(f"{base}/metrics")
+        metrics = _get_json_text(metrics_url) if metrics_url else {}
         result: dict[str, Any] = dict.fromkeys(E2E_KEYS)
         result.update(
             name="e2e",
@@ -349,7 +352,9 @@ def e2e_scenario(
             f"p95 {_f(result['p95_ms'])} p99 {_f(result['p99_ms'])} max {_f(result['max_ms'])} ms; "
             f"gateway cpu {result['gateway_cpu_cores']}, books cpu {result['books_cpu_cores']}, "
             f"redis cpu {result['redis_cpu_cores']}; "
-            f"{_f(result['rss_kib_per_conn'])} KiB/conn idle"
+            f"{_f(result['rss_kib_per_conn'])} KiB/conn idle; relay received "
+            f"{metrics.get('oddstream_relay_received_total')}, of which duplicates "
+            f"{metrics.get('oddstream_relay_duplicates_total')}"
         )
         return result
     finally:
