@@ -78,6 +78,8 @@ class RedisBroker(RedisEndpoint):
     re-subscription after a reconnect); ``health_interval`` is how long the subscription
     connection may stay silent before it is PINGed (and, silent for as long again,
     declared dead); reconnect delays grow from ``backoff_base`` to ``backoff_max``.
+    ``prefix`` (the deployment's, ``--redis-prefix``) starts every channel's name on
+    Redis; callers and handlers see names without it.
     """
 
     def __init__(
@@ -90,8 +92,10 @@ class RedisBroker(RedisEndpoint):
         health_interval: float = 5.0,
         backoff_base: float = 0.05,
         backoff_max: float = 5.0,
+        prefix: str = "os:",
     ):
         self._client = client
+        self.prefix = prefix
         self.where = redact_url(url)
         self.connect_timeout = connect_timeout
         self.subscribe_timeout = subscribe_timeout
@@ -123,6 +127,7 @@ class RedisBroker(RedisEndpoint):
         health_interval: float = 5.0,
         backoff_base: float = 0.05,
         backoff_max: float = 5.0,
+        prefix: str = "os:",
     ) -> RedisBroker:
         """A broker publishing through a client that answered a PING
         (:func:`channels.redis_conn.connect`; raises :class:`BrokerError` or
@@ -137,6 +142,7 @@ class RedisBroker(RedisEndpoint):
             health_interval=health_interval,
             backoff_base=backoff_base,
             backoff_max=backoff_max,
+            prefix=prefix,
         )
 
     async def publish(self, channels: Sequence[str], payload: bytes) -> None:
@@ -147,7 +153,7 @@ class RedisBroker(RedisEndpoint):
             return
         pipe = self._client.pipeline(transaction=False)
         for channel in channels:
-            pipe.publish(channel, payload)
+            pipe.publish(self.prefix + channel, payload)
         try:
             await pipe.execute()
         except (RedisError, OSError) as exc:
@@ -168,6 +174,10 @@ class RedisBroker(RedisEndpoint):
             await sub.close()
         await self._client.aclose()
         await self._factory.disconnect()
+
+    def wire(self, channel: str) -> bytes:
+        """The name ``channel`` has on Redis: after the deployment's prefix."""
+        return (self.prefix + channel).encode()
 
     def _new_connection(self) -> AbstractConnection:
         """A connection outside any pool, owned by one subscription."""
@@ -226,7 +236,7 @@ class _RedisSubscription:
         in progress. Raises :class:`BrokerError` after ``subscribe_timeout``."""
         if self._closed:
             raise BrokerError("the subscription is closed")
-        key = channel.encode()
+        key = self._broker.wire(channel)
         added = key not in self._wanted
         self._wanted[key] = channel
         timeout = self._broker.subscribe_timeout
@@ -244,7 +254,7 @@ class _RedisSubscription:
 
     async def unsubscribe(self, channel: str) -> None:
         """Stop receiving ``channel``; takes effect at once (nothing more is delivered)."""
-        await self._abandon(channel.encode())
+        await self._abandon(self._broker.wire(channel))
 
     async def close(self) -> None:
         """Stop the reader and close the connection; idempotent."""
@@ -275,7 +285,7 @@ class _RedisSubscription:
         conn = self._conn
         if conn is not None:
             try:
-                await self._send(conn, "SUBSCRIBE", channel)
+                await self._send(conn, "SUBSCRIBE", key)
             except (RedisError, OSError) as exc:
                 # The connection is broken: the reader notices, reconnects (subscribing
                 # every wanted channel) and resolves ``future`` with False.
@@ -288,7 +298,7 @@ class _RedisSubscription:
             return  # A reconnect in progress unsubscribes it once done.
         try:
             async with asyncio.timeout(self._broker.subscribe_timeout):
-                await self._send(self._conn, "UNSUBSCRIBE", channel)
+                await self._send(self._conn, "UNSUBSCRIBE", key)
         except (RedisError, OSError) as exc:  # OSError includes TimeoutError.
             # The connection is broken, and the next one will not subscribe it.
             log.debug("UNSUBSCRIBE %s not sent: %s", channel, describe(exc))

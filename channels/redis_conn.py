@@ -92,9 +92,11 @@ async def connect(
 
 
 class RedisEndpoint:
-    """Something holding a Redis client: ``where`` is its (redacted) URL."""
+    """Something holding a Redis client: ``where`` is its (redacted) URL, ``prefix``
+    starts every key and channel name it uses (the deployment's)."""
 
     where: str
+    prefix: str
 
     def same_server(self, other: object) -> bool:
         """True when ``other`` talks to the same Redis server (pub/sub ignores the

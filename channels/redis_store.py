@@ -4,8 +4,9 @@ deployment, written by book processors and read by every gateway.
 It behaves exactly like :class:`~channels.store.MemoryStore` (the reference semantics);
 the integration tests run one table of cases against both.
 
-Key layout (``P`` is the prefix, ``"os:"`` by default; the id is always the last part of
-a key, so ids may contain ``:``)::
+Key layout (``P`` is the deployment's prefix, ``--redis-prefix``, ``"os:"`` by default;
+it starts the pub/sub channels :meth:`RedisStore.write_and_publish` publishes on too; the
+id is always the last part of a key, so ids may contain ``:``)::
 
     P snap:<market_id>            STRING  the market's Snapshot, protocol JSON
     P hist:<market_id>            ZSET    its recent deltas: member = Delta JSON, score = seq;
@@ -155,7 +156,7 @@ class RedisStore(RedisEndpoint):
         self._client = client
         self.where = redact_url(url)
         self._history_size = history_size
-        self._p = prefix
+        self._p = self.prefix = prefix
 
     @classmethod
     async def connect(
@@ -193,8 +194,12 @@ class RedisStore(RedisEndpoint):
 
     def shares_server_with(self, broker: object) -> bool:
         """True when ``broker`` publishes on this store's Redis server, so a batch and its
-        publications can be one transaction."""
-        return self.same_server(broker)
+        publications can be one transaction (which publishes under this store's prefix)."""
+        return (
+            self.same_server(broker)
+            and isinstance(broker, RedisEndpoint)
+            and broker.prefix == self.prefix
+        )
 
     signals_sent = True
     """:meth:`write_and_publish` takes ``sent`` (``feeds.processor.SignallingStore``)."""
@@ -219,7 +224,7 @@ class RedisStore(RedisEndpoint):
             return
         commands = self._batch_commands(batch)
         if publications:
-            commands.append(_publish_command(publications))
+            commands.append(_publish_command(self._p, publications))
         try:
             await self._run(self._transaction(commands, sent), "write")
         finally:
@@ -448,8 +453,9 @@ class RedisStore(RedisEndpoint):
             raise StoreError(f"Redis at {self.where}: {op} failed: {describe(exc)}") from exc
 
 
-def _publish_command(publications: Sequence[tuple[Sequence[str], bytes]]) -> list[Arg]:
-    """The EVAL of :data:`_PUBLISH_SCRIPT` that publishes ``publications`` in order."""
+def _publish_command(prefix: str, publications: Sequence[tuple[Sequence[str], bytes]]) -> list[Arg]:
+    """The EVAL of :data:`_PUBLISH_SCRIPT` that publishes ``publications`` in order, on
+    their channels after ``prefix``."""
     numbers: dict[tuple[str, ...], int] = {}
     sets: list[Arg] = []
     messages: list[Arg] = []
@@ -461,7 +467,7 @@ def _publish_command(publications: Sequence[tuple[Sequence[str], bytes]]) -> lis
         if number is None:
             number = numbers[channels] = len(numbers) + 1
             sets.append(len(channels))
-            sets += channels
+            sets += [prefix + c for c in channels]
         append(number)
         append(payload)
     return ["EVAL", _PUBLISH_SCRIPT, 0, len(numbers), *sets, *messages]

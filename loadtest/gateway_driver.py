@@ -25,7 +25,7 @@ import time
 from pathlib import Path
 
 from channels.broker import MemoryBroker
-from channels.names import market_channel
+from channels.names import route
 from channels.store import Batch, MemoryStore
 from loadtest.board import Board
 from loadtest.client import raise_nofile
@@ -54,16 +54,17 @@ async def run(board: Board, args: argparse.Namespace) -> None:
     markets = market_ids(args.markets)
     ts = now_ms()
     store = MemoryStore(history_size=settings.history_size)
+    books = snapshots(markets, ts)
     store.write_now(
         Batch(
-            snapshots={s.market_id: s for s in snapshots(markets, ts)},
+            snapshots={s.market_id: s for s in books},
             events={e.event_id: e for e in events(markets, ts)},
         )
     )
     broker = MemoryBroker()
     gateway = Gateway(settings, broker, store)
     source = DeltaSource(markets)
-    channels = {m: (market_channel(m),) for m in markets}
+    channels = {s.market_id: (route(s.sport, s.event_id),) for s in books}
 
     async def publish(n: int) -> None:
         for _ in range(n):

@@ -20,8 +20,11 @@ REPORT_S = 5.0
 
 
 async def main(settings: BooksSettings) -> None:
-    store = await RedisStore.connect(settings.redis, history_size=settings.history_size)
-    broker = await RedisBroker.connect(settings.redis)
+    prefix = settings.redis_prefix
+    store = await RedisStore.connect(
+        settings.redis, history_size=settings.history_size, prefix=prefix
+    )
+    broker = await RedisBroker.connect(settings.redis, prefix=prefix)
     try:
         await topics.ensure(settings, adopt=True)
         runner = BooksRunner(

@@ -12,8 +12,11 @@ from server.serve import serve
 
 
 async def main(settings: GatewaySettings) -> None:
-    store = await RedisStore.connect(settings.redis, history_size=settings.server.history_size)
-    broker = await RedisBroker.connect(settings.redis)
+    prefix = settings.redis_prefix
+    store = await RedisStore.connect(
+        settings.redis, history_size=settings.server.history_size, prefix=prefix
+    )
+    broker = await RedisBroker.connect(settings.redis, prefix=prefix)
     node = Gateway(settings.server, broker, store)
     try:
         await serve(build_app(node), settings.server, node)

@@ -122,6 +122,11 @@ def _feed_ok(spec: str) -> bool:
     return True
 
 
+def _prefix_ok(value: str) -> bool:
+    # Braces would make a Redis Cluster hash tag of the prefix.
+    return len(value) <= 64 and value.isprintable() and not any(c in value for c in " {}")
+
+
 #: Required settings have no default and must name something.
 KAFKA = Check(_kafka_ok, "host:port[,host:port] (required)")
 REDIS = Check(_redis_ok, "a redis://host:port/db URL (required)")
@@ -396,6 +401,14 @@ OPTIONS: tuple[Option, ...] = (
     Option("kafka", "Kafka bootstrap servers `host:port[,host:port]`", _DISTRIBUTED_IN, KAFKA, ""),
     Option("redis", "Redis URL `redis://host:port/db`", frozenset({"gateway", "books"}), REDIS, ""),
     Option(
+        "redis_prefix",
+        "prefix of every Redis key and pub/sub route of this deployment: two deployments "
+        "sharing a Redis need two prefixes; every role of one deployment uses the same",
+        frozenset({"gateway", "books"}),
+        Check(_prefix_ok, "up to 64 printable characters, no spaces or braces"),
+        "os:",
+    ),
+    Option(
         "mysql",
         "the archive's MySQL (or MariaDB) `mysql://user:password@host:port/database`; on a "
         "gateway it enables the history API (`docs/data.md`), empty: off",
@@ -474,6 +487,7 @@ class GatewaySettings:
 
     server: Settings
     redis: str
+    redis_prefix: str
     log_level: str
 
 
@@ -500,6 +514,7 @@ class BooksSettings:
     stale_after_s: float
     kafka: str
     redis: str
+    redis_prefix: str
     partitions: int
     group: str
     topic_prefix: str
