@@ -34,11 +34,10 @@ bounded client buffers). If the reader still falls behind, Redis buffers for it 
 past ``client-output-buffer-limit pubsub``, closes the connection: that is handled like
 any drop (reconnect, resync), so a stalled node never slows the publishers.
 
-Sharded pub/sub (Redis Cluster, ``SPUBLISH``/``SSUBSCRIBE``) is a later step. It plugs in
-at two places: ``publish`` sends SPUBLISH through a cluster client (which routes each
-channel to its shard), and ``_RedisSubscription`` becomes one reader like this one per
-shard node, each subscription routed by the channel's key slot, with ``on_resync`` when
-any shard's reader reconnects (or its slots move: ``sunsubscribe`` pushes from Redis).
+Sharded pub/sub (Redis Cluster, ``SSUBSCRIBE``) uses the same reader in
+:data:`SHARDED` mode, one per shard node (:mod:`channels.redis_cluster`): channels are
+subscribed one per command (each names its own slot), and a ``sunsubscribe`` Redis
+pushes for a channel still wanted (its slot moved) is handled like a lost connection.
 """
 
 from __future__ import annotations
@@ -48,8 +47,8 @@ import logging
 import math
 import random
 from collections import deque
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Callable, Sequence
+from typing import Any, NamedTuple, Protocol
 
 import msgspec
 import redis.asyncio as aioredis
@@ -60,7 +59,7 @@ from redis.exceptions import RedisError
 from channels.broker import BrokerError, MessageHandler, ResyncHandler, Subscription
 from channels.redis_conn import RedisEndpoint, connect, describe, redact_url
 
-__all__ = ["RedisBroker", "SubscriptionStats"]
+__all__ = ["PLAIN", "SHARDED", "RedisBroker", "SubscriptionStats"]
 
 log = logging.getLogger(__name__)
 
@@ -69,6 +68,38 @@ class SubscriptionStats(msgspec.Struct):
     delivered: int = 0
     reconnects: int = 0
     handler_errors: int = 0
+
+
+class Mode(NamedTuple):
+    """The commands and reply kinds of one flavour of Redis pub/sub."""
+
+    subscribe: str
+    unsubscribe: str
+    message: bytes
+    confirmed: bytes
+    dropped: bytes | None
+    """What Redis pushes when it unsubscribes a channel by itself (its slot moved)."""
+
+
+PLAIN = Mode("SUBSCRIBE", "UNSUBSCRIBE", b"message", b"subscribe", None)
+SHARDED = Mode("SSUBSCRIBE", "SUNSUBSCRIBE", b"smessage", b"ssubscribe", b"sunsubscribe")
+
+
+class Source(Protocol):
+    """Where a subscription's connections come from, and its timings."""
+
+    where: str
+    connect_timeout: float
+    subscribe_timeout: float
+    health_interval: float
+    backoff_base: float
+    backoff_max: float
+
+    def wire(self, channel: str) -> bytes: ...
+
+    def new_connection(self) -> AbstractConnection: ...
+
+    def forget(self, sub: RedisSubscription) -> None: ...
 
 
 class RedisBroker(RedisEndpoint):
@@ -114,7 +145,7 @@ class RedisBroker(RedisEndpoint):
             socket_connect_timeout=connect_timeout,
             client_name="oddstream-sub",
         )
-        self._subscriptions: set[_RedisSubscription] = set()
+        self._subscriptions: set[RedisSubscription] = set()
 
     @classmethod
     async def connect(
@@ -164,7 +195,7 @@ class RedisBroker(RedisEndpoint):
     ) -> Subscription:
         """Open a node's subscription connection. Raises :class:`BrokerError` when
         Redis cannot be reached within ``connect_timeout``."""
-        sub = _RedisSubscription(self, on_message, on_resync)
+        sub = RedisSubscription(self, on_message, on_resync)
         await sub.start()
         self._subscriptions.add(sub)
         return sub
@@ -179,17 +210,21 @@ class RedisBroker(RedisEndpoint):
         """The name ``channel`` has on Redis: after the deployment's prefix."""
         return (self.prefix + channel).encode()
 
-    def _new_connection(self) -> AbstractConnection:
+    def new_connection(self) -> AbstractConnection:
         """A connection outside any pool, owned by one subscription."""
         factory = self._factory
         return factory.connection_class(**factory.connection_kwargs)
 
-    def _forget(self, sub: _RedisSubscription) -> None:
+    def forget(self, sub: RedisSubscription) -> None:
         self._subscriptions.discard(sub)
 
 
-class _RedisSubscription:
+class RedisSubscription:
     """One node's channel set on one dedicated connection; see the module docstring.
+
+    ``mode`` is :data:`PLAIN` or :data:`SHARDED`; ``on_lost``, when given, is called by
+    the reader each time its connection is lost, before it reconnects (a cluster
+    subscription then checks whether the node still owns the channels).
 
     State: ``_wanted`` is what the owner asked for (the truth re-subscribed after a
     reconnect); ``_pending`` holds, per channel, one future per SUBSCRIBE sent on the
@@ -202,8 +237,18 @@ class _RedisSubscription:
     the reader's back; only the reader disconnects it (and redis-py, on a failed send).
     """
 
-    def __init__(self, broker: RedisBroker, on_message: MessageHandler, on_resync: ResyncHandler):
+    def __init__(
+        self,
+        broker: Source,
+        on_message: MessageHandler,
+        on_resync: ResyncHandler,
+        *,
+        mode: Mode = PLAIN,
+        on_lost: Callable[[RedisSubscription], None] | None = None,
+    ):
         self._broker = broker
+        self._mode = mode
+        self._on_lost = on_lost
         self._on_message = on_message
         self._on_resync = on_resync
         self._wanted: dict[bytes, str] = {}
@@ -261,7 +306,7 @@ class _RedisSubscription:
         if self._closed:
             return
         self._closed = True
-        self._broker._forget(self)
+        self._broker.forget(self)
         task = self._task
         if task is not None:
             # Library code can swallow a cancellation (Python 3.11's wait_for, for one);
@@ -285,7 +330,7 @@ class _RedisSubscription:
         conn = self._conn
         if conn is not None:
             try:
-                await self._send(conn, "SUBSCRIBE", key)
+                await self._send(conn, self._mode.subscribe, key)
             except (RedisError, OSError) as exc:
                 # The connection is broken: the reader notices, reconnects (subscribing
                 # every wanted channel) and resolves ``future`` with False.
@@ -298,7 +343,7 @@ class _RedisSubscription:
             return  # A reconnect in progress unsubscribes it once done.
         try:
             async with asyncio.timeout(self._broker.subscribe_timeout):
-                await self._send(self._conn, "UNSUBSCRIBE", key)
+                await self._send(self._conn, self._mode.unsubscribe, key)
         except (RedisError, OSError) as exc:  # OSError includes TimeoutError.
             # The connection is broken, and the next one will not subscribe it.
             log.debug("UNSUBSCRIBE %s not sent: %s", channel, describe(exc))
@@ -322,6 +367,8 @@ class _RedisSubscription:
                     "Redis pub/sub at %s lost (%s); reconnecting", self._broker.where, describe(exc)
                 )
             await self._drop(conn)
+            if self._on_lost is not None:
+                self._on_lost(self)
             reconnected = await self._reconnect()
             if reconnected is None:
                 return
@@ -353,7 +400,7 @@ class _RedisSubscription:
 
     def _handle(self, reply: Any) -> None:
         kind = reply[0]
-        if kind == b"message":
+        if kind == self._mode.message:
             channel = self._wanted.get(reply[1])
             if channel is None:
                 return  # Unsubscribed, or an UNSUBSCRIBE still in flight.
@@ -363,7 +410,7 @@ class _RedisSubscription:
             except Exception:
                 self.stats.handler_errors += 1
                 log.exception("message handler failed on %s", channel)
-        elif kind == b"subscribe":
+        elif kind == self._mode.confirmed:
             key = reply[1]
             queue = self._pending.get(key)
             if queue:
@@ -372,6 +419,8 @@ class _RedisSubscription:
                     del self._pending[key]
                 if not future.done():  # Its subscribe() may have timed out.
                     future.set_result(True)
+        elif kind == self._mode.dropped and reply[1] in self._wanted:
+            raise RedisConnectionError(f"Redis unsubscribed {reply[1]!r} (its slot moved)")
         # "unsubscribe" confirmations and PING replies ("pong") need nothing.
 
     async def _drop(self, conn: AbstractConnection) -> None:
@@ -428,7 +477,7 @@ class _RedisSubscription:
             futures = [self._expect(key) for key in channels]
             confirmed = 0
             async with asyncio.timeout(self._broker.subscribe_timeout):
-                await self._send(conn, "SUBSCRIBE", *channels)
+                await self._send_each(conn, self._mode.subscribe, channels)
                 while confirmed < len(futures):
                     reply = await conn.read_response(
                         timeout=math.inf, disconnect_on_error=False, push_request=True
@@ -439,9 +488,27 @@ class _RedisSubscription:
                 # Unsubscribed while we were re-subscribing: undo those.
                 stale = [key for key in channels if key not in self._wanted]
                 if stale:
-                    await self._send(conn, "UNSUBSCRIBE", *stale)
+                    await self._send_each(conn, self._mode.unsubscribe, stale)
         self._conn = conn
         self._ready.set()
+
+    async def _send_each(self, conn: AbstractConnection, command: str, keys: list[bytes]) -> None:
+        """One command for every channel; one per channel in sharded mode (a sharded
+        command may only name channels of one slot)."""
+        if self._mode is SHARDED:
+            for key in keys:
+                await self._send(conn, command, key)
+        else:
+            await self._send(conn, command, *keys)
+
+    @property
+    def ready(self) -> bool:
+        """Connected, with every wanted channel subscribed."""
+        return self._ready.is_set() and not self._closed
+
+    def channels(self) -> list[str]:
+        """The channels wanted (subscribed, or to be on the next connection)."""
+        return list(self._wanted.values())
 
     def _expect(self, key: bytes) -> asyncio.Future[bool]:
         future: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
@@ -449,7 +516,7 @@ class _RedisSubscription:
         return future
 
     async def _open(self) -> AbstractConnection:
-        conn = self._broker._new_connection()
+        conn = self._broker.new_connection()
         try:
             # Bounds the TCP connect and the handshake (AUTH, SELECT, CLIENT SETNAME).
             async with asyncio.timeout(self._broker.connect_timeout):

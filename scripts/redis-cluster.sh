@@ -130,7 +130,8 @@ cmd_up() {
             fi
         done
     done
-    base_port >"$DIR/port"
+    local base; base="$(base_port)"  # Read before the redirection empties the file.
+    printf '%s\n' "$base" >"$DIR/port"
     if [ "$fresh" = 1 ]; then
         rm -rf "${DIR:?}"/[0-9]*
         log "starting $NODES nodes on 127.0.0.1:$(base_port)-$(($(base_port) + NODES - 1))"

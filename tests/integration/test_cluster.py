@@ -1,0 +1,121 @@
+"""Sharded pub/sub on a real Redis Cluster (three masters, three replicas, started by
+``scripts/services.sh up cluster``): routes spread over the masters, one reader per
+master, each message received once; a killed master's channels move to the promoted
+replica and the subscription resyncs."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import uuid
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from channels.names import routes_for_lobby
+from channels.redis_cluster import RedisClusterBroker
+
+pytestmark = pytest.mark.integration
+
+ROOT = Path(__file__).resolve().parents[2]
+WAIT = 30.0
+
+
+@pytest.fixture(scope="session")
+def cluster_url() -> str:
+    """``redis+cluster://`` of ``ODDSTREAM_REDIS_CLUSTER`` (required: never skipped)."""
+    value = os.environ.get("ODDSTREAM_REDIS_CLUSTER", "").strip()
+    if not value.startswith("redis://"):
+        pytest.fail(
+            "ODDSTREAM_REDIS_CLUSTER is not set: start the cluster with "
+            'set -a; eval "$(scripts/services.sh up cluster)"; set +a',
+            pytrace=False,
+        )
+    return "redis+cluster" + value.removeprefix("redis")
+
+
+@pytest.fixture
+async def broker(cluster_url: str) -> AsyncIterator[RedisClusterBroker]:
+    broker = await RedisClusterBroker.connect(
+        cluster_url, prefix=f"oddstream-test:{uuid.uuid4().hex}:", backoff_max=0.5
+    )
+    try:
+        yield broker
+    finally:
+        await broker.close()
+
+
+class Inbox:
+    def __init__(self) -> None:
+        self.got: list[tuple[str, bytes]] = []
+        self.changed = asyncio.Event()
+        self.resynced = asyncio.Event()
+
+    def on_message(self, channel: str, payload: bytes) -> None:
+        self.got.append((channel, payload))
+        self.changed.set()
+
+    def on_resync(self) -> None:
+        self.resynced.set()
+
+    async def until(self, count: int) -> None:
+        async with asyncio.timeout(WAIT):
+            while len(self.got) < count:
+                self.changed.clear()
+                await self.changed.wait()
+
+
+def cluster(*args: str) -> None:
+    subprocess.run(  # noqa: S603 - our own script, fixed arguments
+        [str(ROOT / "scripts" / "redis-cluster.sh"), *args],
+        check=True,
+        timeout=90,
+        stdout=subprocess.DEVNULL,
+    )
+
+
+async def test_routes_spread_over_the_masters_and_each_message_arrives_once(
+    broker: RedisClusterBroker,
+) -> None:
+    inbox = Inbox()
+    sub = await broker.subscription(inbox.on_message, inbox.on_resync)
+    routes = routes_for_lobby("football")
+    for r in routes:
+        await sub.subscribe(r)
+    assert len(sub.readers) == 3, "one reader per master"  # type: ignore[attr-defined]
+    for n, r in enumerate(routes):
+        await broker.publish([r], b"%d" % n)
+    await inbox.until(len(routes))
+    assert sorted(inbox.got) == sorted((r, b"%d" % n) for n, r in enumerate(routes))
+    await sub.unsubscribe(routes[0])
+    await broker.publish([routes[0]], b"not wanted")
+    await broker.publish([routes[1]], b"wanted")
+    await inbox.until(len(routes) + 1)
+    assert inbox.got[-1] == (routes[1], b"wanted")
+
+
+async def test_a_killed_masters_channels_move_to_the_promoted_replica(
+    broker: RedisClusterBroker,
+) -> None:
+    inbox = Inbox()
+    sub = await broker.subscription(inbox.on_message, inbox.on_resync)
+    routes = routes_for_lobby("football")
+    for r in routes:
+        await sub.subscribe(r)
+    victim = broker.owner(routes[0])
+    moving = [r for r in routes if broker.owner(r) == victim]
+    cluster("kill", victim.rpartition(":")[2])
+    try:
+        async with asyncio.timeout(WAIT):
+            await inbox.resynced.wait()
+        assert victim not in sub.readers  # type: ignore[attr-defined]
+        assert {broker.owner(r) for r in moving} != {victim}
+        for r in moving:
+            await broker.publish([r], b"after")
+        await inbox.until(len(moving))
+        assert sorted(inbox.got) == sorted((r, b"after") for r in moving)
+    finally:
+        cluster("start", victim.rpartition(":")[2])
+        cluster("up")  # Back to three masters, each with a replica.
