@@ -68,7 +68,7 @@ class Inbox:
 
 
 def cluster(*args: str) -> None:
-    subprocess.run(  # noqa: S603 - our own script, fixed arguments
+    subprocess.run(
         [str(ROOT / "scripts" / "redis-cluster.sh"), *args],
         check=True,
         timeout=90,
