@@ -32,18 +32,18 @@ from redis.exceptions import RedisError
 
 from channels.broker import BrokerError, MessageHandler, ResyncHandler, Subscription
 from channels.redis_broker import SHARDED, RedisBroker, RedisSubscription
-from channels.redis_conn import RedisEndpoint, describe, redact_url
+from channels.redis_conn import (
+    CLUSTER_SCHEME,
+    RedisEndpoint,
+    cluster_client,
+    describe,
+    is_cluster_url,
+    redact_url,
+)
 
 __all__ = ["RedisClusterBroker"]
 
 log = logging.getLogger(__name__)
-
-SCHEME = "redis+cluster"
-"""The URL scheme that selects a Redis Cluster: ``redis+cluster://host:port`` (any node)."""
-
-
-def is_cluster_url(url: str) -> bool:
-    return url.startswith(f"{SCHEME}://")
 
 
 async def connect_broker(url: str, *, prefix: str) -> RedisBroker | RedisClusterBroker:
@@ -98,13 +98,8 @@ class RedisClusterBroker(RedisEndpoint):
         (``redis+cluster://host:port``). Raises :class:`BrokerError` when no node answers
         within ``connect_timeout``; :class:`ValueError` for a URL of another scheme."""
         if not is_cluster_url(url):
-            raise ValueError(f"not a {SCHEME}:// URL: {redact_url(url)!r}")
-        client = RedisCluster.from_url(
-            "redis" + url.removeprefix(SCHEME),
-            socket_timeout=socket_timeout,
-            socket_connect_timeout=connect_timeout,
-            client_name="oddstream-broker",
-        )
+            raise ValueError(f"not a {CLUSTER_SCHEME}:// URL: {redact_url(url)!r}")
+        client = cluster_client(url, socket_timeout=socket_timeout, connect_timeout=connect_timeout)
         try:
             async with asyncio.timeout(connect_timeout):
                 await client.initialize()

@@ -51,13 +51,20 @@ id (``MemoryStore`` returns insertion order; the ``Store`` protocol promises nei
 Every network operation is bounded by the client's socket timeouts; Redis failures are
 raised as :class:`~channels.store.StoreError` (retriable) with the cause chained.
 
-Redis Cluster (later): every key of one transaction must live in one hash slot, so the
-keys would need a hash tag (e.g. per Kafka partition) and batches split per slot.
+Redis Cluster (``redis+cluster://host:port``): every key of one transaction must live in
+one hash slot, so the prefix becomes a hash tag, ``{P}``: all of a deployment's keys share
+one slot, and the store talks to that slot's master, found from the cluster's slot map
+(again after any failure: a replica promoted after a failover becomes the master it
+writes to). A deployment's storage lives on one master (and its replica); what spreads
+over the masters is pub/sub (:mod:`channels.redis_cluster`), which never joins the
+store's transaction there.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import logging
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
@@ -67,9 +74,19 @@ import redis.asyncio as aioredis
 from redis.exceptions import RedisError, ResponseError
 
 import protocol
-from channels.redis_conn import RedisEndpoint, connect, describe, ping, redact_url
+from channels.redis_conn import (
+    ClusterMap,
+    RedisEndpoint,
+    connect,
+    describe,
+    is_cluster_url,
+    ping,
+    redact_url,
+)
 from channels.store import Batch, MarketSummary, StoreError
 from protocol import EventState, Snapshot
+
+log = logging.getLogger(__name__)
 
 #: Keys per MGET in bulk reads: large enough to amortise round trips, small enough not
 #: to block Redis (single-threaded) on one huge reply.
@@ -150,13 +167,19 @@ class RedisStore(RedisEndpoint):
         url: str,
         history_size: int = 256,
         prefix: str = "os:",
+        timeouts: dict[str, float] | None = None,
     ):
         if history_size < 1:
             raise ValueError(f"history_size must be at least 1, not {history_size}")
         self._client = client
         self.where = redact_url(url)
         self._history_size = history_size
-        self._p = self.prefix = prefix
+        self.prefix = prefix
+        self._cluster = is_cluster_url(url)
+        self._p = "{" + prefix + "}" if self._cluster else prefix
+        self._timeouts = timeouts or {"socket_timeout": 2.0, "connect_timeout": 2.0}
+        self._master = ""
+        self._map: ClusterMap | None = None
 
     @classmethod
     async def connect(
@@ -171,8 +194,19 @@ class RedisStore(RedisEndpoint):
         """A store on a client that answered a PING (:func:`channels.redis_conn.connect`;
         raises :class:`StoreError` or :class:`ValueError`)."""
         timeouts = {"socket_timeout": socket_timeout, "connect_timeout": connect_timeout}
-        client = await connect(url, "oddstream-store", StoreError, **timeouts)
-        return cls(client, url=url, history_size=history_size, prefix=prefix)
+        if not is_cluster_url(url):
+            client = await connect(url, "oddstream-store", StoreError, **timeouts)
+            return cls(client, url=url, history_size=history_size, prefix=prefix)
+        slots = ClusterMap(url, deadline=connect_timeout)
+        try:
+            master = await slots.master_of("{" + prefix + "}")
+            client = await connect(master, "oddstream-store", StoreError, **timeouts)
+        except (RedisError, OSError, TimeoutError, StoreError) as exc:
+            await slots.close()
+            raise StoreError(f"Redis Cluster at {redact_url(url)}: {describe(exc)}") from exc
+        store = cls(client, url=url, history_size=history_size, prefix=prefix, timeouts=timeouts)
+        store._master, store._map = master, slots
+        return store
 
     # -- keys ----------------------------------------------------------------------------------
 
@@ -194,9 +228,11 @@ class RedisStore(RedisEndpoint):
 
     def shares_server_with(self, broker: object) -> bool:
         """True when ``broker`` publishes on this store's Redis server, so a batch and its
-        publications can be one transaction (which publishes under this store's prefix)."""
+        publications can be one transaction (which publishes under this store's prefix);
+        never on a cluster (the transaction is single-slot)."""
         return (
-            self.same_server(broker)
+            not self._cluster
+            and self.same_server(broker)
             and isinstance(broker, RedisEndpoint)
             and broker.prefix == self.prefix
         )
@@ -224,7 +260,7 @@ class RedisStore(RedisEndpoint):
             return
         commands = self._batch_commands(batch)
         if publications:
-            commands.append(_publish_command(self._p, publications))
+            commands.append(_publish_command(self.prefix, publications))
         try:
             await self._run(self._transaction(commands, sent), "write")
         finally:
@@ -423,6 +459,8 @@ class RedisStore(RedisEndpoint):
 
     async def close(self) -> None:
         try:
+            if self._map is not None:
+                await self._map.close()
             await self._client.aclose()
         except (RedisError, OSError) as exc:
             raise StoreError(f"closing Redis at {self.where}: {describe(exc)}") from exc
@@ -450,7 +488,26 @@ class RedisStore(RedisEndpoint):
         try:
             return await pending
         except (RedisError, OSError) as exc:
+            if self._cluster:
+                await self._follow_master()
             raise StoreError(f"Redis at {self.where}: {op} failed: {describe(exc)}") from exc
+
+    async def _follow_master(self) -> None:
+        """On a cluster, after a failure: if the slot map names another master for the
+        deployment's slot (a failover), talk to it from the next call on."""
+        assert self._map is not None
+        try:
+            master = await self._map.master_of(self._p)
+            if master == self._master:
+                return
+            client = await connect(master, "oddstream-store", StoreError, **self._timeouts)
+        except (RedisError, OSError, TimeoutError, StoreError) as exc:
+            log.warning("Redis Cluster at %s: no master found yet: %s", self.where, describe(exc))
+            return
+        old, self._client, self._master = self._client, client, master
+        log.warning("Redis Cluster at %s: storage moved to %s", self.where, redact_url(master))
+        with contextlib.suppress(RedisError, OSError):
+            await old.aclose()
 
 
 def _publish_command(prefix: str, publications: Sequence[tuple[Sequence[str], bytes]]) -> list[Arg]:

@@ -701,12 +701,26 @@ class BooksRunner:
             try:
                 await self._settle()
                 async with asyncio.timeout(self._io_timeout):
-                    await self._assign(assigned)
+                    await self._assign_retrying(list(assigned))
             except Exception as exc:  # noqa: BLE001 - aiokafka logs and swallows
                 # listener errors; keep it for run() to raise, so the member leaves.
                 log.error("partition assignment failed: %r", exc)
                 self._failure = self._failure or exc
         self._observe()
+
+    async def _assign_retrying(self, assigned: list[TP]) -> None:
+        """:meth:`_assign`, again while storage fails (Redis restarting, or a cluster
+        failing over, during the rebalance) until the caller's deadline: partitions not
+        yet taken are restored again, which is idempotent."""
+        delay = 0.1
+        while True:
+            try:
+                await self._assign(assigned)
+                return
+            except StoreError as exc:
+                log.warning("assignment: storage failed (%s); retrying in %.1fs", exc, delay)
+                await asyncio.sleep(delay)  # Backoff while storage is down.
+                delay = min(delay * 2, 1.0)
 
     async def _assign(self, assigned: Iterable[TP]) -> None:
         topics_of: dict[int, set[str]] = {}

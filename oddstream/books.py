@@ -7,7 +7,7 @@ import asyncio
 import logging
 import signal
 
-from channels.redis_broker import RedisBroker
+from channels.redis_cluster import connect_broker
 from channels.redis_store import RedisStore
 from feeds.books_runner import BooksConfig, BooksRunner
 from oddstream import topics
@@ -24,7 +24,7 @@ async def main(settings: BooksSettings) -> None:
     store = await RedisStore.connect(
         settings.redis, history_size=settings.history_size, prefix=prefix
     )
-    broker = await RedisBroker.connect(settings.redis, prefix=prefix)
+    broker = await connect_broker(settings.redis, prefix=prefix)
     try:
         await topics.ensure(settings, adopt=True)
         runner = BooksRunner(

@@ -3,7 +3,7 @@ REST out. Imports nothing of the feeds or Kafka."""
 
 from __future__ import annotations
 
-from channels.redis_broker import RedisBroker
+from channels.redis_cluster import connect_broker
 from channels.redis_store import RedisStore
 from oddstream.options import GatewaySettings
 from server.app import build_app
@@ -16,7 +16,7 @@ async def main(settings: GatewaySettings) -> None:
     store = await RedisStore.connect(
         settings.redis, history_size=settings.server.history_size, prefix=prefix
     )
-    broker = await RedisBroker.connect(settings.redis, prefix=prefix)
+    broker = await connect_broker(settings.redis, prefix=prefix)
     node = Gateway(settings.server, broker, store)
     try:
         await serve(build_app(node), settings.server, node)

@@ -73,7 +73,9 @@ def _kafka_ok(value: str) -> bool:
 
 def _redis_ok(value: str) -> bool:
     url = urlparse(value)
-    return url.scheme in {"redis", "rediss", "unix"} and bool(url.hostname or url.path)
+    return url.scheme in {"redis", "rediss", "unix", "redis+cluster"} and bool(
+        url.hostname or url.path
+    )
 
 
 def _origins_ok(value: str) -> bool:
@@ -129,7 +131,7 @@ def _prefix_ok(value: str) -> bool:
 
 #: Required settings have no default and must name something.
 KAFKA = Check(_kafka_ok, "host:port[,host:port] (required)")
-REDIS = Check(_redis_ok, "a redis://host:port/db URL (required)")
+REDIS = Check(_redis_ok, "a redis://host:port/db or redis+cluster://host:port URL (required)")
 MYSQL = Check(_mysql_ok, "a mysql://user:password@host:port/database URL (archive: required)")
 
 
@@ -399,7 +401,14 @@ OPTIONS: tuple[Option, ...] = (
         "auto",
     ),
     Option("kafka", "Kafka bootstrap servers `host:port[,host:port]`", _DISTRIBUTED_IN, KAFKA, ""),
-    Option("redis", "Redis URL `redis://host:port/db`", frozenset({"gateway", "books"}), REDIS, ""),
+    Option(
+        "redis",
+        "Redis URL `redis://host:port/db`, or `redis+cluster://host:port` (any node) for a "
+        "Redis Cluster: sharded pub/sub over its masters, storage in one hash slot",
+        frozenset({"gateway", "books"}),
+        REDIS,
+        "",
+    ),
     Option(
         "redis_prefix",
         "prefix of every Redis key and pub/sub route of this deployment: two deployments "

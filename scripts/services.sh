@@ -33,7 +33,8 @@
 # All other output goes to stderr.
 #
 # Environment:
-#   ODDSTREAM_KAFKA / ODDSTREAM_REDIS   externally provided service: not started,
+#   ODDSTREAM_KAFKA / ODDSTREAM_REDIS / ODDSTREAM_REDIS_CLUSTER
+#                                       externally provided service: not started,
 #                                       value echoed back unchanged
 #   ODDSTREAM_KAFKA_PORT (19092), ODDSTREAM_KAFKA_CONTROLLER_PORT (port+1),
 #   ODDSTREAM_REDIS_PORT (16379)        ports used when starting
@@ -359,7 +360,11 @@ cmd_env() {
     else log "redis is not running (run: scripts/services.sh up)"; rc=1
     fi
     "$ROOT/scripts/mariadb.sh" env || rc=1
-    if [ -d "$SVC/cluster" ]; then "$ROOT/scripts/redis-cluster.sh" env || rc=1; fi
+    if [ -n "${ODDSTREAM_REDIS_CLUSTER:-}" ]; then
+        printf 'ODDSTREAM_REDIS_CLUSTER=%q\n' "$ODDSTREAM_REDIS_CLUSTER"
+    elif [ -d "$SVC/cluster" ]; then
+        "$ROOT/scripts/redis-cluster.sh" env || rc=1
+    fi
     return "$rc"
 }
 
@@ -376,7 +381,13 @@ cmd_up() {
         redis_start fresh
     fi
     "$ROOT/scripts/mariadb.sh" up >/dev/null
-    if [ "${1:-}" = cluster ]; then "$ROOT/scripts/redis-cluster.sh" up >/dev/null; fi
+    if [ "${1:-}" = cluster ]; then
+        if [ -n "${ODDSTREAM_REDIS_CLUSTER:-}" ]; then
+            log "using external Redis Cluster $ODDSTREAM_REDIS_CLUSTER"
+        else
+            "$ROOT/scripts/redis-cluster.sh" up >/dev/null
+        fi
+    fi
     cmd_env
 }
 

@@ -6,34 +6,19 @@ replica and the subscription resyncs."""
 from __future__ import annotations
 
 import asyncio
-import os
-import subprocess
 import uuid
 from collections.abc import AsyncIterator
-from pathlib import Path
 
 import pytest
 
 from channels.names import routes_for_lobby
 from channels.redis_cluster import RedisClusterBroker
+from tests.integration.procs import services
 
 pytestmark = pytest.mark.integration
 
-ROOT = Path(__file__).resolve().parents[2]
+CLUSTER = "redis-cluster.sh"
 WAIT = 30.0
-
-
-@pytest.fixture(scope="session")
-def cluster_url() -> str:
-    """``redis+cluster://`` of ``ODDSTREAM_REDIS_CLUSTER`` (required: never skipped)."""
-    value = os.environ.get("ODDSTREAM_REDIS_CLUSTER", "").strip()
-    if not value.startswith("redis://"):
-        pytest.fail(
-            "ODDSTREAM_REDIS_CLUSTER is not set: start the cluster with "
-            'set -a; eval "$(scripts/services.sh up cluster)"; set +a',
-            pytrace=False,
-        )
-    return "redis+cluster" + value.removeprefix("redis")
 
 
 @pytest.fixture
@@ -67,15 +52,6 @@ class Inbox:
                 await self.changed.wait()
 
 
-def cluster(*args: str) -> None:
-    subprocess.run(
-        [str(ROOT / "scripts" / "redis-cluster.sh"), *args],
-        check=True,
-        timeout=90,
-        stdout=subprocess.DEVNULL,
-    )
-
-
 async def test_routes_spread_over_the_masters_and_each_message_arrives_once(
     broker: RedisClusterBroker,
 ) -> None:
@@ -106,7 +82,7 @@ async def test_a_killed_masters_channels_move_to_the_promoted_replica(
         await sub.subscribe(r)
     victim = broker.owner(routes[0])
     moving = [r for r in routes if broker.owner(r) == victim]
-    cluster("kill", victim.rpartition(":")[2])
+    services("kill", victim.rpartition(":")[2], script=CLUSTER)
     try:
         async with asyncio.timeout(WAIT):
             await inbox.resynced.wait()
@@ -117,5 +93,5 @@ async def test_a_killed_masters_channels_move_to_the_promoted_replica(
         await inbox.until(len(moving))
         assert sorted(inbox.got) == sorted((r, b"after") for r in moving)
     finally:
-        cluster("start", victim.rpartition(":")[2])
-        cluster("up")  # Back to three masters, each with a replica.
+        services("start", victim.rpartition(":")[2], script=CLUSTER)
+        services("up", script=CLUSTER)  # Back to three masters, each with a replica.
