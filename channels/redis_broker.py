@@ -48,6 +48,7 @@ import math
 import random
 from collections import deque
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any, NamedTuple, Protocol
 
 import msgspec
@@ -59,7 +60,7 @@ from redis.exceptions import RedisError
 from channels.broker import BrokerError, MessageHandler, ResyncHandler, Subscription
 from channels.redis_conn import RedisEndpoint, connect, describe, redact_url
 
-__all__ = ["PLAIN", "SHARDED", "RedisBroker", "SubscriptionStats"]
+__all__ = ["PLAIN", "SHARDED", "RedisBroker", "SubscriptionStats", "Timings"]
 
 log = logging.getLogger(__name__)
 
@@ -85,15 +86,26 @@ PLAIN = Mode("SUBSCRIBE", "UNSUBSCRIBE", b"message", b"subscribe", None)
 SHARDED = Mode("SSUBSCRIBE", "SUNSUBSCRIBE", b"smessage", b"ssubscribe", b"sunsubscribe")
 
 
+@dataclass(frozen=True, slots=True)
+class Timings:
+    """How a subscription waits and backs off: ``subscribe_timeout`` bounds the wait for a
+    SUBSCRIBE confirmation (and for the re-subscription after a reconnect);
+    ``health_interval`` is how long the connection may stay silent before it is PINGed
+    (and, silent for as long again, declared dead); reconnect delays grow from
+    ``backoff_base`` to ``backoff_max``; ``connect_timeout`` bounds each connection."""
+
+    connect_timeout: float = 2.0
+    subscribe_timeout: float = 2.0
+    health_interval: float = 5.0
+    backoff_base: float = 0.05
+    backoff_max: float = 5.0
+
+
 class Source(Protocol):
     """Where a subscription's connections come from, and its timings."""
 
     where: str
-    connect_timeout: float
-    subscribe_timeout: float
-    health_interval: float
-    backoff_base: float
-    backoff_max: float
+    timings: Timings
 
     def wire(self, channel: str) -> bytes: ...
 
@@ -103,14 +115,9 @@ class Source(Protocol):
 
 
 class RedisBroker(RedisEndpoint):
-    """Redis pub/sub broker; build it with :meth:`connect`.
-
-    ``subscribe_timeout`` bounds the wait for a SUBSCRIBE confirmation (and for the
-    re-subscription after a reconnect); ``health_interval`` is how long the subscription
-    connection may stay silent before it is PINGed (and, silent for as long again,
-    declared dead); reconnect delays grow from ``backoff_base`` to ``backoff_max``.
-    ``prefix`` (the deployment's, ``--redis-prefix``) starts every channel's name on
-    Redis; callers and handlers see names without it.
+    """Redis pub/sub broker; build it with :meth:`connect`. ``timings``: see
+    :class:`Timings`. ``prefix`` (the deployment's, ``--redis-prefix``) starts every
+    channel's name on Redis; callers and handlers see names without it.
     """
 
     def __init__(
@@ -118,21 +125,13 @@ class RedisBroker(RedisEndpoint):
         client: aioredis.Redis,
         *,
         url: str,
-        connect_timeout: float = 2.0,
-        subscribe_timeout: float = 2.0,
-        health_interval: float = 5.0,
-        backoff_base: float = 0.05,
-        backoff_max: float = 5.0,
+        timings: Timings = Timings(),
         prefix: str = "os:",
     ):
         self._client = client
         self.prefix = prefix
         self.where = redact_url(url)
-        self.connect_timeout = connect_timeout
-        self.subscribe_timeout = subscribe_timeout
-        self.health_interval = health_interval
-        self.backoff_base = backoff_base
-        self.backoff_max = backoff_max
+        self.timings = timings
         # Only a factory of subscription connections (it pools nothing). RESP2: replies
         # in subscribed mode are plain arrays, with no push-message machinery per read.
         # No socket timeout: the reader bounds each read itself (and an idle subscribed
@@ -142,39 +141,27 @@ class RedisBroker(RedisEndpoint):
             url,
             protocol=2,
             socket_timeout=None,
-            socket_connect_timeout=connect_timeout,
+            socket_connect_timeout=timings.connect_timeout,
             client_name="oddstream-sub",
         )
         self._subscriptions: set[RedisSubscription] = set()
 
     @classmethod
     async def connect(
-        cls,
-        url: str,
-        *,
-        socket_timeout: float = 2.0,
-        connect_timeout: float = 2.0,
-        subscribe_timeout: float = 2.0,
-        health_interval: float = 5.0,
-        backoff_base: float = 0.05,
-        backoff_max: float = 5.0,
-        prefix: str = "os:",
+        cls, url: str, *, socket_timeout: float = 2.0, prefix: str = "os:", **timings: float
     ) -> RedisBroker:
         """A broker publishing through a client that answered a PING
-        (:func:`channels.redis_conn.connect`; raises :class:`BrokerError` or
-        :class:`ValueError`)."""
-        timeouts = {"socket_timeout": socket_timeout, "connect_timeout": connect_timeout}
-        client = await connect(url, "oddstream-broker", BrokerError, **timeouts)
-        return cls(
-            client,
-            url=url,
-            connect_timeout=connect_timeout,
-            subscribe_timeout=subscribe_timeout,
-            health_interval=health_interval,
-            backoff_base=backoff_base,
-            backoff_max=backoff_max,
-            prefix=prefix,
+        (:func:`channels.redis_conn.connect`; ``timings``: fields of :class:`Timings`;
+        raises :class:`BrokerError` or :class:`ValueError`)."""
+        timing = Timings(**timings)
+        client = await connect(
+            url,
+            "oddstream-broker",
+            BrokerError,
+            socket_timeout=socket_timeout,
+            connect_timeout=timing.connect_timeout,
         )
+        return cls(client, url=url, timings=timing, prefix=prefix)
 
     async def publish(self, channels: Sequence[str], payload: bytes) -> None:
         """Publish the same payload on every channel, in order. Raises
@@ -284,7 +271,7 @@ class RedisSubscription:
         key = self._broker.wire(channel)
         added = key not in self._wanted
         self._wanted[key] = channel
-        timeout = self._broker.subscribe_timeout
+        timeout = self._broker.timings.subscribe_timeout
         try:
             async with asyncio.timeout(timeout):
                 while not await self._request(key, channel):
@@ -342,7 +329,7 @@ class RedisSubscription:
         if channel is None or not self._ready.is_set() or self._conn is None:
             return  # A reconnect in progress unsubscribes it once done.
         try:
-            async with asyncio.timeout(self._broker.subscribe_timeout):
+            async with asyncio.timeout(self._broker.timings.subscribe_timeout):
                 await self._send(self._conn, self._mode.unsubscribe, key)
         except (RedisError, OSError) as exc:  # OSError includes TimeoutError.
             # The connection is broken, and the next one will not subscribe it.
@@ -382,7 +369,7 @@ class RedisSubscription:
     async def _pump(self, conn: AbstractConnection) -> None:
         """Read and dispatch until the connection fails (raises) or the subscription
         is closed (returns)."""
-        interval = self._broker.health_interval
+        interval = self._broker.timings.health_interval
         probing = False
         while not self._closed:
             reply = await conn.read_response(
@@ -443,7 +430,7 @@ class RedisSubscription:
         attempt = 0
         while not self._closed:
             if attempt:
-                delay = min(b.backoff_max, b.backoff_base * 2 ** (attempt - 1))
+                delay = min(b.timings.backoff_max, b.timings.backoff_base * 2 ** (attempt - 1))
                 await asyncio.sleep(delay * random.uniform(0.5, 1.0))
             attempt += 1
             conn: AbstractConnection | None = None
@@ -476,7 +463,7 @@ class RedisSubscription:
         if channels:
             futures = [self._expect(key) for key in channels]
             confirmed = 0
-            async with asyncio.timeout(self._broker.subscribe_timeout):
+            async with asyncio.timeout(self._broker.timings.subscribe_timeout):
                 await self._send_each(conn, self._mode.subscribe, channels)
                 while confirmed < len(futures):
                     reply = await conn.read_response(
@@ -519,7 +506,7 @@ class RedisSubscription:
         conn = self._broker.new_connection()
         try:
             # Bounds the TCP connect and the handshake (AUTH, SELECT, CLIENT SETNAME).
-            async with asyncio.timeout(self._broker.connect_timeout):
+            async with asyncio.timeout(self._broker.timings.connect_timeout):
                 await conn.connect()  # type: ignore[no-untyped-call]  # redis-py leaves it bare
         except BaseException:
             await conn.disconnect(nowait=True)

@@ -31,7 +31,7 @@ from redis.asyncio.connection import AbstractConnection, ConnectionPool
 from redis.exceptions import RedisError
 
 from channels.broker import BrokerError, MessageHandler, ResyncHandler, Subscription
-from channels.redis_broker import SHARDED, RedisBroker, RedisSubscription
+from channels.redis_broker import SHARDED, RedisBroker, RedisSubscription, Timings
 from channels.redis_conn import (
     CLUSTER_SCHEME,
     RedisEndpoint,
@@ -55,69 +55,39 @@ async def connect_broker(url: str, *, prefix: str) -> RedisBroker | RedisCluster
 
 
 class RedisClusterBroker(RedisEndpoint):
-    """Sharded pub/sub broker; build it with :meth:`connect`. Timings as
-    :class:`~channels.redis_broker.RedisBroker`'s."""
+    """Sharded pub/sub broker; build it with :meth:`connect`."""
 
-    def __init__(
-        self,
-        client: RedisCluster,
-        *,
-        url: str,
-        prefix: str,
-        connect_timeout: float,
-        subscribe_timeout: float,
-        health_interval: float,
-        backoff_base: float,
-        backoff_max: float,
-    ):
+    def __init__(self, client: RedisCluster, *, url: str, prefix: str, timings: Timings):
         self._client = client
         self.where = redact_url(url)
         self.prefix = prefix
-        self.connect_timeout = connect_timeout
-        self.subscribe_timeout = subscribe_timeout
-        self.health_interval = health_interval
-        self.backoff_base = backoff_base
-        self.backoff_max = backoff_max
+        self.timings = timings
         self._nodes: dict[str, _Node] = {}
         self._subscriptions: set[_ClusterSubscription] = set()
 
     @classmethod
     async def connect(
-        cls,
-        url: str,
-        *,
-        prefix: str = "os:",
-        socket_timeout: float = 2.0,
-        connect_timeout: float = 2.0,
-        subscribe_timeout: float = 2.0,
-        health_interval: float = 5.0,
-        backoff_base: float = 0.05,
-        backoff_max: float = 5.0,
+        cls, url: str, *, socket_timeout: float = 2.0, prefix: str = "os:", **timings: float
     ) -> RedisClusterBroker:
         """A broker on a cluster whose slot map was read from the node ``url`` names
-        (``redis+cluster://host:port``). Raises :class:`BrokerError` when no node answers
-        within ``connect_timeout``; :class:`ValueError` for a URL of another scheme."""
+        (``redis+cluster://host:port``; ``timings``: fields of
+        :class:`~channels.redis_broker.Timings`). Raises :class:`BrokerError` when no
+        node answers within ``connect_timeout``; :class:`ValueError` for a URL of
+        another scheme."""
         if not is_cluster_url(url):
             raise ValueError(f"not a {CLUSTER_SCHEME}:// URL: {redact_url(url)!r}")
-        client = cluster_client(url, socket_timeout=socket_timeout, connect_timeout=connect_timeout)
+        timing = Timings(**timings)
+        deadline = timing.connect_timeout
+        client = cluster_client(url, socket_timeout=socket_timeout, connect_timeout=deadline)
         try:
-            async with asyncio.timeout(connect_timeout):
+            async with asyncio.timeout(deadline):
                 await client.initialize()
         except (RedisError, OSError, TimeoutError) as exc:
             await client.aclose()
             raise BrokerError(
                 f"Redis Cluster at {redact_url(url)} is unreachable: {describe(exc)}"
             ) from exc
-        return cls(
-            client,
-            url=url,
-            prefix=prefix,
-            connect_timeout=connect_timeout,
-            subscribe_timeout=subscribe_timeout,
-            health_interval=health_interval,
-            backoff_base=backoff_base,
-            backoff_max=backoff_max,
-        )
+        return cls(client, url=url, prefix=prefix, timings=timing)
 
     def same_server(self, other: object) -> bool:
         # Never one transaction with a store: SPUBLISH of many slots cannot join it.
@@ -160,7 +130,7 @@ class RedisClusterBroker(RedisEndpoint):
 
     async def refresh(self) -> None:
         """Read the slot map again (after a failover)."""
-        async with asyncio.timeout(self.connect_timeout):
+        async with asyncio.timeout(self.timings.connect_timeout):
             await self._client.nodes_manager.initialize()
 
     def node(self, name: str) -> _Node:
@@ -179,18 +149,14 @@ class _Node:
 
     def __init__(self, broker: RedisClusterBroker, name: str):
         self.where = f"redis://{name}"
-        self.connect_timeout = broker.connect_timeout
-        self.subscribe_timeout = broker.subscribe_timeout
-        self.health_interval = broker.health_interval
-        self.backoff_base = broker.backoff_base
-        self.backoff_max = broker.backoff_max
+        self.timings = broker.timings
         self.wire = broker.wire
         # As RedisBroker's factory: RESP2, no socket timeout (the reader bounds reads).
         self.pool = ConnectionPool.from_url(
             self.where,
             protocol=2,
             socket_timeout=None,
-            socket_connect_timeout=broker.connect_timeout,
+            socket_connect_timeout=broker.timings.connect_timeout,
             client_name="oddstream-sub",
         )
 
@@ -291,7 +257,7 @@ class _ClusterSubscription:
             except (RedisError, OSError, BrokerError) as exc:  # OSError includes TimeoutError.
                 log.warning("Redis Cluster at %s: moving failed: %s", b.where, describe(exc))
             attempt += 1
-            delay = min(b.backoff_max, b.backoff_base * 2 ** (attempt - 1))
+            delay = min(b.timings.backoff_max, b.timings.backoff_base * 2 ** (attempt - 1))
             await asyncio.sleep(delay * random.uniform(0.5, 1.0))
         if moved and not self._closed:
             log.info("Redis Cluster at %s: %d channel(s) moved to new masters", b.where, moved)

@@ -11,6 +11,7 @@ from collections.abc import AsyncIterator
 
 import pytest
 
+from channels.broker import Subscription
 from channels.names import routes_for_lobby
 from channels.redis_cluster import RedisClusterBroker
 from tests.integration.procs import services
@@ -52,14 +53,22 @@ class Inbox:
                 await self.changed.wait()
 
 
-async def test_routes_spread_over_the_masters_and_each_message_arrives_once(
+async def every_football_route(
     broker: RedisClusterBroker,
-) -> None:
+) -> tuple[Inbox, Subscription, tuple[str, ...]]:
+    """A subscription holding the 16 routes of a sport's lobby, and its inbox."""
     inbox = Inbox()
     sub = await broker.subscription(inbox.on_message, inbox.on_resync)
     routes = routes_for_lobby("football")
     for r in routes:
         await sub.subscribe(r)
+    return inbox, sub, routes
+
+
+async def test_routes_spread_over_the_masters_and_each_message_arrives_once(
+    broker: RedisClusterBroker,
+) -> None:
+    inbox, sub, routes = await every_football_route(broker)
     assert len(sub.readers) == 3, "one reader per master"  # type: ignore[attr-defined]
     for n, r in enumerate(routes):
         await broker.publish([r], b"%d" % n)
@@ -75,11 +84,7 @@ async def test_routes_spread_over_the_masters_and_each_message_arrives_once(
 async def test_a_killed_masters_channels_move_to_the_promoted_replica(
     broker: RedisClusterBroker,
 ) -> None:
-    inbox = Inbox()
-    sub = await broker.subscription(inbox.on_message, inbox.on_resync)
-    routes = routes_for_lobby("football")
-    for r in routes:
-        await sub.subscribe(r)
+    inbox, sub, routes = await every_football_route(broker)
     victim = broker.owner(routes[0])
     moving = [r for r in routes if broker.owner(r) == victim]
     services("kill", victim.rpartition(":")[2], script=CLUSTER)
