@@ -1,8 +1,24 @@
-"""Channel names on the broker. A delta is published on its market's channel, its event's
-channel and, for a main market, its sport's lobby channel; event state goes on the event
-and lobby channels."""
+"""Every name the pub/sub seam uses, in one place.
+
+*Channels* are what a gateway's clients are interested in (a market, an event, a sport
+lobby): the relay's ``acquire`` takes them, and the hub uses them as reasons.
+
+*Routes* are what goes over the broker: a message about a market or an event is
+published once, on the route of its event (its sport and a shard of event ids), and a
+gateway holds the routes its channels need (:func:`routes_for_lobby` for a lobby, the
+one :func:`route` of the event otherwise). ``docs/deployment.md`` ("Scaling Redis")
+explains why. The Redis adapters put the deployment's prefix in front of every route.
+"""
 
 from __future__ import annotations
+
+import zlib
+
+ROUTES_PER_SPORT = 16
+"""Event shards per sport. Publishers and gateways must agree on it: it is a constant of
+the code, not a setting, so no deployment can disagree with itself."""
+
+_ROUTE = "r:"
 
 
 def market_channel(market_id: str) -> str:
@@ -17,13 +33,27 @@ def lobby_channel(sport: str) -> str:
     return f"l:{sport}"
 
 
-def channels_for_market(market_id: str, event_id: str, sport: str, main: bool) -> tuple[str, ...]:
-    """Every channel a message about this market is published on."""
-    if main:
-        return (market_channel(market_id), event_channel(event_id), lobby_channel(sport))
-    return (market_channel(market_id), event_channel(event_id))
+def shard(event_id: str) -> int:
+    """The event's shard, in ``range(ROUTES_PER_SPORT)``; stable across processes."""
+    return zlib.crc32(event_id.encode()) % ROUTES_PER_SPORT
 
 
-def channels_for_event(event_id: str, sport: str) -> tuple[str, ...]:
-    """Every channel an event state message is published on."""
-    return (event_channel(event_id), lobby_channel(sport))
+def route(sport: str, event_id: str) -> str:
+    """The one route every message about the event and its markets is published on."""
+    return f"{_ROUTE}{sport}:{shard(event_id)}"
+
+
+def routes_for_lobby(sport: str) -> tuple[str, ...]:
+    """Every route of a sport: what a gateway holds for the sport's lobby."""
+    return tuple(f"{_ROUTE}{sport}:{n}" for n in range(ROUTES_PER_SPORT))
+
+
+def split_channel(channel: str) -> tuple[str, str]:
+    """``("m", market_id)``, ``("e", event_id)`` or ``("l", sport)``."""
+    kind, _, name = channel.partition(":")
+    return kind, name
+
+
+def sport_of_route(name: str) -> str:
+    """The sport a route (without the deployment prefix) carries."""
+    return name[len(_ROUTE) :].rpartition(":")[0]

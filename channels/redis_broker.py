@@ -34,11 +34,10 @@ bounded client buffers). If the reader still falls behind, Redis buffers for it 
 past ``client-output-buffer-limit pubsub``, closes the connection: that is handled like
 any drop (reconnect, resync), so a stalled node never slows the publishers.
 
-Sharded pub/sub (Redis Cluster, ``SPUBLISH``/``SSUBSCRIBE``) is a later step. It plugs in
-at two places: ``publish`` sends SPUBLISH through a cluster client (which routes each
-channel to its shard), and ``_RedisSubscription`` becomes one reader like this one per
-shard node, each subscription routed by the channel's key slot, with ``on_resync`` when
-any shard's reader reconnects (or its slots move: ``sunsubscribe`` pushes from Redis).
+Sharded pub/sub (Redis Cluster, ``SSUBSCRIBE``) uses the same reader in
+:data:`SHARDED` mode, one per shard node (:mod:`channels.redis_cluster`): channels are
+subscribed one per command (each names its own slot), and a ``sunsubscribe`` Redis
+pushes for a channel still wanted (its slot moved) is handled like a lost connection.
 """
 
 from __future__ import annotations
@@ -48,8 +47,9 @@ import logging
 import math
 import random
 from collections import deque
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, NamedTuple, Protocol
 
 import msgspec
 import redis.asyncio as aioredis
@@ -60,7 +60,7 @@ from redis.exceptions import RedisError
 from channels.broker import BrokerError, MessageHandler, ResyncHandler, Subscription
 from channels.redis_conn import RedisEndpoint, connect, describe, redact_url
 
-__all__ = ["RedisBroker", "SubscriptionStats"]
+__all__ = ["PLAIN", "SHARDED", "RedisBroker", "SubscriptionStats", "Timings"]
 
 log = logging.getLogger(__name__)
 
@@ -71,13 +71,53 @@ class SubscriptionStats(msgspec.Struct):
     handler_errors: int = 0
 
 
-class RedisBroker(RedisEndpoint):
-    """Redis pub/sub broker; build it with :meth:`connect`.
+class Mode(NamedTuple):
+    """The commands and reply kinds of one flavour of Redis pub/sub."""
 
-    ``subscribe_timeout`` bounds the wait for a SUBSCRIBE confirmation (and for the
-    re-subscription after a reconnect); ``health_interval`` is how long the subscription
-    connection may stay silent before it is PINGed (and, silent for as long again,
-    declared dead); reconnect delays grow from ``backoff_base`` to ``backoff_max``.
+    subscribe: str
+    unsubscribe: str
+    message: bytes
+    confirmed: bytes
+    dropped: bytes | None
+    """What Redis pushes when it unsubscribes a channel by itself (its slot moved)."""
+
+
+PLAIN = Mode("SUBSCRIBE", "UNSUBSCRIBE", b"message", b"subscribe", None)
+SHARDED = Mode("SSUBSCRIBE", "SUNSUBSCRIBE", b"smessage", b"ssubscribe", b"sunsubscribe")
+
+
+@dataclass(frozen=True, slots=True)
+class Timings:
+    """How a subscription waits and backs off: ``subscribe_timeout`` bounds the wait for a
+    SUBSCRIBE confirmation (and for the re-subscription after a reconnect);
+    ``health_interval`` is how long the connection may stay silent before it is PINGed
+    (and, silent for as long again, declared dead); reconnect delays grow from
+    ``backoff_base`` to ``backoff_max``; ``connect_timeout`` bounds each connection."""
+
+    connect_timeout: float = 2.0
+    subscribe_timeout: float = 2.0
+    health_interval: float = 5.0
+    backoff_base: float = 0.05
+    backoff_max: float = 5.0
+
+
+class Source(Protocol):
+    """Where a subscription's connections come from, and its timings."""
+
+    where: str
+    timings: Timings
+
+    def wire(self, channel: str) -> bytes: ...
+
+    def new_connection(self) -> AbstractConnection: ...
+
+    def forget(self, sub: RedisSubscription) -> None: ...
+
+
+class RedisBroker(RedisEndpoint):
+    """Redis pub/sub broker; build it with :meth:`connect`. ``timings``: see
+    :class:`Timings`. ``prefix`` (the deployment's, ``--redis-prefix``) starts every
+    channel's name on Redis; callers and handlers see names without it.
     """
 
     def __init__(
@@ -85,19 +125,13 @@ class RedisBroker(RedisEndpoint):
         client: aioredis.Redis,
         *,
         url: str,
-        connect_timeout: float = 2.0,
-        subscribe_timeout: float = 2.0,
-        health_interval: float = 5.0,
-        backoff_base: float = 0.05,
-        backoff_max: float = 5.0,
+        timings: Timings = Timings(),
+        prefix: str = "os:",
     ):
         self._client = client
+        self.prefix = prefix
         self.where = redact_url(url)
-        self.connect_timeout = connect_timeout
-        self.subscribe_timeout = subscribe_timeout
-        self.health_interval = health_interval
-        self.backoff_base = backoff_base
-        self.backoff_max = backoff_max
+        self.timings = timings
         # Only a factory of subscription connections (it pools nothing). RESP2: replies
         # in subscribed mode are plain arrays, with no push-message machinery per read.
         # No socket timeout: the reader bounds each read itself (and an idle subscribed
@@ -107,37 +141,27 @@ class RedisBroker(RedisEndpoint):
             url,
             protocol=2,
             socket_timeout=None,
-            socket_connect_timeout=connect_timeout,
+            socket_connect_timeout=timings.connect_timeout,
             client_name="oddstream-sub",
         )
-        self._subscriptions: set[_RedisSubscription] = set()
+        self._subscriptions: set[RedisSubscription] = set()
 
     @classmethod
     async def connect(
-        cls,
-        url: str,
-        *,
-        socket_timeout: float = 2.0,
-        connect_timeout: float = 2.0,
-        subscribe_timeout: float = 2.0,
-        health_interval: float = 5.0,
-        backoff_base: float = 0.05,
-        backoff_max: float = 5.0,
+        cls, url: str, *, socket_timeout: float = 2.0, prefix: str = "os:", **timings: float
     ) -> RedisBroker:
         """A broker publishing through a client that answered a PING
-        (:func:`channels.redis_conn.connect`; raises :class:`BrokerError` or
-        :class:`ValueError`)."""
-        timeouts = {"socket_timeout": socket_timeout, "connect_timeout": connect_timeout}
-        client = await connect(url, "oddstream-broker", BrokerError, **timeouts)
-        return cls(
-            client,
-            url=url,
-            connect_timeout=connect_timeout,
-            subscribe_timeout=subscribe_timeout,
-            health_interval=health_interval,
-            backoff_base=backoff_base,
-            backoff_max=backoff_max,
+        (:func:`channels.redis_conn.connect`; ``timings``: fields of :class:`Timings`;
+        raises :class:`BrokerError` or :class:`ValueError`)."""
+        timing = Timings(**timings)
+        client = await connect(
+            url,
+            "oddstream-broker",
+            BrokerError,
+            socket_timeout=socket_timeout,
+            connect_timeout=timing.connect_timeout,
         )
+        return cls(client, url=url, timings=timing, prefix=prefix)
 
     async def publish(self, channels: Sequence[str], payload: bytes) -> None:
         """Publish the same payload on every channel, in order. Raises
@@ -147,7 +171,7 @@ class RedisBroker(RedisEndpoint):
             return
         pipe = self._client.pipeline(transaction=False)
         for channel in channels:
-            pipe.publish(channel, payload)
+            pipe.publish(self.prefix + channel, payload)
         try:
             await pipe.execute()
         except (RedisError, OSError) as exc:
@@ -158,7 +182,7 @@ class RedisBroker(RedisEndpoint):
     ) -> Subscription:
         """Open a node's subscription connection. Raises :class:`BrokerError` when
         Redis cannot be reached within ``connect_timeout``."""
-        sub = _RedisSubscription(self, on_message, on_resync)
+        sub = RedisSubscription(self, on_message, on_resync)
         await sub.start()
         self._subscriptions.add(sub)
         return sub
@@ -169,17 +193,25 @@ class RedisBroker(RedisEndpoint):
         await self._client.aclose()
         await self._factory.disconnect()
 
-    def _new_connection(self) -> AbstractConnection:
+    def wire(self, channel: str) -> bytes:
+        """The name ``channel`` has on Redis: after the deployment's prefix."""
+        return (self.prefix + channel).encode()
+
+    def new_connection(self) -> AbstractConnection:
         """A connection outside any pool, owned by one subscription."""
         factory = self._factory
         return factory.connection_class(**factory.connection_kwargs)
 
-    def _forget(self, sub: _RedisSubscription) -> None:
+    def forget(self, sub: RedisSubscription) -> None:
         self._subscriptions.discard(sub)
 
 
-class _RedisSubscription:
+class RedisSubscription:
     """One node's channel set on one dedicated connection; see the module docstring.
+
+    ``mode`` is :data:`PLAIN` or :data:`SHARDED`; ``on_lost``, when given, is called by
+    the reader each time its connection is lost, before it reconnects (a cluster
+    subscription then checks whether the node still owns the channels).
 
     State: ``_wanted`` is what the owner asked for (the truth re-subscribed after a
     reconnect); ``_pending`` holds, per channel, one future per SUBSCRIBE sent on the
@@ -192,8 +224,18 @@ class _RedisSubscription:
     the reader's back; only the reader disconnects it (and redis-py, on a failed send).
     """
 
-    def __init__(self, broker: RedisBroker, on_message: MessageHandler, on_resync: ResyncHandler):
+    def __init__(
+        self,
+        broker: Source,
+        on_message: MessageHandler,
+        on_resync: ResyncHandler,
+        *,
+        mode: Mode = PLAIN,
+        on_lost: Callable[[RedisSubscription], None] | None = None,
+    ):
         self._broker = broker
+        self._mode = mode
+        self._on_lost = on_lost
         self._on_message = on_message
         self._on_resync = on_resync
         self._wanted: dict[bytes, str] = {}
@@ -226,10 +268,10 @@ class _RedisSubscription:
         in progress. Raises :class:`BrokerError` after ``subscribe_timeout``."""
         if self._closed:
             raise BrokerError("the subscription is closed")
-        key = channel.encode()
+        key = self._broker.wire(channel)
         added = key not in self._wanted
         self._wanted[key] = channel
-        timeout = self._broker.subscribe_timeout
+        timeout = self._broker.timings.subscribe_timeout
         try:
             async with asyncio.timeout(timeout):
                 while not await self._request(key, channel):
@@ -244,14 +286,14 @@ class _RedisSubscription:
 
     async def unsubscribe(self, channel: str) -> None:
         """Stop receiving ``channel``; takes effect at once (nothing more is delivered)."""
-        await self._abandon(channel.encode())
+        await self._abandon(self._broker.wire(channel))
 
     async def close(self) -> None:
         """Stop the reader and close the connection; idempotent."""
         if self._closed:
             return
         self._closed = True
-        self._broker._forget(self)
+        self._broker.forget(self)
         task = self._task
         if task is not None:
             # Library code can swallow a cancellation (Python 3.11's wait_for, for one);
@@ -275,7 +317,7 @@ class _RedisSubscription:
         conn = self._conn
         if conn is not None:
             try:
-                await self._send(conn, "SUBSCRIBE", channel)
+                await self._send(conn, self._mode.subscribe, key)
             except (RedisError, OSError) as exc:
                 # The connection is broken: the reader notices, reconnects (subscribing
                 # every wanted channel) and resolves ``future`` with False.
@@ -287,8 +329,8 @@ class _RedisSubscription:
         if channel is None or not self._ready.is_set() or self._conn is None:
             return  # A reconnect in progress unsubscribes it once done.
         try:
-            async with asyncio.timeout(self._broker.subscribe_timeout):
-                await self._send(self._conn, "UNSUBSCRIBE", channel)
+            async with asyncio.timeout(self._broker.timings.subscribe_timeout):
+                await self._send(self._conn, self._mode.unsubscribe, key)
         except (RedisError, OSError) as exc:  # OSError includes TimeoutError.
             # The connection is broken, and the next one will not subscribe it.
             log.debug("UNSUBSCRIBE %s not sent: %s", channel, describe(exc))
@@ -312,6 +354,8 @@ class _RedisSubscription:
                     "Redis pub/sub at %s lost (%s); reconnecting", self._broker.where, describe(exc)
                 )
             await self._drop(conn)
+            if self._on_lost is not None:
+                self._on_lost(self)
             reconnected = await self._reconnect()
             if reconnected is None:
                 return
@@ -325,7 +369,7 @@ class _RedisSubscription:
     async def _pump(self, conn: AbstractConnection) -> None:
         """Read and dispatch until the connection fails (raises) or the subscription
         is closed (returns)."""
-        interval = self._broker.health_interval
+        interval = self._broker.timings.health_interval
         probing = False
         while not self._closed:
             reply = await conn.read_response(
@@ -343,7 +387,7 @@ class _RedisSubscription:
 
     def _handle(self, reply: Any) -> None:
         kind = reply[0]
-        if kind == b"message":
+        if kind == self._mode.message:
             channel = self._wanted.get(reply[1])
             if channel is None:
                 return  # Unsubscribed, or an UNSUBSCRIBE still in flight.
@@ -353,7 +397,7 @@ class _RedisSubscription:
             except Exception:
                 self.stats.handler_errors += 1
                 log.exception("message handler failed on %s", channel)
-        elif kind == b"subscribe":
+        elif kind == self._mode.confirmed:
             key = reply[1]
             queue = self._pending.get(key)
             if queue:
@@ -362,6 +406,8 @@ class _RedisSubscription:
                     del self._pending[key]
                 if not future.done():  # Its subscribe() may have timed out.
                     future.set_result(True)
+        elif kind == self._mode.dropped and reply[1] in self._wanted:
+            raise RedisConnectionError(f"Redis unsubscribed {reply[1]!r} (its slot moved)")
         # "unsubscribe" confirmations and PING replies ("pong") need nothing.
 
     async def _drop(self, conn: AbstractConnection) -> None:
@@ -384,7 +430,7 @@ class _RedisSubscription:
         attempt = 0
         while not self._closed:
             if attempt:
-                delay = min(b.backoff_max, b.backoff_base * 2 ** (attempt - 1))
+                delay = min(b.timings.backoff_max, b.timings.backoff_base * 2 ** (attempt - 1))
                 await asyncio.sleep(delay * random.uniform(0.5, 1.0))
             attempt += 1
             conn: AbstractConnection | None = None
@@ -417,8 +463,8 @@ class _RedisSubscription:
         if channels:
             futures = [self._expect(key) for key in channels]
             confirmed = 0
-            async with asyncio.timeout(self._broker.subscribe_timeout):
-                await self._send(conn, "SUBSCRIBE", *channels)
+            async with asyncio.timeout(self._broker.timings.subscribe_timeout):
+                await self._send_each(conn, self._mode.subscribe, channels)
                 while confirmed < len(futures):
                     reply = await conn.read_response(
                         timeout=math.inf, disconnect_on_error=False, push_request=True
@@ -429,9 +475,27 @@ class _RedisSubscription:
                 # Unsubscribed while we were re-subscribing: undo those.
                 stale = [key for key in channels if key not in self._wanted]
                 if stale:
-                    await self._send(conn, "UNSUBSCRIBE", *stale)
+                    await self._send_each(conn, self._mode.unsubscribe, stale)
         self._conn = conn
         self._ready.set()
+
+    async def _send_each(self, conn: AbstractConnection, command: str, keys: list[bytes]) -> None:
+        """One command for every channel; one per channel in sharded mode (a sharded
+        command may only name channels of one slot)."""
+        if self._mode is SHARDED:
+            for key in keys:
+                await self._send(conn, command, key)
+        else:
+            await self._send(conn, command, *keys)
+
+    @property
+    def ready(self) -> bool:
+        """Connected, with every wanted channel subscribed."""
+        return self._ready.is_set() and not self._closed
+
+    def channels(self) -> list[str]:
+        """The channels wanted (subscribed, or to be on the next connection)."""
+        return list(self._wanted.values())
 
     def _expect(self, key: bytes) -> asyncio.Future[bool]:
         future: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
@@ -439,10 +503,10 @@ class _RedisSubscription:
         return future
 
     async def _open(self) -> AbstractConnection:
-        conn = self._broker._new_connection()
+        conn = self._broker.new_connection()
         try:
             # Bounds the TCP connect and the handshake (AUTH, SELECT, CLIENT SETNAME).
-            async with asyncio.timeout(self._broker.connect_timeout):
+            async with asyncio.timeout(self._broker.timings.connect_timeout):
                 await conn.connect()  # type: ignore[no-untyped-call]  # redis-py leaves it bare
         except BaseException:
             await conn.disconnect(nowait=True)

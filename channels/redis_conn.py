@@ -8,9 +8,53 @@ import asyncio
 from urllib.parse import urlparse, urlsplit, urlunsplit
 
 import redis.asyncio as aioredis
+from redis.asyncio.cluster import RedisCluster
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff
-from redis.exceptions import RedisError
+from redis.exceptions import RedisClusterException, RedisError
+
+CLUSTER_SCHEME = "redis+cluster"
+"""The URL scheme that selects a Redis Cluster: ``redis+cluster://host:port`` (any node)."""
+
+
+def is_cluster_url(url: str) -> bool:
+    return url.startswith(f"{CLUSTER_SCHEME}://")
+
+
+def cluster_client(url: str, *, socket_timeout: float, connect_timeout: float) -> RedisCluster:
+    """A cluster client (not yet initialised) for a ``redis+cluster://`` URL."""
+    return RedisCluster.from_url(
+        "redis" + url.removeprefix(CLUSTER_SCHEME),
+        socket_timeout=socket_timeout,
+        socket_connect_timeout=connect_timeout,
+    )
+
+
+class ClusterMap:
+    """Which master owns a key's slot, from a cluster's slot map, read again on every
+    :meth:`master_of` from any node seen so far (so a dead first node does not matter)."""
+
+    def __init__(self, url: str, *, deadline: float):
+        self._client = cluster_client(url, socket_timeout=deadline, connect_timeout=deadline)
+        self._deadline = deadline
+        self._read = False
+
+    async def master_of(self, key: str) -> str:
+        """``redis://host:port`` of the master owning ``key``'s slot now, read within the
+        deadline. Raises what redis-py raises, or TimeoutError."""
+        async with asyncio.timeout(self._deadline):
+            if self._read:
+                await self._client.nodes_manager.initialize()
+            else:
+                await self._client.initialize()
+                self._read = True
+        node = self._client.get_node_from_key(key)
+        if node is None:
+            raise RedisClusterException(f"no master serves the slot of {key!r}")
+        return f"redis://{node.name}"
+
+    async def close(self) -> None:
+        await self._client.aclose()
 
 
 def redact_url(url: str) -> str:
@@ -92,9 +136,11 @@ async def connect(
 
 
 class RedisEndpoint:
-    """Something holding a Redis client: ``where`` is its (redacted) URL."""
+    """Something holding a Redis client: ``where`` is its (redacted) URL, ``prefix``
+    starts every key and channel name it uses (the deployment's)."""
 
     where: str
+    prefix: str
 
     def same_server(self, other: object) -> bool:
         """True when ``other`` talks to the same Redis server (pub/sub ignores the

@@ -4,8 +4,9 @@ deployment, written by book processors and read by every gateway.
 It behaves exactly like :class:`~channels.store.MemoryStore` (the reference semantics);
 the integration tests run one table of cases against both.
 
-Key layout (``P`` is the prefix, ``"os:"`` by default; the id is always the last part of
-a key, so ids may contain ``:``)::
+Key layout (``P`` is the deployment's prefix, ``--redis-prefix``, ``"os:"`` by default;
+it starts the pub/sub channels :meth:`RedisStore.write_and_publish` publishes on too; the
+id is always the last part of a key, so ids may contain ``:``)::
 
     P snap:<market_id>            STRING  the market's Snapshot, protocol JSON
     P hist:<market_id>            ZSET    its recent deltas: member = Delta JSON, score = seq;
@@ -58,13 +59,20 @@ id (``MemoryStore`` returns insertion order; the ``Store`` protocol promises nei
 Every network operation is bounded by the client's socket timeouts; Redis failures are
 raised as :class:`~channels.store.StoreError` (retriable) with the cause chained.
 
-Redis Cluster (later): every key of one transaction must live in one hash slot, so the
-keys would need a hash tag (e.g. per Kafka partition) and batches split per slot.
+Redis Cluster (``redis+cluster://host:port``): every key of one transaction must live in
+one hash slot, so the prefix becomes a hash tag, ``{P}``: all of a deployment's keys share
+one slot, and the store talks to that slot's master, found from the cluster's slot map
+(again after any failure: a replica promoted after a failover becomes the master it
+writes to). A deployment's storage lives on one master (and its replica); what spreads
+over the masters is pub/sub (:mod:`channels.redis_cluster`), which never joins the
+store's transaction there.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import logging
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
@@ -75,9 +83,19 @@ from redis.exceptions import RedisError, ResponseError
 
 import protocol
 from channels.fencing import FencedError, admit
-from channels.redis_conn import RedisEndpoint, connect, describe, ping, redact_url
+from channels.redis_conn import (
+    ClusterMap,
+    RedisEndpoint,
+    connect,
+    describe,
+    is_cluster_url,
+    ping,
+    redact_url,
+)
 from channels.store import OUTBOX_KEEP, Batch, MarketSummary, StoreError
 from protocol import EventState, Snapshot
+
+log = logging.getLogger(__name__)
 
 #: Keys per MGET in bulk reads: large enough to amortise round trips, small enough not
 #: to block Redis (single-threaded) on one huge reply.
@@ -158,13 +176,19 @@ class RedisStore(RedisEndpoint):
         url: str,
         history_size: int = 256,
         prefix: str = "os:",
+        timeouts: dict[str, float] | None = None,
     ):
         if history_size < 1:
             raise ValueError(f"history_size must be at least 1, not {history_size}")
         self._client = client
         self.where = redact_url(url)
         self._history_size = history_size
-        self._p = prefix
+        self.prefix = prefix
+        self._cluster = is_cluster_url(url)
+        self._p = "{" + prefix + "}" if self._cluster else prefix
+        self._timeouts = timeouts or {"socket_timeout": 2.0, "connect_timeout": 2.0}
+        self._master = ""
+        self._map: ClusterMap | None = None
 
     @classmethod
     async def connect(
@@ -179,8 +203,19 @@ class RedisStore(RedisEndpoint):
         """A store on a client that answered a PING (:func:`channels.redis_conn.connect`;
         raises :class:`StoreError` or :class:`ValueError`)."""
         timeouts = {"socket_timeout": socket_timeout, "connect_timeout": connect_timeout}
-        client = await connect(url, "oddstream-store", StoreError, **timeouts)
-        return cls(client, url=url, history_size=history_size, prefix=prefix)
+        if not is_cluster_url(url):
+            client = await connect(url, "oddstream-store", StoreError, **timeouts)
+            return cls(client, url=url, history_size=history_size, prefix=prefix)
+        slots = ClusterMap(url, deadline=connect_timeout)
+        try:
+            master = await slots.master_of("{" + prefix + "}")
+            client = await connect(master, "oddstream-store", StoreError, **timeouts)
+        except (RedisError, OSError, TimeoutError, StoreError) as exc:
+            await slots.close()
+            raise StoreError(f"Redis Cluster at {redact_url(url)}: {describe(exc)}") from exc
+        store = cls(client, url=url, history_size=history_size, prefix=prefix, timeouts=timeouts)
+        store._master, store._map = master, slots
+        return store
 
     # -- keys ----------------------------------------------------------------------------------
 
@@ -211,8 +246,14 @@ class RedisStore(RedisEndpoint):
 
     def shares_server_with(self, broker: object) -> bool:
         """True when ``broker`` publishes on this store's Redis server, so a batch and its
-        publications can be one transaction."""
-        return self.same_server(broker)
+        publications can be one transaction (which publishes under this store's prefix);
+        never on a cluster (the transaction is single-slot)."""
+        return (
+            not self._cluster
+            and self.same_server(broker)
+            and isinstance(broker, RedisEndpoint)
+            and broker.prefix == self.prefix
+        )
 
     signals_sent = True
     """:meth:`write_and_publish` takes ``sent`` (``feeds.processor.SignallingStore``)."""
@@ -237,7 +278,7 @@ class RedisStore(RedisEndpoint):
             return
         commands = self._batch_commands(batch)
         if publications:
-            commands.append(_publish_command(publications))
+            commands.append(_publish_command(self.prefix, publications))
         fence = {self._fence(p): (p, token) for p, token in batch.fence.items()}
         try:
             await self._run(self._transaction(commands, sent, fence), "write")
@@ -451,6 +492,8 @@ class RedisStore(RedisEndpoint):
 
     async def close(self) -> None:
         try:
+            if self._map is not None:
+                await self._map.close()
             await self._client.aclose()
         except (RedisError, OSError) as exc:
             raise StoreError(f"closing Redis at {self.where}: {describe(exc)}") from exc
@@ -478,11 +521,31 @@ class RedisStore(RedisEndpoint):
         try:
             return await pending
         except (RedisError, OSError) as exc:
+            if self._cluster:
+                await self._follow_master()
             raise StoreError(f"Redis at {self.where}: {op} failed: {describe(exc)}") from exc
 
+    async def _follow_master(self) -> None:
+        """On a cluster, after a failure: if the slot map names another master for the
+        deployment's slot (a failover), talk to it from the next call on."""
+        assert self._map is not None
+        try:
+            master = await self._map.master_of(self._p)
+            if master == self._master:
+                return
+            client = await connect(master, "oddstream-store", StoreError, **self._timeouts)
+        except (RedisError, OSError, TimeoutError, StoreError) as exc:
+            log.warning("Redis Cluster at %s: no master found yet: %s", self.where, describe(exc))
+            return
+        old, self._client, self._master = self._client, client, master
+        log.warning("Redis Cluster at %s: storage moved to %s", self.where, redact_url(master))
+        with contextlib.suppress(RedisError, OSError):
+            await old.aclose()
 
-def _publish_command(publications: Sequence[tuple[Sequence[str], bytes]]) -> list[Arg]:
-    """The EVAL of :data:`_PUBLISH_SCRIPT` that publishes ``publications`` in order."""
+
+def _publish_command(prefix: str, publications: Sequence[tuple[Sequence[str], bytes]]) -> list[Arg]:
+    """The EVAL of :data:`_PUBLISH_SCRIPT` that publishes ``publications`` in order, on
+    their channels after ``prefix``."""
     numbers: dict[tuple[str, ...], int] = {}
     sets: list[Arg] = []
     messages: list[Arg] = []
@@ -494,7 +557,7 @@ def _publish_command(publications: Sequence[tuple[Sequence[str], bytes]]) -> lis
         if number is None:
             number = numbers[channels] = len(numbers) + 1
             sets.append(len(channels))
-            sets += channels
+            sets += [prefix + c for c in channels]
         append(number)
         append(payload)
     return ["EVAL", _PUBLISH_SCRIPT, 0, len(numbers), *sets, *messages]

@@ -14,6 +14,12 @@ Ordering rules (the heart of guarantees 2 and 4):
   clients cannot continue is sent to them with ``reset: true``.
 * Everything that touches an entry runs on the event loop without awaiting in between,
   so a session can attach to a market and take its snapshot atomically.
+
+Interest and routes (``docs/deployment.md``, "Scaling Redis"): sessions hold *channels*
+(a market, an event, a lobby); each message is published once, on its event's *route*,
+and the relay holds each route once for every channel that needs it, so the node
+receives each message once. A route also brings messages no client here wants: they are
+dropped after decoding (:meth:`Relay._on_message`).
 """
 
 from __future__ import annotations
@@ -32,7 +38,14 @@ from channels.broker import Broker, Subscription
 from channels.frame import Frame
 from channels.hub import Hub, Subscriber
 from channels.metrics import FanoutClock
-from channels.names import event_channel, lobby_channel
+from channels.names import (
+    event_channel,
+    lobby_channel,
+    route,
+    routes_for_lobby,
+    split_channel,
+    sport_of_route,
+)
 from channels.store import Store
 from protocol import ApplyError, Delta, EventState, Snapshot
 
@@ -99,7 +112,10 @@ class Relay:
         self._entries: dict[str, _Entry] = {}
         self._events: dict[str, EventState] = {}
         self._event_frames: dict[str, Frame] = {}
-        self._channels: dict[str, int] = {}
+        self._channels: dict[str, tuple[int, tuple[str, ...]]] = {}
+        """Per held channel: its holders, and the routes it holds."""
+        self._routes: dict[str, int] = {}
+        """Per subscribed route: the channels holding it."""
         self._channel_lock = asyncio.Lock()
         self._sub: Subscription | None = None
         self._tasks: set[asyncio.Task[None]] = set()
@@ -123,24 +139,59 @@ class Relay:
     # -- channels ------------------------------------------------------------------------------
 
     async def acquire(self, channel: str) -> None:
-        """Hold a broker channel; the first holder subscribes. Call before loading
-        anything the channel carries."""
+        """Hold a channel (:mod:`channels.names`): the first holder subscribes the routes
+        carrying it. Call before loading anything the channel carries. A market or event
+        storage does not know holds no route (loading it then finds it unknown). Raises
+        :class:`~channels.broker.BrokerError` or :class:`~channels.store.StoreError`
+        (nothing is held then)."""
         async with self._channel_lock:
-            count = self._channels.get(channel, 0)
+            count, routes = self._channels.get(channel, (0, ()))
             if count == 0:
                 assert self._sub is not None, "Relay.start() was not awaited"
-                await self._sub.subscribe(channel)
-            self._channels[channel] = count + 1
+                routes = await self._routes_of(channel)
+                subscribed = []
+                try:
+                    for r in routes:
+                        if r not in self._routes:
+                            await self._sub.subscribe(r)
+                        self._routes[r] = self._routes.get(r, 0) + 1
+                        subscribed.append(r)
+                except BaseException:
+                    await self._drop_routes(subscribed)
+                    raise
+            self._channels[channel] = (count + 1, routes)
 
     async def release(self, channel: str) -> None:
         async with self._channel_lock:
-            count = self._channels.get(channel, 0)
+            count, routes = self._channels.get(channel, (0, ()))
             if count <= 1:
                 self._channels.pop(channel, None)
-                if count == 1 and self._sub is not None:
-                    await self._sub.unsubscribe(channel)
+                if count == 1:
+                    await self._drop_routes(routes)
             else:
-                self._channels[channel] = count - 1
+                self._channels[channel] = (count - 1, routes)
+
+    async def _drop_routes(self, routes: Iterable[str]) -> None:
+        for r in routes:
+            left = self._routes.pop(r, 0) - 1
+            if left > 0:
+                self._routes[r] = left
+            elif self._sub is not None:
+                await self._sub.unsubscribe(r)
+
+    async def _routes_of(self, channel: str) -> tuple[str, ...]:
+        kind, name = split_channel(channel)
+        if kind == "l":
+            return routes_for_lobby(name)
+        if kind == "e":
+            state = self._events.get(name) or await self._store.event(name)
+            return () if state is None else (route(state.sport, name),)
+        entry = self._entries.get(name)
+        snap = entry.snapshot if entry is not None else None
+        if snap is None:
+            found = await self._store.snapshots([name])
+            snap = found[0] if found else None
+        return () if snap is None else (route(snap.sport, snap.event_id),)
 
     def holds(self, channel: str) -> bool:
         return channel in self._channels
@@ -276,6 +327,8 @@ class Relay:
             return
         if isinstance(message, EventState):
             known = self._events.get(message.event_id)
+            if known is None and not self._wants_event(message.event_id, message.sport):
+                return  # Another event of the route.
             if known is None or message.seq > known.seq:
                 frame = self._remember_event(message, payload)
                 self.hub.fanout_event(message.event_id, message.sport, frame)
@@ -327,19 +380,23 @@ class Relay:
             return
         entry.pending.append((message, payload))
 
-    def _unwatched_market(self, channel: str, message: Snapshot | Delta, payload: bytes) -> None:
-        """A message for a market with no local book: a new market of a watched event or
-        lobby, or one created while a subscription was being set up."""
+    def _wants_event(self, event_id: str, sport: str) -> bool:
+        return self.holds(event_channel(event_id)) or self.holds(lobby_channel(sport))
+
+    def _unwatched_market(self, route: str, message: Snapshot | Delta, payload: bytes) -> None:
+        """A message for a market with no local book: most often a market of another
+        event of the route (dropped); else a new market of a watched event or lobby, one
+        joining its lobby, or one created while a subscription was being set up."""
         event_watchers = self.hub.event_watchers(message.event_id)
-        sport: str | None = None
-        if channel.startswith("l:"):
-            sport = channel[2:]  # The lobby channel only carries main markets.
-        elif isinstance(message, Snapshot) and message.main:
-            sport = message.sport
-        lobby_watchers = self.hub.lobby_watchers(sport) if sport is not None else set()
+        sport: str | None = None  # Set when the market is in its sport's lobby.
+        if isinstance(message, Snapshot):
+            sport = message.sport if message.main else None
+        elif message.main is True:
+            sport = sport_of_route(route)
         market_id = message.market_id
-        watchers = [(s, f"e:{message.event_id}") for s in event_watchers]
-        watchers += [(s, f"l:{sport}") for s in lobby_watchers]
+        watchers = [(s, event_channel(message.event_id)) for s in event_watchers]
+        if sport is not None:
+            watchers += [(s, lobby_channel(sport)) for s in self.hub.lobby_watchers(sport)]
         if isinstance(message, Snapshot) and message.seq == 1:
             # A new market. Keep it even before anyone watches, if its event or lobby
             # channel is held: a subscription being set up lists markets from storage
@@ -368,10 +425,10 @@ class Relay:
             return
         entry = self._entries[market_id]
         assert entry.snapshot is not None
-        watchers = [(s, f"e:{event_id}") for s in self.hub.event_watchers(event_id)]
+        watchers = [(s, event_channel(event_id)) for s in self.hub.event_watchers(event_id)]
         if entry.snapshot.main:
             sport = entry.snapshot.sport
-            watchers += [(s, f"l:{sport}") for s in self.hub.lobby_watchers(sport)]
+            watchers += [(s, lobby_channel(sport)) for s in self.hub.lobby_watchers(sport)]
         for sub, reason in watchers:
             frame = self.attach(market_id, sub, reason)
             if frame is not None:

@@ -17,7 +17,7 @@ from typing import Protocol, runtime_checkable
 import msgspec
 
 import protocol
-from channels.names import channels_for_event, channels_for_market
+from channels.names import route
 from channels.store import Batch, PublishingStore, Store
 from feeds.book import Books, FeedRejected
 from feeds.model import FeedMarketStatus, decode_feed
@@ -82,8 +82,8 @@ class Processor:
         self.skip_until: dict[tuple[str, int], int] = {}
         self.skipped = 0
         self.staleness = StalenessGuard(stale_after_s) if stale_after_s else None
-        self._channels: dict[str, tuple[bool, tuple[str, ...]]] = {}
-        """Per market: whether it is main, and the channels that gives it."""
+        self._routes: dict[str, tuple[str]] = {}
+        """Per event: the one route its messages and its markets' are published on."""
 
     def process(self, records: Sequence[FeedRecord], *, now: float | None = None) -> Step:
         """Apply a batch of records. ``now`` (monotonic seconds) is when they arrived;
@@ -158,7 +158,7 @@ class Processor:
 
     def forget(self, event_ids: Iterable[str]) -> None:
         """Events whose books were dropped (their partition went elsewhere)."""
-        self._channels.clear()  # Rebuilt as markets are seen again.
+        self._routes.clear()  # Rebuilt as events are seen again.
         if self.staleness is not None:
             self.staleness.forget(event_ids)
 
@@ -184,33 +184,33 @@ class Processor:
             )
             self.books.markets[market_id] = type(book)(fresh)
             step.batch.snapshots[market_id] = fresh
-            channels = channels_for_market(market_id, fresh.event_id, fresh.sport, fresh.main)
-            step.publications.append((channels, protocol.encode(fresh)))
+            step.publications.append(
+                (self._route(fresh.sport, fresh.event_id), protocol.encode(fresh))
+            )
         for event_id, state in self.books.events.items():
             step.batch.events[event_id] = state
-            step.publications.append(
-                (channels_for_event(event_id, state.sport), protocol.encode(state))
-            )
+            step.publications.append((self._route(state.sport, event_id), protocol.encode(state)))
         return step
 
     def _emit(self, step: Step, output: Snapshot | Delta | EventState) -> None:
         payload = protocol.encode(output)
         if isinstance(output, EventState):
             step.batch.events[output.event_id] = output
-            step.publications.append((channels_for_event(output.event_id, output.sport), payload))
+            step.publications.append((self._route(output.sport, output.event_id), payload))
             return
         market_id = output.market_id
         book = self.books.markets[market_id].snapshot
         step.batch.snapshots[market_id] = book
         if type(output) is Delta:
             step.batch.history.append((market_id, output.seq, payload))
-        # A market's channels change only when it joins or leaves its sport's lobby.
-        cached = self._channels.get(market_id)
-        if cached is None or cached[0] is not book.main:
-            channels = channels_for_market(market_id, book.event_id, book.sport, book.main)
-            cached = self._channels[market_id] = (book.main, channels)
-        step.publications.append((cached[1], payload))
+        step.publications.append((self._route(book.sport, book.event_id), payload))
         step.deltas.append((market_id, payload))
+
+    def _route(self, sport: str, event_id: str) -> tuple[str]:
+        routes = self._routes.get(event_id)
+        if routes is None:
+            routes = self._routes[event_id] = (route(sport, event_id),)
+        return routes
 
 
 class Publisher(Protocol):

@@ -230,10 +230,12 @@ def e2e_scenario(
             return _failed("e2e", f"books did not start: {books.tail(5)!r}", log)
         gateway = procs.Child(
             "gateway",
-            # Every client comes from loopback: no per-address cap.
+            # Every client comes from loopback: no per-address cap. The operator port
+            # serves the stages and the relay's counters (duplicates received: the
+            # fan-in). One process: its RSS and /metrics are the gateway's.
             _oddstream(
                 "gateway",
-                *("--auth", "none"),
+                *("--auth", "none", "--workers", "1"),
                 *("--redis", redis, "--port", "0", "--log-level", "warning"),
                 *("--max-connections-per-ip", "0", "--ops-port", str(gateway_ops)),
             ),
@@ -358,7 +360,9 @@ def e2e_scenario(
             f"p95 {_f(result['p95_ms'])} p99 {_f(result['p99_ms'])} max {_f(result['max_ms'])} ms; "
             f"gateway cpu {result['gateway_cpu_cores']}, books cpu {result['books_cpu_cores']}, "
             f"redis cpu {result['redis_cpu_cores']}; "
-            f"{_f(result['rss_kib_per_conn'])} KiB/conn idle"
+            f"{_f(result['rss_kib_per_conn'])} KiB/conn idle; relay received "
+            f"{metrics.get('oddstream_relay_received_total')}, of which duplicates "
+            f"{metrics.get('oddstream_relay_duplicates_total')}"
         )
         log("  stages (from the processes' /metrics over the window):")
         for line in stages.lines(stage_table):

@@ -26,11 +26,11 @@ import time
 from pathlib import Path
 
 from channels.broker import MemoryBroker
-from channels.names import market_channel
+from channels.names import route
 from channels.stamps import envelope, now_us
 from loadtest.board import Board
 from loadtest.client import raise_nofile
-from loadtest.payloads import DeltaSource, market_ids, seeded_store
+from loadtest.payloads import DeltaSource, market_ids, seeded_store, snapshots
 from loadtest.publisher import drive
 
 
@@ -57,7 +57,7 @@ async def run(board: Board, args: argparse.Namespace) -> None:
     broker = MemoryBroker()
     gateway = Gateway(settings, broker, store)
     source = DeltaSource(markets)
-    channels = {m: (market_channel(m),) for m in markets}
+    channels = {s.market_id: (route(s.sport, s.event_id),) for s in snapshots(markets, 0)}
 
     async def publish(n: int) -> None:
         for _ in range(n):

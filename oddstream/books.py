@@ -3,7 +3,7 @@ finish the step, commit, leave the group."""
 
 from __future__ import annotations
 
-from channels.redis_broker import RedisBroker
+from channels.redis_cluster import connect_broker
 from channels.redis_store import RedisStore
 from feeds.books_runner import BooksConfig, BooksRunner
 from feeds.observe import BooksCollector
@@ -15,8 +15,11 @@ from oddstream.tracing import traced
 
 
 async def main(settings: BooksSettings) -> None:
-    store = await RedisStore.connect(settings.redis, history_size=settings.history_size)
-    broker = await RedisBroker.connect(settings.redis)
+    prefix = settings.redis_prefix
+    store = await RedisStore.connect(
+        settings.redis, history_size=settings.history_size, prefix=prefix
+    )
+    broker = await connect_broker(settings.redis, prefix=prefix)
     try:
         await topics.ensure(settings, adopt=True)
         runner = BooksRunner(

@@ -73,7 +73,9 @@ def _kafka_ok(value: str) -> bool:
 
 def _redis_ok(value: str) -> bool:
     url = urlparse(value)
-    return url.scheme in {"redis", "rediss", "unix"} and bool(url.hostname or url.path)
+    return url.scheme in {"redis", "rediss", "unix", "redis+cluster"} and bool(
+        url.hostname or url.path
+    )
 
 
 def _origins_ok(value: str) -> bool:
@@ -132,9 +134,14 @@ def _feed_ok(spec: str) -> bool:
     return True
 
 
+def _prefix_ok(value: str) -> bool:
+    # Braces would make a Redis Cluster hash tag of the prefix.
+    return len(value) <= 64 and value.isprintable() and not any(c in value for c in " {}")
+
+
 #: Required settings have no default and must name something.
 KAFKA = Check(_kafka_ok, "host:port[,host:port] (required)")
-REDIS = Check(_redis_ok, "a redis://host:port/db URL (required)")
+REDIS = Check(_redis_ok, "a redis://host:port/db or redis+cluster://host:port URL (required)")
 MYSQL = Check(_mysql_ok, "a mysql://user:password@host:port/database URL (archive: required)")
 
 
@@ -436,7 +443,22 @@ OPTIONS: tuple[Option, ...] = (
         "auto",
     ),
     Option("kafka", "Kafka bootstrap servers `host:port[,host:port]`", _DISTRIBUTED_IN, KAFKA, ""),
-    Option("redis", "Redis URL `redis://host:port/db`", frozenset({"gateway", "books"}), REDIS, ""),
+    Option(
+        "redis",
+        "Redis URL `redis://host:port/db`, or `redis+cluster://host:port` (any node) for a "
+        "Redis Cluster: sharded pub/sub over its masters, storage in one hash slot",
+        frozenset({"gateway", "books"}),
+        REDIS,
+        "",
+    ),
+    Option(
+        "redis_prefix",
+        "prefix of every Redis key and pub/sub route of this deployment: two deployments "
+        "sharing a Redis need two prefixes; every role of one deployment uses the same",
+        frozenset({"gateway", "books"}),
+        Check(_prefix_ok, "up to 64 printable characters, no spaces or braces"),
+        "os:",
+    ),
     Option(
         "mysql",
         "the archive's MySQL (or MariaDB) `mysql://user:password@host:port/database`; on a "
@@ -582,6 +604,7 @@ class GatewaySettings:
     redis: str
     workers: int
     traces: str
+    redis_prefix: str
     log_level: str
     log_format: str
 
@@ -611,6 +634,7 @@ class BooksSettings:
     deltas_delivery: str
     kafka: str
     redis: str
+    redis_prefix: str
     partitions: int
     group: str
     topic_prefix: str

@@ -10,6 +10,9 @@
 #
 # Usage:
 #   scripts/services.sh up            start what is missing, print env lines
+#   scripts/services.sh up cluster    the same, plus a Redis Cluster (three masters, three
+#                                     replicas: scripts/redis-cluster.sh), whose env line
+#                                     ODDSTREAM_REDIS_CLUSTER=redis://127.0.0.1:<port> follows
 #   scripts/services.sh env           print env lines for running services
 #   scripts/services.sh down          stop what `up`/`start` started
 #   scripts/services.sh status        human-readable state (stderr)
@@ -30,10 +33,12 @@
 # All other output goes to stderr.
 #
 # Environment:
-#   ODDSTREAM_KAFKA / ODDSTREAM_REDIS   externally provided service: not started,
+#   ODDSTREAM_KAFKA / ODDSTREAM_REDIS / ODDSTREAM_REDIS_CLUSTER
+#                                       externally provided service: not started,
 #                                       value echoed back unchanged
 #   ODDSTREAM_KAFKA_PORT (19092), ODDSTREAM_KAFKA_CONTROLLER_PORT (port+1),
 #   ODDSTREAM_REDIS_PORT (16379)        ports used when starting
+#   ODDSTREAM_REDIS_CLUSTER_PORT (17400) first of the six cluster nodes' ports (up cluster)
 #   ODDSTREAM_KAFKA_TIMEOUT (90), ODDSTREAM_REDIS_TIMEOUT (20)  readiness, s
 #   ODDSTREAM_KAFKA_HEAP_OPTS (-Xmx512M -Xms256M)
 set -euo pipefail
@@ -355,6 +360,11 @@ cmd_env() {
     else log "redis is not running (run: scripts/services.sh up)"; rc=1
     fi
     "$ROOT/scripts/mariadb.sh" env || rc=1
+    if [ -n "${ODDSTREAM_REDIS_CLUSTER:-}" ]; then
+        printf 'ODDSTREAM_REDIS_CLUSTER=%q\n' "$ODDSTREAM_REDIS_CLUSTER"
+    elif [ -d "$SVC/cluster" ]; then
+        "$ROOT/scripts/redis-cluster.sh" env || rc=1
+    fi
     return "$rc"
 }
 
@@ -371,6 +381,13 @@ cmd_up() {
         redis_start fresh
     fi
     "$ROOT/scripts/mariadb.sh" up >/dev/null
+    if [ "${1:-}" = cluster ]; then
+        if [ -n "${ODDSTREAM_REDIS_CLUSTER:-}" ]; then
+            log "using external Redis Cluster $ODDSTREAM_REDIS_CLUSTER"
+        else
+            "$ROOT/scripts/redis-cluster.sh" up >/dev/null
+        fi
+    fi
     cmd_env
 }
 
@@ -379,6 +396,7 @@ cmd_down() {
     svc_stop kafka
     svc_stop redis
     "$ROOT/scripts/mariadb.sh" down
+    if [ -d "$SVC/cluster" ]; then "$ROOT/scripts/redis-cluster.sh" down; fi
     log "down"
 }
 
@@ -407,7 +425,7 @@ usage() {
 main() {
     local cmd="${1:-}"
     case "$cmd" in
-        up)     cmd_up ;;
+        up)     cmd_up "${2:-}" ;;
         down)   cmd_down ;;
         env)    cmd_env ;;
         status) cmd_status ;;

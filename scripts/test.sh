@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# The second command: set up, start the real services the tests need (Kafka, Redis; or use
-# those ODDSTREAM_KAFKA / ODDSTREAM_REDIS point at), check types and lint, run every test.
+# The second command: set up, start the real services the tests need (Kafka, Redis, a Redis
+# Cluster; or use those ODDSTREAM_KAFKA / ODDSTREAM_REDIS / ODDSTREAM_REDIS_CLUSTER point at), check types and lint, run every test.
 # Extra arguments go to pytest.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -9,11 +9,11 @@ scripts/setup.sh
 started=0
 cleanup() { if [ "$started" = 1 ]; then scripts/services.sh down || true; fi; }
 trap cleanup EXIT
-env_lines=$(scripts/services.sh up)
+env_lines=$(scripts/services.sh up cluster)
 started=1
 eval "$env_lines"
-export ODDSTREAM_KAFKA ODDSTREAM_REDIS ODDSTREAM_MYSQL
-echo "test: Kafka at $ODDSTREAM_KAFKA, Redis at $ODDSTREAM_REDIS" >&2
+export ODDSTREAM_KAFKA ODDSTREAM_REDIS ODDSTREAM_MYSQL ODDSTREAM_REDIS_CLUSTER
+echo "test: Kafka at $ODDSTREAM_KAFKA, Redis at $ODDSTREAM_REDIS, Redis Cluster at $ODDSTREAM_REDIS_CLUSTER" >&2
 
 echo "test: ruff" >&2
 .venv/bin/ruff check .

@@ -18,6 +18,7 @@ from starlette.staticfiles import StaticFiles
 from archive.db import MysqlUrl
 from archive.query import History, HistorySource
 from channels.metrics import CONTENT_TYPE, RoleCollector, exposition
+from channels.store import StoreError
 from server import graphql, history, openapi, rest
 from server.admission import Admission
 from server.gateway import Gateway
@@ -88,7 +89,11 @@ def build_app(
         routes.append(Mount("/", app=StaticFiles(directory=web_dist, html=True), name="web"))
     else:
         routes.append(Route("/", index))
-    app = Starlette(routes=routes, lifespan=lifespan)
+    app = Starlette(
+        routes=routes,
+        lifespan=lifespan,
+        exception_handlers={StoreError: rest.storage_unavailable},
+    )
     app.state.gateway = gateway
     app.state.history = archive
     app.state.graphql = graphql.Documents(settings)

@@ -9,6 +9,7 @@ doubled.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterable, Mapping
 from functools import partial
 from typing import NamedTuple
@@ -25,6 +26,8 @@ from server.auth import BookLookup, Grant, bearer
 from server.gateway import Gateway
 from server.resume_token import PositionTracker
 from server.session import lookup_books
+
+log = logging.getLogger(__name__)
 
 _encoder = msgspec.json.Encoder(decimal_format="string")
 
@@ -44,6 +47,15 @@ def error_response(code: str, message: str, status_code: int) -> Response:
     return json_response(
         _encoder.encode({"type": "error", "code": code, "message": message}), status_code
     )
+
+
+async def storage_unavailable(request: Request, exc: Exception) -> Response:
+    """Storage failed under a REST request (Redis restarting, a cluster failing over):
+    ``503 unavailable``, to be retried, never a 500 with a traceback."""
+    log.warning("%s %s: %s", request.method, request.url.path, exc)
+    response = error_response(ErrorCode.UNAVAILABLE, "storage unavailable; retry later", 503)
+    response.headers["Retry-After"] = "1"
+    return response
 
 
 #: HTTP status of each refusal code (any other: 400).

@@ -38,7 +38,8 @@ class Space:
     def books_args(self, *extra: str, log_level: str = "warning") -> list[str]:
         """``oddstream books`` in the space's group."""
         return [
-            "books", "--kafka", self.kafka, "--redis", self.redis, "--group", self.group,
+            "books", "--kafka", self.kafka, "--redis", self.redis, "--redis-prefix", self.prefix,
+            "--group", self.group,
             "--topic-prefix", self.prefix, "--partitions", str(PARTITIONS),
             "--log-level", log_level, *extra,
         ]  # fmt: skip
@@ -47,7 +48,8 @@ class Space:
         """``oddstream gateway`` on a free port, open to anonymous clients (the suites test
         delivery, not tokens: tests/security does), one process (a killed gateway is one
         process gone: tests/integration/test_workers.py tests several)."""
-        serve = ("--redis", self.redis, "--port", "0", "--workers", "1", "--log-level", "warning")
+        serve = ("--redis", self.redis, "--redis-prefix", self.prefix, "--port", "0")
+        serve += ("--workers", "1", "--log-level", "warning")
         return ["gateway", "--auth", "none", *serve, *extra]
 
 

@@ -8,7 +8,7 @@ import contextlib
 from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass, field
 from decimal import Decimal
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 import httpx
 import msgspec
@@ -17,7 +17,7 @@ from websockets.asyncio.client import ClientConnection
 
 import protocol
 from channels.broker import MemoryBroker
-from channels.store import MemoryStore
+from channels.store import MemoryStore, Store
 from feeds.embedded import epoch_minter
 from feeds.model import (
     FeedEvent,
@@ -31,18 +31,22 @@ from feeds.model import (
     encode_feed,
     topic_of,
 )
-from feeds.processor import FeedRecord, Processor, commit_step
+from feeds.processor import FeedRecord, Processor, Publisher, commit_step
 from server.app import build_app
 from server.gateway import Gateway
 from server.serve import Listening, bind, listening
 from server.settings import Settings
 
+S = TypeVar("S", bound=Store)
+B = TypeVar("B", bound=Publisher)
 
-class Feed:
+
+class Feed(Generic[S, B]):
     """Drives the real processor by hand: each ``send`` is processed, stored and
-    published before it returns, so tests know exactly what the server has."""
+    published before it returns, so tests know exactly what the server has (in memory,
+    or on a real Redis)."""
 
-    def __init__(self, store: MemoryStore, broker: MemoryBroker):
+    def __init__(self, store: S, broker: B):
         self.store = store
         self.broker = broker
         self.processor = Processor(epoch_minter(lambda: 1_700_000_000_000))
@@ -70,7 +74,7 @@ class Feed:
 @dataclass
 class Stack:
     url: str
-    feed: Feed
+    feed: Feed[MemoryStore, MemoryBroker]
     gateway: Gateway
     store: MemoryStore
     node: Listening

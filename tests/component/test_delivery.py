@@ -19,7 +19,7 @@ import websockets
 
 import protocol
 from channels.broker import MemoryBroker
-from channels.names import market_channel
+from channels.names import route
 from channels.store import MemoryStore
 from feeds.embedded import EmbeddedPipeline
 from feeds.model import FeedMarket, FeedMessage, FeedSelection
@@ -502,10 +502,10 @@ async def test_a_silent_feed_suspends_its_markets_until_it_speaks_again() -> Non
         return [EmbeddedPipeline(feed(), store, broker, stale_after_s=0.3).run]
 
     async with running_stack(gateway_hook=hook) as stack:
-        # Published means stored: watch the event's channel to know the setup is in.
+        # Published means stored: watch the event's route to know the setup is in.
         published = asyncio.Event()
         watcher = await brokers[0].subscription(lambda c, p: published.set(), lambda: None)
-        await watcher.subscribe(market_channel(M2))
+        await watcher.subscribe(route("football", "fb-1"))
         for message in (
             event(),
             match_result(),

@@ -13,12 +13,14 @@ import protocol
 from channels.broker import MemoryBroker, MessageHandler, ResyncHandler, Subscription
 from channels.frame import Frame
 from channels.hub import Hub
-from channels.names import market_channel
+from channels.names import market_channel, route
 from channels.relay import Relay
 from channels.store import MemoryStore
 from tests.component.stack import T0, Books, Feed, event, match_result, price_walk
 
 M1 = "fb-1:1x2"
+ROUTE = route("football", "fb-1")
+"""The one route M1's messages are published on."""
 
 
 class LossyBroker(MemoryBroker):
@@ -127,7 +129,7 @@ async def test_duplicates_are_dropped() -> None:
     feed, relay, sub, broker = await setup()
     await feed.send(*price_walk(M1, 2, T0))
     payload = protocol.encode(feed.processor.books.markets[M1].snapshot)
-    broker.publish_now([market_channel(M1)], payload)  # A replayed old message.
+    broker.publish_now([ROUTE], payload)  # A replayed old message.
     await sub.until(M1, 3)
     assert sub.books.seqs[M1] == [1, 2, 3]
     assert relay.stats.duplicates == 1
@@ -140,7 +142,7 @@ async def test_a_delta_of_a_foreign_epoch_is_dropped_after_one_heal() -> None:
     stray = protocol.Delta(
         market_id=M1, event_id=current.event_id, seq=current.seq + 5, epoch="gone", ts=T0
     )
-    broker.publish_now([market_channel(M1)], protocol.encode(stray))
+    broker.publish_now([ROUTE], protocol.encode(stray))
     await feed.send(*price_walk(M1, 2, T0 + 10))
     await sub.until(M1, current.seq + 2)
     assert relay.stats.foreign_epoch == 1

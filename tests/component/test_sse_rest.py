@@ -193,3 +193,23 @@ async def test_readyz_reflects_storage_and_drain() -> None:
         assert "redis://127.0.0.1:1/0" in response.json()["reason"]
         stack.gateway.draining = True
         assert (await http.get("/readyz")).json()["status"] == "draining"
+
+
+async def test_rest_answers_503_while_storage_fails() -> None:
+    from channels.store import StoreError
+
+    async with running_stack() as stack, httpx.AsyncClient(base_url=stack.url) as http:
+        assert (await http.get("/v1/markets")).status_code == 200
+
+        async def down(event_id: str | None = None) -> list[object]:
+            raise StoreError("Redis at redis://127.0.0.1:1/0: summaries failed")
+
+        stack.store.summaries = down  # type: ignore[method-assign]
+        response = await http.get("/v1/markets")
+        assert response.status_code == 503
+        assert response.headers["retry-after"] == "1"
+        assert response.json() == {
+            "type": "error",
+            "code": "unavailable",
+            "message": "storage unavailable; retry later",
+        }

@@ -170,7 +170,7 @@ class Deployment(Space):
         try:
             keys = sorted(
                 k.decode() if isinstance(k, bytes) else str(k)
-                for k in await store.keys("os:snap:*")
+                for k in await store.keys(f"{self.prefix}snap:*")
             )
             for key in keys:
                 raw = await store.get(key)

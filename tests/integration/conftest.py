@@ -24,7 +24,7 @@ from feeds.kafka_feed import TopicNames
 HISTORY = 4
 """History size of the Redis stores under test: small, so trimming is easy to reach."""
 
-_HOW = 'start the services with: set -a; eval "$(scripts/services.sh up)"; set +a'
+_HOW = 'start the services with: set -a; eval "$(scripts/services.sh up cluster)"; set +a'
 
 
 def _required(name: str, example: str) -> str:
@@ -42,6 +42,14 @@ def _required(name: str, example: str) -> str:
 def redis_url() -> str:
     """The Redis URL from ``ODDSTREAM_REDIS``, e.g. ``redis://127.0.0.1:16379/0``."""
     return _required("ODDSTREAM_REDIS", "redis://127.0.0.1:16379/0")
+
+
+@pytest.fixture(scope="session")
+def cluster_url() -> str:
+    """The Redis Cluster of ``ODDSTREAM_REDIS_CLUSTER`` (``scripts/services.sh up cluster``)
+    as a ``redis+cluster://`` URL."""
+    value = _required("ODDSTREAM_REDIS_CLUSTER", "redis://127.0.0.1:17400")
+    return "redis+cluster" + value.removeprefix("redis")
 
 
 @pytest.fixture(scope="session")

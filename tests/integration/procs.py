@@ -112,10 +112,11 @@ async def start(
     return p
 
 
-def services(*args: str) -> None:
-    """``scripts/services.sh ARGS`` (kill/start/restart of Kafka or Redis)."""
+def services(*args: str, script: str = "services.sh") -> None:
+    """``scripts/services.sh ARGS`` (kill/start/restart of Kafka or Redis), or another
+    script of ours (``redis-cluster.sh kill PORT``...)."""
     subprocess.run(
-        [str(ROOT / "scripts" / "services.sh"), *args],
+        [str(ROOT / "scripts" / script), *args],
         check=True,
         timeout=120,
         stdout=subprocess.DEVNULL,

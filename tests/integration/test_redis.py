@@ -8,6 +8,7 @@ test uses its own key prefix and channel names, so tests never see each other's 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import socket
 import uuid
 from collections.abc import AsyncIterator, Callable
@@ -624,7 +625,7 @@ async def test_a_late_confirmation_of_a_timed_out_subscribe_is_not_mistaken(
         await server_command(admin, "CLIENT", "PAUSE", 600, "ALL")
         with pytest.raises(BrokerError, match="did not confirm SUBSCRIBE"):
             await sub.subscribe(a)  # The server is paused: no confirmation in time.
-        broker.subscribe_timeout = WAIT
+        broker.timings = dataclasses.replace(broker.timings, subscribe_timeout=WAIT)
         await sub.subscribe(a)  # Confirmed once the pause ends, after the late one.
         await broker.publish([a], b"x")
         assert await inbox.wait_for(1) == [(a, b"x")]

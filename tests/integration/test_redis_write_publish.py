@@ -34,22 +34,28 @@ async def listener(redis_url: str) -> AsyncIterator[aioredis.client.PubSub]:
         await client.aclose()
 
 
-async def received(pubsub: aioredis.client.PubSub, count: int) -> list[tuple[str, bytes]]:
+async def received(
+    pubsub: aioredis.client.PubSub, count: int, prefix: str
+) -> list[tuple[str, bytes]]:
+    """``count`` messages, each with its channel as the store was asked (without the
+    deployment prefix the store publishes under)."""
     out: list[tuple[str, bytes]] = []
     async with asyncio.timeout(WAIT):
         while len(out) < count:
             message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=1.0)
             if message is not None:
-                out.append((message["channel"].decode(), message["data"]))
+                channel = message["channel"].decode()
+                assert channel.startswith(prefix)
+                out.append((channel.removeprefix(prefix), message["data"]))
     return out
 
 
 async def test_a_step_is_stored_and_each_channel_gets_its_messages_in_order(
-    redis_store: RedisStore, listener: aioredis.client.PubSub
+    redis_store: RedisStore, listener: aioredis.client.PubSub, prefix: str
 ) -> None:
     tag = uuid.uuid4().hex
     m, e, lobby = f"{tag}:m", f"{tag}:e", f"{tag}:l"
-    await listener.subscribe(m, e, lobby)
+    await listener.subscribe(*(prefix + c for c in (m, e, lobby)))
     batch = advance("m1", 2, 7, main=True)
     batch.offsets[("odds", 0)] = 8
     batch.partitions["ev1"] = 0
@@ -65,7 +71,7 @@ async def test_a_step_is_stored_and_each_channel_gets_its_messages_in_order(
     await redis_store.write_and_publish(batch, publications, sent=sent)
     assert sent.is_set()
 
-    messages = await received(listener, 3 * len(payloads) + len(payloads))
+    messages = await received(listener, 3 * len(payloads) + len(payloads), prefix)
     by_channel: dict[str, list[bytes]] = {}
     for channel, data in messages:
         by_channel.setdefault(channel, []).append(data)
@@ -79,10 +85,12 @@ async def test_a_step_is_stored_and_each_channel_gets_its_messages_in_order(
     assert [s.market_id for s in snaps] == ["m1"]
 
 
-async def test_a_large_step(redis_store: RedisStore, listener: aioredis.client.PubSub) -> None:
+async def test_a_large_step(
+    redis_store: RedisStore, listener: aioredis.client.PubSub, prefix: str
+) -> None:
     """Thousands of deltas over many markets, in one transaction."""
     tag = uuid.uuid4().hex
-    await listener.subscribe(f"{tag}:all")
+    await listener.subscribe(f"{prefix}{tag}:all")
     batch = Batch()
     publications: list[tuple[Sequence[str], bytes]] = []
     for n in range(50):
@@ -91,7 +99,7 @@ async def test_a_large_step(redis_store: RedisStore, listener: aioredis.client.P
         batch.history += part.history
         publications += [((f"{tag}:all", f"{tag}:{n}"), p) for _, _, p in part.history]
     await redis_store.write_and_publish(batch, publications)
-    messages = await received(listener, len(publications))
+    messages = await received(listener, len(publications), prefix)
     assert [data for _, data in messages] == [p for _, p in publications]
     for n in (0, 49):
         history = await redis_store.history(f"m{n:02}", E1, 101 - HISTORY)
