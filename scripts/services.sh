@@ -385,7 +385,8 @@ cmd_up() {
         if [ -n "${ODDSTREAM_REDIS_CLUSTER:-}" ]; then
             log "using external Redis Cluster $ODDSTREAM_REDIS_CLUSTER"
         else
-            "$ROOT/scripts/redis-cluster.sh" up >/dev/null
+            # 9>&-: the nodes must not inherit the lock (a later up/down would wait on it).
+            "$ROOT/scripts/redis-cluster.sh" up >/dev/null 9>&-
         fi
     fi
     cmd_env

@@ -24,7 +24,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from channels import traces
 from channels.hub import Hub
 from channels.metrics import REGISTRY, FanoutClock
-from channels.names import market_channel
+from channels.names import route
 from channels.redis_broker import RedisBroker
 from channels.redis_store import RedisStore
 from channels.relay import Relay
@@ -87,7 +87,7 @@ async def pipeline(
     broker = await RedisBroker.connect(redis_url)
     payloads: list[bytes] = []
     tap = await broker.subscription(lambda _, payload: payloads.append(payload), lambda: None)
-    await tap.subscribe(market_channel(market_id))
+    await tap.subscribe(route("football", event_id))  # Where books publish the event.
     relay = Relay(broker, store, Hub(), clock=FanoutClock(time.monotonic))
     await relay.start()
     runner = BooksRunner(kafka, store, broker, config=config(topics, new_group()))
