@@ -21,6 +21,9 @@ a key, so ids may contain ``:``)::
     P event-partition             HASH    event id -> its Kafka partition (authoritative)
     P offsets                     HASH    "<topic>:<partition>" -> next offset to consume
 
+The snap, hist, hepoch, event and event-markets keys of an ended event carry the TTL its
+batches ask for (``Batch.ttl_ms``, set in the same transaction); other keys have none.
+
 Writes: :meth:`RedisStore.write` sends a whole :class:`~channels.store.Batch` as one
 MULTI/EXEC transaction, so a reader sees all of a batch or none of it. A new epoch of a
 market must drop the old epoch's history, which needs the old epoch: a tiny Lua script
@@ -276,6 +279,8 @@ class RedisStore(RedisEndpoint):
                 by_sport.setdefault(state.sport, []).append(event_id)
             for sport, ids in by_sport.items():
                 commands.append(["SADD", f"{p}sport-events:{sport}", *ids])
+        if batch.ttl_ms:
+            commands += _expiries(p, batch)
         if batch.offsets:
             hset: list[Arg] = ["HSET", f"{p}offsets"]
             for (topic, partition), offset in batch.offsets.items():
@@ -446,6 +451,19 @@ class RedisStore(RedisEndpoint):
             return await pending
         except (RedisError, OSError) as exc:
             raise StoreError(f"Redis at {self.where}: {op} failed: {describe(exc)}") from exc
+
+
+def _expiries(p: str, batch: Batch) -> list[list[Arg]]:
+    """PEXPIRE of the keys of an ended event's markets and of the event: after the SETs
+    of the same transaction, which would clear a TTL set before them."""
+    ttl = batch.ttl_ms
+    keys = [f"{p}{kind}:{m}" for m in sorted(batch.expiring_markets) for kind in _MARKET_KEYS]
+    keys += [f"{p}{kind}:{e}" for e in sorted(batch.expiring_events) for kind in _EVENT_KEYS]
+    return [["PEXPIRE", key, ttl] for key in keys]
+
+
+_MARKET_KEYS = ("snap", "hist", "hepoch")
+_EVENT_KEYS = ("event", "event-markets")
 
 
 def _publish_command(publications: Sequence[tuple[Sequence[str], bytes]]) -> list[Arg]:

@@ -50,6 +50,11 @@ class Batch:
     offsets: dict[tuple[str, int], int] = field(default_factory=dict)
     partitions: dict[str, int] = field(default_factory=dict)
     """Kafka partition of each event written (its key's partition), for restore."""
+    expiring_markets: set[str] = field(default_factory=set)
+    expiring_events: set[str] = field(default_factory=set)
+    """Markets and events of ended events whose keys expire ``ttl_ms`` after this write
+    (a store without expiry ignores them)."""
+    ttl_ms: int = 0
 
     def __bool__(self) -> bool:
         return bool(self.snapshots or self.history or self.events or self.offsets)

@@ -32,6 +32,8 @@ async def main(settings: BooksSettings) -> None:
                 group_id=settings.group,
                 topics=topics.names(settings),
                 stale_after_s=settings.stale_after_s or None,
+                retention_s=settings.retention_s or None,
+                finished_ttl_s=settings.finished_ttl_s or None,
             ),
         )
         loop = asyncio.get_running_loop()
