@@ -107,6 +107,13 @@ class Hub:
         if not mine:
             del self._by_sub[sub]
 
+    def release_market(self, market_id: str, reason: str) -> bool:
+        """Release ``reason`` of every subscriber on one market; True when no one is
+        attached to it any more."""
+        for sub in tuple(self._markets.get(market_id, ())):
+            self.detach(market_id, sub, reason)
+        return market_id not in self._markets
+
     def reasons(self, market_id: str, sub: Subscriber) -> frozenset[str]:
         """Why ``sub`` is attached to the market (empty when it is not)."""
         return self._markets.get(market_id, {}).get(sub, frozenset())

@@ -32,7 +32,7 @@ from channels.frame import Frame
 from channels.hub import Hub, Subscriber
 from channels.names import event_channel, lobby_channel
 from channels.store import Store
-from protocol import ApplyError, Delta, EventState, Snapshot
+from protocol import FINAL_MARKET_STATES, ApplyError, Delta, EventState, Snapshot
 
 log = logging.getLogger(__name__)
 
@@ -50,7 +50,7 @@ class _State(Enum):
 
 
 class _Entry:
-    __slots__ = ("frame", "loaded", "pending", "snapshot", "state")
+    __slots__ = ("frame", "loaded", "pending", "retiring", "snapshot", "state")
 
     def __init__(self) -> None:
         self.state = _State.LOADING
@@ -58,6 +58,8 @@ class _Entry:
         self.frame: Frame | None = None  # Snapshot frame of the current version, shared.
         self.pending: list[tuple[Snapshot | Delta, bytes]] = []
         self.loaded: asyncio.Event = asyncio.Event()
+        self.retiring = False
+        """Its event ended: it leaves the lobby once settled or voided."""
 
 
 class RelayStats(msgspec.Struct):
@@ -130,6 +132,12 @@ class Relay:
             count = self._channels.get(channel, 0)
             if count <= 1:
                 self._channels.pop(channel, None)
+                if channel.startswith("e:"):
+                    self._forget_event(channel[2:])
+                elif channel.startswith("l:"):
+                    sport = channel[2:]
+                    for event_id in [e for e, s in self._events.items() if s.sport == sport]:
+                        self._forget_event(event_id)
                 if count == 1 and self._sub is not None:
                     await self._sub.unsubscribe(channel)
             else:
@@ -227,6 +235,33 @@ class Relay:
         """The frame of the newest of ``state`` and the cached state of its event."""
         return self._remember_event(state)
 
+    def _retire(self, state: EventState) -> None:
+        """An ended event leaves its sport's lobby: lobby watchers, who got its last state,
+        are detached from each of its markets once it is settled or voided (now, or when
+        its result comes), and what no one watches any more is dropped (a lobby watched
+        all day would otherwise hold every market of the day). Those who asked for the
+        event or a market keep it."""
+        for market_id in self.markets_of_event(state.event_id):
+            entry = self._entries[market_id]
+            entry.retiring = True
+            self._leave_lobby(market_id, entry)
+        self._forget_event(state.event_id)
+
+    def _leave_lobby(self, market_id: str, entry: _Entry) -> None:
+        """Detach lobby watchers from a retiring market once it is final."""
+        snap = entry.snapshot
+        if snap is not None and snap.status in FINAL_MARKET_STATES:
+            entry.retiring = False
+            if self.hub.release_market(market_id, lobby_channel(snap.sport)):
+                self.forget_unwatched([market_id])
+
+    def _forget_event(self, event_id: str) -> None:
+        """Drop an event's cached state unless its channel is still held (read again
+        from storage when next wanted)."""
+        if not self.holds(event_channel(event_id)):
+            self._events.pop(event_id, None)
+            self._event_frames.pop(event_id, None)
+
     def _remember_event(self, state: EventState, payload: bytes | None = None) -> Frame:
         known = self._events.get(state.event_id)
         if known is not None and known.seq >= state.seq:
@@ -249,6 +284,8 @@ class Relay:
             if known is None or message.seq > known.seq:
                 frame = self._remember_event(message, payload)
                 self.hub.fanout_event(message.event_id, message.sport, frame)
+                if message.phase == "ended":
+                    self._retire(message)
             return
         if not isinstance(message, Snapshot | Delta):
             return
@@ -287,6 +324,8 @@ class Relay:
             return
         self._set(entry, book)
         self.hub.fanout(market_id, Frame(message, payload))
+        if entry.retiring:
+            self._leave_lobby(market_id, entry)
 
     def _buffer(
         self, market_id: str, entry: _Entry, message: Snapshot | Delta, payload: bytes
