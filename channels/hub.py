@@ -121,6 +121,11 @@ class Hub:
     def is_attached(self, market_id: str, sub: Subscriber) -> bool:
         return sub in self._markets.get(market_id, ())
 
+    @property
+    def market_count(self) -> int:
+        """Markets with at least one subscriber."""
+        return len(self._markets)
+
     def has_subscribers(self, market_id: str) -> bool:
         return market_id in self._markets
 

@@ -146,6 +146,17 @@ class Relay:
     def holds(self, channel: str) -> bool:
         return channel in self._channels
 
+    def sizes(self) -> dict[str, int]:
+        """How many markets (local books), event states and broker channels are held,
+        and markets with local subscribers: each stays bounded through a day (see
+        docs/guarantees.md, "Bounded memory through a match day")."""
+        return {
+            "markets": len(self._entries),
+            "events": len(self._events),
+            "channels": len(self._channels),
+            "hub_markets": self.hub.market_count,
+        }
+
     # -- markets -------------------------------------------------------------------------------
 
     async def ensure(self, market_ids: Iterable[str]) -> None:

@@ -311,6 +311,8 @@ async def metrics(request: Request) -> Response:
             f"# TYPE oddstream_conflation_{name}_total counter",
             f"oddstream_conflation_{name}_total {value}",
         ]
+    for name, value in gateway.relay.sizes().items():
+        lines += [f"# TYPE oddstream_relay_{name} gauge", f"oddstream_relay_{name} {value}"]
     for name, value in msgspec.structs.asdict(gateway.relay.stats).items():
         lines += [
             f"# TYPE oddstream_relay_{name}_total counter",
