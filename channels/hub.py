@@ -126,6 +126,11 @@ class Hub:
         """Markets with at least one subscriber."""
         return len(self._markets)
 
+    @property
+    def reason_sets(self) -> int:
+        """Distinct reason sets interned (bounded)."""
+        return len(self._interned)
+
     def has_subscribers(self, market_id: str) -> bool:
         return market_id in self._markets
 

@@ -155,6 +155,7 @@ class Relay:
             "events": len(self._events),
             "channels": len(self._channels),
             "hub_markets": self.hub.market_count,
+            "hub_reason_sets": self.hub.reason_sets,
         }
 
     # -- markets -------------------------------------------------------------------------------
@@ -215,6 +216,11 @@ class Relay:
                 entry = self._entries.get(m)
                 if entry is not None and entry.state is not _State.LOADING:
                     del self._entries[m]
+
+    def event_of(self, market_id: str) -> str | None:
+        """The event of a market with a local book."""
+        entry = self._entries.get(market_id)
+        return None if entry is None or entry.snapshot is None else entry.snapshot.event_id
 
     def markets_of_event(self, event_id: str) -> list[str]:
         return [

@@ -159,11 +159,15 @@ class BooksStats:
     """Markets suspended because their event's feed went silent (``feed_stale``)."""
     partitions: frozenset[int] = frozenset()
     """Partition numbers owned now."""
+    markets: int = 0
+    events: int = 0
+    """Books of markets and events in memory after the last step (see retention)."""
 
     def line(self) -> str:
         return (
             f"records={self.records} deltas={self.deltas} dead_letters={self.dead_letters} "
             f"steps={self.steps} held={self.held} partitions={sorted(self.partitions)} "
+            f"markets={self.markets} events={self.events} "
             f"rebalances={self.rebalances} skipped={self.skipped} "
             f"forced={self.forced_releases} commit_failures={self.commit_failures} "
             f"store_retries={self.store_retries} rebases={self.rebases} "
@@ -443,6 +447,8 @@ class BooksRunner:
             step = self.processor.process(records[lookup.resume :], now=now, step=step)
         for event_id in self.processor.evict(now):
             self._event_partition.pop(event_id, None)
+        self.stats.markets = len(self.processor.books.markets)
+        self.stats.events = len(self.processor.books.events)
         skipped = self.processor.skipped - skipped_before
         self._processed.update(step.batch.offsets)
         self._event_partition.update(step.batch.partitions)

@@ -3,8 +3,8 @@
 The synthetic match day (:class:`feeds.synthetic.MatchDay`, events that start, settle and
 end, each replaced by a new one) is produced to a real Kafka as fast as the book processor
 keeps up; one ``oddstream books`` writes a real Redis; one ``oddstream gateway`` serves
-WebSocket clients: one watches the sports' lobbies all day, others come and go, each
-following a live event for a while. Every ``every`` feed records applied, the RSS of the
+WebSocket clients: one watches the sports' lobbies all day, others come and go, following
+a few live events or the lobbies for a while. Every ``every`` feed records applied, the RSS of the
 books and gateway processes is sampled, and the gateway's local books and event states
 (``oddstream_relay_markets``, ``oddstream_relay_events`` on its operator port);
 :func:`slope` fits the growth after the warm-up.
@@ -25,6 +25,7 @@ import itertools
 import json
 import os
 import random
+import re
 import sys
 import time
 import urllib.request
@@ -40,7 +41,7 @@ from websockets.exceptions import ConnectionClosed
 from feeds.embedded import now_ms
 from feeds.kafka_feed import KafkaFeedProducer, TopicNames
 from feeds.model import FeedEvent, FeedMarket, FeedMessage
-from feeds.synthetic import MatchDay
+from feeds.synthetic import SPORTS, MatchDay
 from loadtest import procs
 from loadtest.e2e import drop_topics
 
@@ -83,6 +84,9 @@ class Result:
     markets: int = 0
     seconds: float = 0.0
     samples: list[Sample] = field(default_factory=list)
+    held: list[tuple[int, int, int]] = field(default_factory=list)
+    """(records, markets, events) of the books' progress lines: what it holds in memory
+    (none from a processor that does not say)."""
     frames: int = 0
     clients: int = 0
 
@@ -90,10 +94,25 @@ class Result:
         """Growth of one :class:`Sample` field after the warm-up, per 10,000 records."""
         return slope([(s.records / 10_000, getattr(s, what)) for s in self.samples], warmup)
 
+    def held_slope(self, warmup: float = 0.3) -> float:
+        """Growth of the books' markets in memory, per 10,000 records."""
+        return slope([(r / 10_000, m) for r, m, _ in self.held], warmup)
+
+    @property
+    def markets_held(self) -> list[int]:
+        return [m for _, m, _ in self.held]
+
     def summary(self) -> dict[str, object]:
-        out: dict[str, object] = {k: v for k, v in asdict(self).items() if k != "samples"}
+        out: dict[str, object] = {
+            k: v for k, v in asdict(self).items() if k not in ("samples", "held")
+        }
+        if len(self.held) >= 2:
+            out["books_markets_per_10k"] = round(self.held_slope(), 1)
+            out["books_markets"] = (self.held[0][1], self.held[-1][1], max(self.markets_held))
         first, last = self.samples[0], self.samples[-1]
         for what in ("books_kib", "gateway_kib", "relay_markets", "relay_events"):
+            if getattr(first, what) < 0:
+                continue  # A gateway without the relay gauges (main before them).
             out[f"{what}_per_10k"] = round(self.slope(what), 1)
             out[what] = (getattr(first, what), getattr(last, what))
         return out
@@ -187,20 +206,25 @@ async def run(
     redis = aioredis.from_url(redis_url)
     await redis.flushdb()
     env = {"PYTHONPATH": pythonpath} if pythonpath else None
+
+    def oddstream(*args: str) -> list[str]:
+        # -P: the working directory (this checkout) does not come before PYTHONPATH.
+        return [sys.executable, *(["-P"] if pythonpath else []), "-m", "oddstream.cli", *args]
+
     tuning = [] if retention_s is None else ["--retention-s", str(retention_s)]
     books = procs.Child(
         "books",
-        procs.python(
-            "oddstream.cli", "books", "--kafka", kafka, "--redis", redis_url, "--group", group,
-            "--topic-prefix", prefix, "--partitions", "4", "--log-level", "warning",
+        oddstream(
+            "books", "--kafka", kafka, "--redis", redis_url, "--group", group,
+            "--topic-prefix", prefix, "--partitions", "4", "--log-level", "info",
             "--stale-after-s", "0", *tuning,
         ),
         env,
     )  # fmt: skip
     gateway = procs.Child(
         "gateway",
-        procs.python(
-            "oddstream.cli", "gateway", "--auth", "none", "--redis", redis_url, "--port", "0",
+        oddstream(
+            "gateway", "--auth", "none", "--redis", redis_url, "--port", "0",
             "--ops-port", str(ops_port), "--max-connections-per-ip", "0",
             "--log-level", "warning",
         ),
@@ -227,8 +251,6 @@ async def run(
         rng = random.Random(seed)
         started = time.monotonic()
         async with KafkaFeedProducer(kafka, topics=TopicNames(prefix=prefix)) as producer:
-            clients.append(await _subscribe(url, frame, lobbies=["football", "tennis"]))
-            result.clients += 1
             while result.records < limit and time.monotonic() < deadline:
                 for message in day.take(min(every, limit - result.records)):
                     await producer.send(message)
@@ -245,15 +267,24 @@ async def run(
                         gauges.get("oddstream_relay_events", -1),
                     )
                 )
-                # Churn: the oldest followers leave, new ones follow live events.
+                if not clients:  # One client watches the lobbies all day, from the start.
+                    clients.append(await _subscribe(url, frame, lobbies=list(SPORTS)))
+                    result.clients += 1
+                # Churn: the oldest come-and-go clients leave; new ones follow a few live
+                # events, or (one in four) the lobbies.
                 while len(clients) > 1 + churn:
                     await clients.pop(1).close()
                 live = list(day.live)
-                for _ in range(min(churn, len(live))):
-                    event_ids = rng.sample(live, min(3, len(live)))
-                    clients.append(await _subscribe(url, frame, events=event_ids))
+                for i in range(min(churn, len(live))):
+                    subs = (
+                        {"lobbies": list(SPORTS)}
+                        if i == 0
+                        else {"events": rng.sample(live, min(3, len(live)))}
+                    )
+                    clients.append(await _subscribe(url, frame, **subs))
                     result.clients += 1
         result.seconds = time.monotonic() - started
+        result.held = _held(books.lines)
         result.events_ended, result.markets = day.ended, day.markets
         log(
             f"soak: {result.records:,} records in {result.seconds:.0f}s, {day.ended} events "
@@ -266,6 +297,8 @@ async def run(
                 await client.close()
         for child in (gateway, books):
             child.stop()
+            if child.proc.stdout is not None:
+                child.proc.stdout.close()
         await redis.flushdb()
         await redis.aclose()
         await drop_topics(kafka, prefix)
@@ -280,6 +313,19 @@ async def _caught_up(redis: aioredis.Redis, produced: int, children: Sequence[pr
                 if not child.alive():
                     raise RuntimeError(f"{child.name} exited: {child.tail(10)}")
             await asyncio.sleep(0.05)
+
+
+_PROGRESS = re.compile(r"books: records=(\d+) .*markets=(\d+) events=(\d+)")
+
+
+def _held(lines: Sequence[str]) -> list[tuple[int, int, int]]:
+    """(records, markets, events) of each progress line of the books (every 5 s)."""
+    out = []
+    for line in lines:
+        m = _PROGRESS.search(line)
+        if m is not None:
+            out.append((int(m[1]), int(m[2]), int(m[3])))
+    return out
 
 
 def _gauges(port: int) -> dict[str, int]:

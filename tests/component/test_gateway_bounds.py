@@ -10,7 +10,16 @@ from channels.hub import Hub
 from channels.names import event_channel, lobby_channel, market_channel
 from channels.relay import Relay
 from channels.store import MemoryStore
-from tests.component.stack import T0, Feed, event, match_result, over_under, settle
+from tests.component.stack import (
+    T0,
+    Feed,
+    event,
+    match_result,
+    over_under,
+    running_stack,
+    settle,
+    ws_client,
+)
 
 
 class Sink:
@@ -73,3 +82,21 @@ async def test_structures_return_to_baseline_after_a_day_of_churn() -> None:
     await relay.release(lobby_channel("football"))
     assert sizes(relay) == dict.fromkeys(baseline, 0)
     await relay.close()
+
+
+async def test_a_lobby_subscribed_late_in_the_day_lists_only_events_not_ended() -> None:
+    async with running_stack() as stack:
+        for n in range(20):
+            e, ts = f"fb-{n}", T0 + n * 1000
+            await stack.feed.send(event(e, ts=ts), match_result(e, ts=ts), over_under(e, ts=ts))
+            if n < 18:  # The day's earlier events are over.
+                await stack.feed.send(settle(f"{e}:1x2", ts + 1, home="winner"))
+                await stack.feed.send(event(e, ts=ts + 2, phase="ended"))
+        async with ws_client(stack) as client:
+            await client.send({"type": "subscribe", "lobbies": ["football"], "id": "l"})
+            await client.until_seq({"fb-18:1x2": 1, "fb-19:1x2": 1})
+            assert set(client.books.markets) == {"fb-18:1x2", "fb-19:1x2"}
+            assert set(client.books.events) == {"fb-18", "fb-19"}
+            relay = stack.gateway.relay
+            assert relay.sizes()["markets"] == 2
+            assert relay.sizes()["events"] == 2
