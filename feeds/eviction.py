@@ -90,8 +90,8 @@ class Lookup:
     resume: int
     events: set[str] = field(default_factory=set)
     """Events the processor does not hold: their state and every market of theirs."""
-    markets: set[str] = field(default_factory=set)
-    """Forgotten markets of events the processor holds."""
+    markets: dict[str, str] = field(default_factory=dict)
+    """Forgotten markets of events the processor holds, with their event."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,6 +101,8 @@ class Recalled:
     events: dict[str, EventState | None]
     """Each looked-up event's state (None when storage has none)."""
     snapshots: list[Snapshot]
+    markets: dict[str, str]
+    """The forgotten markets looked up (found or not), with their event."""
 
 
 async def recall(store: Store, lookup: Lookup, held: Iterable[str]) -> Recalled:
@@ -114,4 +116,4 @@ async def recall(store: Store, lookup: Lookup, held: Iterable[str]) -> Recalled:
         wanted.update(await store.market_ids(event_id))
     wanted -= held_ids
     snapshots = await store.snapshots(sorted(wanted)) if wanted else []
-    return Recalled(events, snapshots)
+    return Recalled(events, snapshots, dict(lookup.markets))

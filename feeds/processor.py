@@ -188,6 +188,10 @@ class Processor:
         """Restore what a step's lookup read from storage (:func:`feeds.eviction.recall`)."""
         for event_id in recalled.events:
             self._forgotten.setdefault(event_id, set())
+        # A forgotten market storage no longer has (expired, or lost with a Redis that
+        # restarted empty) is unknown from now on, as if never seen.
+        for market_id, event_id in recalled.markets.items():
+            self._forgotten.get(event_id, set()).discard(market_id)
         states = [s for s in recalled.events.values() if s is not None]
         self.restore(recalled.snapshots, states, now)
 
@@ -232,7 +236,7 @@ class Processor:
             if ids is None:
                 lookup.events.add(message.event_id)
             elif not isinstance(message, FeedEvent) and message.market_id in ids:
-                lookup.markets.add(message.market_id)
+                lookup.markets[message.market_id] = message.event_id
         return lookup
 
     def watch(self, event_ids: Iterable[str], now: float) -> None:

@@ -11,7 +11,7 @@ import pytest
 from channels.store import MemoryStore
 from feeds.embedded import epoch_minter
 from feeds.eviction import Retention, recall
-from feeds.model import FeedMessage, FeedResult, encode_feed, topic_of
+from feeds.model import FeedMarket, FeedMessage, FeedResult, encode_feed, topic_of
 from feeds.processor import FeedRecord, Processor, Step
 from feeds.synthetic import MatchDay
 from protocol import FINAL_MARKET_STATES
@@ -95,3 +95,23 @@ async def test_a_forgetting_processor_gives_the_same_steps_as_one_that_never_for
         assert forgets.books.markets[market_id].snapshot == never.books.markets[market_id].snapshot
     rolled = never.books.markets[settled[1].market_id].snapshot
     assert rolled.status not in FINAL_MARKET_STATES
+
+
+async def test_a_forgotten_market_that_storage_lost_is_unknown_from_then_on() -> None:
+    day = list(itertools.islice(MatchDay(seed=3, events=4, odds_interval_ms=20_000), 600))
+    definition = next(m for m in day if isinstance(m, FeedMarket))
+    result = FeedResult(definition.event_id, definition.market_id, definition.ts + 1, void=True)
+    processor = Processor(epoch_minter(lambda: 0), retention_s=1.0)
+    store = MemoryStore()
+    first = [definition, result]
+    for now, record in _records(first):
+        await _run_forgetting(processor, store, [record], now)
+    processor.evict(definition.ts / 1000 + 10)
+    assert definition.market_id not in processor.books.markets
+    lost = MemoryStore()  # Storage restarted empty.
+    later = definition.ts / 1000 + 20
+    rollback = FeedResult(definition.event_id, definition.market_id, result.ts + 1, rollback=True)
+    records = [r for _, r in _records([*first, rollback, definition])][2:]
+    step = await _run_forgetting(processor, lost, records, later)
+    assert [d.reason.split(":")[0] for d in step.dead_letters] == ["unknown_market"]
+    assert processor.books.markets[definition.market_id].snapshot.seq == 1
