@@ -35,6 +35,7 @@ from dataclasses import asdict, dataclass, field
 
 import msgspec
 import redis.asyncio as aioredis
+from redis.exceptions import RedisError
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
@@ -127,6 +128,13 @@ class Sample:
     relay_markets: int
     relay_events: int
 
+    def line(self) -> str:
+        return (
+            f"  {self.records:>9,} records  books {self.books_kib:>7,} KiB  gateway "
+            f"{self.gateway_kib:>7,} KiB  relay markets {self.relay_markets:>5}  "
+            f"events {self.relay_events:>4}"
+        )
+
 
 class _Day:
     """The feed: the match day's messages, and which events are live now."""
@@ -197,6 +205,7 @@ async def run(
     retention_s: float | None = 2.0,
     pythonpath: str | None = None,
     ops_port: int = OPS_PORT,
+    verbose: bool = False,
     log: Callable[[str], None] = print,
 ) -> Result:
     """One soak; stops after ``records`` feed records or ``minutes``, whichever first."""
@@ -258,15 +267,16 @@ async def run(
                 await producer.flush()
                 await _caught_up(redis, result.records, (books, gateway))
                 gauges = await asyncio.to_thread(_gauges, ops_port)
-                result.samples.append(
-                    Sample(
-                        result.records,
-                        procs.rss_kib([books.pid]),
-                        procs.rss_kib([gateway.pid]),
-                        gauges.get("oddstream_relay_markets", -1),
-                        gauges.get("oddstream_relay_events", -1),
-                    )
+                sample = Sample(
+                    result.records,
+                    procs.rss_kib([books.pid]),
+                    procs.rss_kib([gateway.pid]),
+                    gauges.get("oddstream_relay_markets", -1),
+                    gauges.get("oddstream_relay_events", -1),
                 )
+                result.samples.append(sample)
+                if verbose:
+                    log(sample.line())
                 if not clients:  # One client watches the lobbies all day, from the start.
                     clients.append(await _subscribe(url, frame, lobbies=list(SPORTS)))
                     result.clients += 1
@@ -299,7 +309,10 @@ async def run(
             child.stop()
             if child.proc.stdout is not None:
                 child.proc.stdout.close()
-        await redis.flushdb()
+        try:
+            await redis.flushdb(asynchronous=True)  # A day of keys: freed in the background.
+        except RedisError as exc:
+            log(f"soak: flushing Redis db {db} failed: {exc!r}")
         await redis.aclose()
         await drop_topics(kafka, prefix)
 
@@ -368,14 +381,12 @@ def main(argv: list[str] | None = None) -> int:
             db=args.redis_db,
             retention_s=args.retention_s or None,
             pythonpath=args.pythonpath,
+            verbose=True,
+            log=lambda line: print(line, flush=True),
         )
     )
-    for s in result.samples:
-        print(
-            f"  {s.records:>9,} records  books {s.books_kib:>7,} KiB  gateway "
-            f"{s.gateway_kib:>7,} KiB  relay markets {s.relay_markets:>5}  "
-            f"events {s.relay_events:>4}"
-        )
+    for records, markets, events in result.held:
+        print(f"  {records:>9,} records  books hold {markets:>6,} markets {events:>5,} events")
     print(msgspec.json.encode(result.summary()).decode())
     return 0
 
