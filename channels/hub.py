@@ -107,12 +107,29 @@ class Hub:
         if not mine:
             del self._by_sub[sub]
 
+    def release_market(self, market_id: str, reason: str) -> bool:
+        """Release ``reason`` of every subscriber on one market; True when no one is
+        attached to it any more."""
+        for sub in tuple(self._markets.get(market_id, ())):
+            self.detach(market_id, sub, reason)
+        return market_id not in self._markets
+
     def reasons(self, market_id: str, sub: Subscriber) -> frozenset[str]:
         """Why ``sub`` is attached to the market (empty when it is not)."""
         return self._markets.get(market_id, {}).get(sub, frozenset())
 
     def is_attached(self, market_id: str, sub: Subscriber) -> bool:
         return sub in self._markets.get(market_id, ())
+
+    @property
+    def market_count(self) -> int:
+        """Markets with at least one subscriber."""
+        return len(self._markets)
+
+    @property
+    def reason_sets(self) -> int:
+        """Distinct reason sets interned (bounded)."""
+        return len(self._interned)
 
     def has_subscribers(self, market_id: str) -> bool:
         return market_id in self._markets

@@ -24,6 +24,9 @@ id is always the last part of a key, so ids may contain ``:``)::
     P fence:<n>                   STRING  fencing token of Kafka partition n's owner
     P outbox:<n>                  LIST    partition n's last outbox entries (exactly-once deltas)
 
+The snap, hist, hepoch, event and event-markets keys of an ended event carry the TTL its
+batches ask for (``Batch.ttl_ms``, set in the same transaction); other keys have none.
+
 Writes: :meth:`RedisStore.write` sends a whole :class:`~channels.store.Batch` as one
 MULTI/EXEC transaction, so a reader sees all of a batch or none of it. A new epoch of a
 market must drop the old epoch's history, which needs the old epoch: a tiny Lua script
@@ -336,6 +339,8 @@ class RedisStore(RedisEndpoint):
                 by_sport.setdefault(state.sport, []).append(event_id)
             for sport, ids in by_sport.items():
                 commands.append(["SADD", f"{p}sport-events:{sport}", *ids])
+        if batch.ttl_ms:
+            commands += _expiries(p, batch)
         if batch.offsets:
             hset: list[Arg] = ["HSET", f"{p}offsets"]
             for (topic, partition), offset in batch.offsets.items():
@@ -541,6 +546,19 @@ class RedisStore(RedisEndpoint):
         log.warning("Redis Cluster at %s: storage moved to %s", self.where, redact_url(master))
         with contextlib.suppress(RedisError, OSError):
             await old.aclose()
+
+
+def _expiries(p: str, batch: Batch) -> list[list[Arg]]:
+    """PEXPIRE of the keys of an ended event's markets and of the event: after the SETs
+    of the same transaction, which would clear a TTL set before them."""
+    ttl = batch.ttl_ms
+    keys = [f"{p}{kind}:{m}" for m in sorted(batch.expiring_markets) for kind in _MARKET_KEYS]
+    keys += [f"{p}{kind}:{e}" for e in sorted(batch.expiring_events) for kind in _EVENT_KEYS]
+    return [["PEXPIRE", key, ttl] for key in keys]
+
+
+_MARKET_KEYS = ("snap", "hist", "hepoch")
+_EVENT_KEYS = ("event", "event-markets")
 
 
 def _publish_command(prefix: str, publications: Sequence[tuple[Sequence[str], bytes]]) -> list[Arg]:

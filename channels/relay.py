@@ -47,7 +47,7 @@ from channels.names import (
     sport_of_route,
 )
 from channels.store import Store
-from protocol import ApplyError, Delta, EventState, Snapshot
+from protocol import FINAL_MARKET_STATES, ApplyError, Delta, EventState, Snapshot
 
 log = logging.getLogger(__name__)
 
@@ -65,7 +65,7 @@ class _State(Enum):
 
 
 class _Entry:
-    __slots__ = ("frame", "loaded", "pending", "snapshot", "state")
+    __slots__ = ("frame", "loaded", "pending", "retiring", "snapshot", "state")
 
     def __init__(self) -> None:
         self.state = _State.LOADING
@@ -73,6 +73,8 @@ class _Entry:
         self.frame: Frame | None = None  # Snapshot frame of the current version, shared.
         self.pending: list[tuple[Snapshot | Delta, bytes]] = []
         self.loaded: asyncio.Event = asyncio.Event()
+        self.retiring = False
+        """Its event ended: it leaves the lobby once settled or voided."""
 
 
 class RelayStats(msgspec.Struct):
@@ -166,6 +168,12 @@ class Relay:
             count, routes = self._channels.get(channel, (0, ()))
             if count <= 1:
                 self._channels.pop(channel, None)
+                if channel.startswith("e:"):
+                    self._forget_event(channel[2:])
+                elif channel.startswith("l:"):
+                    sport = channel[2:]
+                    for event_id in [e for e, s in self._events.items() if s.sport == sport]:
+                        self._forget_event(event_id)
                 if count == 1:
                     await self._drop_routes(routes)
             else:
@@ -195,6 +203,18 @@ class Relay:
 
     def holds(self, channel: str) -> bool:
         return channel in self._channels
+
+    def sizes(self) -> dict[str, int]:
+        """How many markets (local books), event states and broker channels are held,
+        and markets with local subscribers: each stays bounded through a day (see
+        docs/guarantees.md, "Bounded memory through a match day")."""
+        return {
+            "markets": len(self._entries),
+            "events": len(self._events),
+            "channels": len(self._channels),
+            "hub_markets": self.hub.market_count,
+            "hub_reason_sets": self.hub.reason_sets,
+        }
 
     # -- markets -------------------------------------------------------------------------------
 
@@ -255,6 +275,11 @@ class Relay:
                 if entry is not None and entry.state is not _State.LOADING:
                     del self._entries[m]
 
+    def event_of(self, market_id: str) -> str | None:
+        """The event of a market with a local book."""
+        entry = self._entries.get(market_id)
+        return None if entry is None or entry.snapshot is None else entry.snapshot.event_id
+
     def markets_of_event(self, event_id: str) -> list[str]:
         return [
             m
@@ -284,6 +309,33 @@ class Relay:
     def event_frame(self, state: EventState) -> Frame:
         """The frame of the newest of ``state`` and the cached state of its event."""
         return self._remember_event(state)
+
+    def _retire(self, state: EventState) -> None:
+        """An ended event leaves its sport's lobby: lobby watchers, who got its last state,
+        are detached from each of its markets once it is settled or voided (now, or when
+        its result comes), and what no one watches any more is dropped (a lobby watched
+        all day would otherwise hold every market of the day). Those who asked for the
+        event or a market keep it."""
+        for market_id in self.markets_of_event(state.event_id):
+            entry = self._entries[market_id]
+            entry.retiring = True
+            self._leave_lobby(market_id, entry)
+        self._forget_event(state.event_id)
+
+    def _leave_lobby(self, market_id: str, entry: _Entry) -> None:
+        """Detach lobby watchers from a retiring market once it is final."""
+        snap = entry.snapshot
+        if snap is not None and snap.status in FINAL_MARKET_STATES:
+            entry.retiring = False
+            if self.hub.release_market(market_id, lobby_channel(snap.sport)):
+                self.forget_unwatched([market_id])
+
+    def _forget_event(self, event_id: str) -> None:
+        """Drop an event's cached state unless its channel is still held (read again
+        from storage when next wanted)."""
+        if not self.holds(event_channel(event_id)):
+            self._events.pop(event_id, None)
+            self._event_frames.pop(event_id, None)
 
     def _remember_event(self, state: EventState, payload: bytes | None = None) -> Frame:
         known = self._events.get(state.event_id)
@@ -332,6 +384,8 @@ class Relay:
             if known is None or message.seq > known.seq:
                 frame = self._remember_event(message, payload)
                 self.hub.fanout_event(message.event_id, message.sport, frame)
+                if message.phase == "ended":
+                    self._retire(message)
             return
         if not isinstance(message, Snapshot | Delta):
             return
@@ -370,6 +424,8 @@ class Relay:
             return
         self._set(entry, book)
         self.hub.fanout(market_id, Frame(message, payload, self._received))
+        if entry.retiring:
+            self._leave_lobby(market_id, entry)
 
     def _buffer(
         self, market_id: str, entry: _Entry, message: Snapshot | Delta, payload: bytes

@@ -58,6 +58,11 @@ class Batch:
     outbox: dict[int, bytes] = field(default_factory=dict)
     """Per partition, an entry appended to its outbox (``feeds.transactions``: what the
     ``deltas`` topic must get); storage keeps the last :data:`OUTBOX_KEEP`."""
+    expiring_markets: set[str] = field(default_factory=set)
+    expiring_events: set[str] = field(default_factory=set)
+    """Markets and events of ended events whose keys expire ``ttl_ms`` after this write
+    (a store without expiry ignores them)."""
+    ttl_ms: int = 0
 
     def __bool__(self) -> bool:
         return bool(self.snapshots or self.history or self.events or self.offsets or self.outbox)

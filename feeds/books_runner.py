@@ -61,6 +61,7 @@ from channels.fencing import FencedError
 from channels.stamps import now_us
 from channels.store import Store, StoreError
 from feeds.embedded import epoch_minter, now_ms, tick_interval
+from feeds.eviction import FINISHED_TTL_S, RETENTION_S, Lookup, recall
 from feeds.kafka_feed import (
     DEFAULT_TOPICS,
     ORDER_HEADER,
@@ -139,6 +140,12 @@ class BooksConfig:
     See :mod:`feeds.staleness`."""
     metrics: bool = True
     """Observe each step (stage stamps, step and Redis-write histograms)."""
+    retention_s: float | None = RETENTION_S
+    """How long a settled or voided market, or an ended event, is kept after that step
+    (then restored from storage if the feed speaks of it again); ``None``: forever. See
+    :mod:`feeds.eviction`."""
+    finished_ttl_s: float | None = FINISHED_TTL_S
+    """TTL of the storage keys of an ended event; ``None``: none."""
 
 
 @dataclass(slots=True)
@@ -175,11 +182,15 @@ class BooksStats:
     (the runner stops at the first)."""
     partitions: frozenset[int] = frozenset()
     """Partition numbers owned now."""
+    markets: int = 0
+    events: int = 0
+    """Books of markets and events in memory after the last step (see retention)."""
 
     def line(self) -> str:
         return (
             f"records={self.records} deltas={self.deltas} dead_letters={self.dead_letters} "
             f"steps={self.steps} held={self.held} partitions={sorted(self.partitions)} "
+            f"markets={self.markets} events={self.events} "
             f"rebalances={self.rebalances} skipped={self.skipped} "
             f"forced={self.forced_releases} commit_failures={self.commit_failures} "
             f"store_retries={self.store_retries} rebases={self.rebases} "
@@ -233,7 +244,10 @@ class BooksRunner:
         self._topics = config.topics
         self._feed = config.topics.feed
         self.processor = processor or Processor(
-            epoch_minter(clock), stale_after_s=config.stale_after_s
+            epoch_minter(clock),
+            stale_after_s=config.stale_after_s,
+            retention_s=config.retention_s,
+            finished_ttl_s=config.finished_ttl_s,
         )
         self._clock = clock
         self._monotonic = monotonic
@@ -487,10 +501,20 @@ class BooksRunner:
         The books and ``_processed`` move together, between awaits; the counts
         (:attr:`stats`) trail them by the steps in the pipeline."""
         skipped_before = self.processor.skipped
+        now = self._monotonic()
         started = time.perf_counter()
-        step = self.processor.process(records, now=self._monotonic())
+        step = self.processor.process(records, now=now)
+        resumed = 0
+        while (lookup := step.lookup) is not None:
+            await self._recall(lookup)
+            resumed += lookup.resume  # Each lookup counts from the records it was given.
+            step = self.processor.process(records[resumed:], now=now, step=step)
         stamp = self.observer.applied(records, time.perf_counter() - started)
         span = self.observer.step_span(records)
+        for event_id in self.processor.evict(now):
+            self._event_partition.pop(event_id, None)
+        self.stats.markets = len(self.processor.books.markets)
+        self.stats.events = len(self.processor.books.events)
         skipped = self.processor.skipped - skipped_before
         self._processed.update(step.batch.offsets)
         self._event_partition.update(step.batch.partitions)
@@ -506,6 +530,23 @@ class BooksRunner:
         # only once it has been sent all of it, which takes a few turns of the loop that
         # nothing else on the way would give it.
         await sent.wait()
+
+    async def _recall(self, lookup: Lookup) -> None:
+        """Restore the books a step needs from storage, once every step before it is
+        stored (so storage holds all they did), retrying while storage is down."""
+        await self._settle()
+        delay = 0.1
+        async with asyncio.timeout(self._io_timeout):
+            while True:
+                try:
+                    recalled = await recall(self._store, lookup, self.processor.books.markets)
+                    break
+                except StoreError as exc:
+                    log.warning("restoring books from storage failed, retrying: %s", exc)
+                    await asyncio.sleep(delay)  # Backoff, not synchronisation.
+                    delay = min(delay * 2, 2.0)
+        self.processor.recover(recalled, self._monotonic())
+        self.stats.restored_markets += len(recalled.snapshots)
 
     async def _finish(self, flight: Flight, sent: asyncio.Event, stamped: Stamped) -> None:
         """A step's I/O, in the order that makes a crash at any point safe (see the

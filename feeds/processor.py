@@ -20,9 +20,10 @@ import protocol
 from channels.names import route
 from channels.store import Batch, PublishingStore, Store
 from feeds.book import Books, FeedRejected
-from feeds.model import FeedMarketStatus, decode_feed
+from feeds.eviction import Lookup, Recalled, Retention
+from feeds.model import FeedEvent, FeedMarketStatus, FeedMessage, decode_feed
 from feeds.staleness import StalenessGuard
-from protocol import Delta, EventState, Snapshot
+from protocol import FINAL_MARKET_STATES, Delta, EventState, Snapshot
 
 
 class FeedRecord(msgspec.Struct, frozen=True, gc=False):
@@ -61,6 +62,11 @@ class Step:
     """Per record given to :meth:`Processor.process`, the index of its first publication
     (a record's publications end where the next one's start): each delta's own stamps
     (:mod:`feeds.observe`)."""
+    lookup: Lookup | None = None
+    """Set when the step stopped at a record that needs books from storage: the caller
+    reads them (:func:`feeds.eviction.recall`), passes them to :meth:`Processor.recover`
+    and calls :meth:`Processor.process` again with the records from ``lookup.resume``
+    and this step."""
 
 
 class Processor:
@@ -74,9 +80,22 @@ class Processor:
     markets of events the feed has been silent about for that long (:meth:`tick`) and
     reopens them when it speaks again (in :meth:`process`); both need the caller's
     clock, passed as ``now`` (monotonic seconds).
+
+    With ``retention_s``, settled and voided markets and ended events are forgotten that
+    long after (:meth:`evict`, :mod:`feeds.eviction`), and a message about a book not
+    held stops the step for a storage lookup (:attr:`Step.lookup`). With
+    ``finished_ttl_s``, every write about an ended event asks storage to expire its keys
+    that long after.
     """
 
-    def __init__(self, new_epoch: Callable[[str], str], *, stale_after_s: float | None = None):
+    def __init__(
+        self,
+        new_epoch: Callable[[str], str],
+        *,
+        stale_after_s: float | None = None,
+        retention_s: float | None = None,
+        finished_ttl_s: float | None = None,
+    ):
         self._new_epoch = new_epoch
         self.books = Books(new_epoch)
         self.skip_until: dict[tuple[str, int], int] = {}
@@ -84,11 +103,23 @@ class Processor:
         self.staleness = StalenessGuard(stale_after_s) if stale_after_s else None
         self._routes: dict[str, tuple[str]] = {}
         """Per event: the one route its messages and its markets' are published on."""
+        self.retention = Retention(retention_s) if retention_s else None
+        self._ttl_ms = round(finished_ttl_s * 1000) if finished_ttl_s else 0
+        self._forgotten: dict[str, set[str]] = {}
+        """With retention: every event whose stored markets this processor knows, with
+        those it does not hold (forgotten). An event missing here is looked up."""
+        self._now = 0.0
 
-    def process(self, records: Sequence[FeedRecord], *, now: float | None = None) -> Step:
-        """Apply a batch of records. ``now`` (monotonic seconds) is when they arrived;
-        without it the staleness guard, if any, does not hear them."""
-        step = Step()
+    def process(
+        self, records: Sequence[FeedRecord], *, now: float | None = None, step: Step | None = None
+    ) -> Step:
+        """Apply a batch of records (into ``step``, going on with a step that stopped for
+        a lookup). ``now`` (monotonic seconds) is when they arrived; without it the
+        staleness guard, if any, does not hear them, and retention counts from 0."""
+        step = step or Step()
+        step.lookup = None
+        self._now = 0.0 if now is None else now
+        forgotten = self._forgotten if self.retention is not None else None
         batch = step.batch
         offsets = batch.offsets
         partitions = batch.partitions
@@ -101,7 +132,7 @@ class Processor:
         applied = 0
         starts = step.starts
         publications = step.publications
-        for record in records:
+        for index, record in enumerate(records):
             starts.append(len(publications))
             tp = (record.topic, record.partition)
             offset = record.offset
@@ -114,6 +145,11 @@ class Processor:
             except msgspec.DecodeError as exc:
                 dead_letters.append(DeadLetter(record, f"malformed: {exc}"))
                 continue
+            if forgotten is not None and _wanted(forgotten, message):
+                starts.pop()  # The record starts again once its books are restored.
+                step.applied += applied
+                step.lookup = self._lookup(records, index)
+                return step
             # Anything about the event, even a message refused below, shows its feed is
             # alive; the markets the guard suspended reopen after the message is applied.
             returned = guard is not None and guard.heard(message.event_id, heard_at)
@@ -144,11 +180,75 @@ class Processor:
     def restore(
         self, snapshots: Sequence[Snapshot], events: Sequence[EventState], now: float
     ) -> None:
-        """Load books saved earlier (restart or hand-over); the guard watches their
-        events from ``now`` and adopts the markets suspended as stale."""
+        """Load books saved earlier (restart or hand-over: every stored book of their
+        events); the guard watches their events from ``now`` and adopts the markets
+        suspended as stale; retention counts from ``now``."""
         self.books.restore(snapshots, events)
         if self.staleness is not None:
             self.staleness.adopt(snapshots, events, now)
+        retention = self.retention
+        if retention is None:
+            return
+        for state in events:
+            self._forgotten[state.event_id] = set()
+            retention.event(state.event_id, state.phase == "ended", now)
+        for snap in snapshots:
+            self._forgotten.setdefault(snap.event_id, set()).discard(snap.market_id)
+            retention.market(snap.market_id, snap.status in FINAL_MARKET_STATES, now)
+
+    def recover(self, recalled: Recalled, now: float) -> None:
+        """Restore what a step's lookup read from storage (:func:`feeds.eviction.recall`)."""
+        for event_id in recalled.events:
+            self._forgotten.setdefault(event_id, set())
+        # A forgotten market storage no longer has (expired, or lost with a Redis that
+        # restarted empty) is unknown from now on, as if never seen.
+        for market_id, event_id in recalled.markets.items():
+            self._forgotten.get(event_id, set()).discard(market_id)
+        states = [s for s in recalled.events.values() if s is not None]
+        self.restore(recalled.snapshots, states, now)
+
+    def evict(self, now: float) -> list[str]:
+        """Forget the markets and events whose retention ran out at ``now``; returns the
+        events forgotten (the caller drops what it keeps about them)."""
+        if self.retention is None:
+            return []
+        market_ids, event_ids = self.retention.due(now)
+        markets = self.books.markets
+        forgotten = self._forgotten
+        for market_id in market_ids:
+            book = markets.pop(market_id, None)
+            if book is not None and (ids := forgotten.get(book.snapshot.event_id)) is not None:
+                ids.add(market_id)
+        if event_ids:
+            ended = set(event_ids)
+            dropped = [m for m, b in markets.items() if b.snapshot.event_id in ended]
+            for market_id in dropped:
+                del markets[market_id]
+            self.retention.drop(market_ids=dropped)
+            for event_id in event_ids:
+                self.books.events.pop(event_id, None)
+                forgotten.pop(event_id, None)
+                self._routes.pop(event_id, None)
+            if self.staleness is not None:
+                self.staleness.forget(event_ids)
+        return event_ids
+
+    def _lookup(self, records: Sequence[FeedRecord], start: int) -> Lookup:
+        """What the records from ``start`` on need from storage (decoded once more:
+        only steps that meet a new event or a forgotten market pay for it)."""
+        lookup = Lookup(start)
+        forgotten = self._forgotten
+        for record in records[start:]:
+            try:
+                message = decode_feed(record.value)
+            except msgspec.DecodeError:
+                continue
+            ids = forgotten.get(message.event_id)
+            if ids is None:
+                lookup.events.add(message.event_id)
+            elif not isinstance(message, FeedEvent) and message.market_id in ids:
+                lookup.markets[message.market_id] = message.event_id
+        return lookup
 
     def watch(self, event_ids: Iterable[str], now: float) -> None:
         """Count the events as heard ``now`` (their feed could not be read until now,
@@ -157,10 +257,16 @@ class Processor:
             self.staleness.watch(event_ids, now)
 
     def forget(self, event_ids: Iterable[str]) -> None:
-        """Events whose books were dropped (their partition went elsewhere)."""
+        """Events whose books are being dropped (their partition went elsewhere)."""
         self._routes.clear()  # Rebuilt as events are seen again.
+        event_ids = set(event_ids)
         if self.staleness is not None:
             self.staleness.forget(event_ids)
+        if self.retention is not None:
+            dropped = [m for m, b in self.books.markets.items() if b.snapshot.event_id in event_ids]
+            self.retention.drop(dropped, event_ids)
+            for event_id in event_ids:
+                self._forgotten.pop(event_id, None)
 
     def _apply_own(self, step: Step, changes: Iterable[FeedMarketStatus]) -> None:
         for change in changes:
@@ -194,13 +300,26 @@ class Processor:
 
     def _emit(self, step: Step, output: Snapshot | Delta | EventState) -> None:
         payload = protocol.encode(output)
+        retention = self.retention
         if isinstance(output, EventState):
             step.batch.events[output.event_id] = output
             step.publications.append((self._route(output.sport, output.event_id), payload))
+            if retention is not None:
+                self._forgotten.setdefault(output.event_id, set())
+                retention.event(output.event_id, output.phase == "ended", self._now)
+            if self._ttl_ms and output.phase == "ended":
+                self._expire_event(step, output.event_id)
             return
         market_id = output.market_id
         book = self.books.markets[market_id].snapshot
         step.batch.snapshots[market_id] = book
+        if retention is not None:
+            retention.market(market_id, book.status in FINAL_MARKET_STATES, self._now)
+        if self._ttl_ms:
+            event = self.books.events.get(book.event_id)
+            if event is not None and event.phase == "ended":
+                step.batch.expiring_markets.add(market_id)
+                step.batch.ttl_ms = self._ttl_ms
         if type(output) is Delta:
             step.batch.history.append((market_id, output.seq, payload))
         step.publications.append((self._route(book.sport, book.event_id), payload))
@@ -211,6 +330,26 @@ class Processor:
         if routes is None:
             routes = self._routes[event_id] = (route(sport, event_id),)
         return routes
+
+    def _expire_event(self, step: Step, event_id: str) -> None:
+        """The event ended: its keys, and those of every market of it known here (held
+        or forgotten), expire after the TTL, in the step that ended it."""
+        batch = step.batch
+        batch.ttl_ms = self._ttl_ms
+        batch.expiring_events.add(event_id)
+        batch.expiring_markets.update(
+            m for m, b in self.books.markets.items() if b.snapshot.event_id == event_id
+        )
+        batch.expiring_markets.update(self._forgotten.get(event_id, ()))
+
+
+def _wanted(forgotten: dict[str, set[str]], message: FeedMessage) -> bool:
+    """Whether ``message`` needs books from storage first: its event is not known here,
+    or its market was forgotten."""
+    ids = forgotten.get(message.event_id)
+    if ids is None:
+        return True
+    return bool(ids) and not isinstance(message, FeedEvent) and message.market_id in ids
 
 
 class Publisher(Protocol):

@@ -32,6 +32,8 @@ async def main(settings: BooksSettings) -> None:
                 stale_after_s=settings.stale_after_s or None,
                 metrics=settings.metrics == "on",
                 exactly_once=settings.deltas_delivery == "exactly-once",
+                retention_s=settings.retention_s or None,
+                finished_ttl_s=settings.finished_ttl_s or None,
             ),
         )
         ops = operator_listener(

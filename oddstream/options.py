@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any, Literal, TypeVar
 from urllib.parse import urlparse
 
+from feeds.eviction import FINISHED_TTL_S, RETENTION_S
 from feeds.staleness import STALE_AFTER_S
 from server.settings import Settings, SettingsError
 
@@ -418,6 +419,23 @@ OPTIONS: tuple[Option, ...] = (
         one_of("at-most-once", "exactly-once"),
         "at-most-once",
     ),
+    Option(
+        "retention_s",
+        "a settled or voided market, and an ended event with its markets, is forgotten by its "
+        "processor this long after (restored from Redis if the feed speaks of it again; "
+        "`0`: never)",
+        frozenset({"books"}),
+        at_least(0, " (0: never)"),
+        RETENTION_S,
+    ),
+    Option(
+        "finished_ttl_s",
+        "the Redis keys of an ended event (its state, its markets' snapshots and histories) "
+        "expire this long after its last write (`0`: never)",
+        frozenset({"books"}),
+        at_least(0, " (0: never)"),
+        FINISHED_TTL_S,
+    ),
     Option("seed", "synthetic feed seed", _SYNTH, None, 1),
     Option("events", "concurrent synthetic events", _SYNTH, at_least(1), 12),
     Option("rate", "synthetic feed messages per second", _SYNTH, above(0), 200.0),
@@ -632,6 +650,8 @@ class BooksSettings:
     history_size: int
     stale_after_s: float
     deltas_delivery: str
+    retention_s: float
+    finished_ttl_s: float
     kafka: str
     redis: str
     redis_prefix: str

@@ -196,9 +196,16 @@ class Gateway:
         if cached is not None and cached[0] is book:
             return cached[1]
         frame = Frame(msgspec.structs.replace(book, conflated=True))
-        if len(self._snapshot_frames) >= _SNAPSHOT_FRAMES:
-            self._snapshot_frames.clear()  # Bounded; a miss only costs an encode.
-        self._snapshot_frames[book.market_id] = (book, frame)
+        frames = self._snapshot_frames
+        if len(frames) > 2 * self.relay.sizes()["markets"] + 64:
+            # Markets the relay forgot (no one watches them) go: the cache follows what
+            # is watched, not the whole day's markets. A prune leaves at most the
+            # watched markets, so the next one comes after as many inserts again.
+            for market_id in [m for m in frames if self.relay.current(m) is None]:
+                del frames[market_id]
+        if len(frames) >= _SNAPSHOT_FRAMES:
+            frames.clear()  # Bounded; a miss only costs an encode.
+        frames[book.market_id] = (book, frame)
         return frame
 
     @staticmethod

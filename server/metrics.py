@@ -126,8 +126,11 @@ class GatewayCollector(Collector):
             yield _counter(f"oddstream_conflation_{name}_total", f"conflation: {name}", value)
 
     def _relay(self) -> Iterable[Metric]:
-        for name, value in msgspec.structs.asdict(self._gateway.relay.stats).items():
+        relay = self._gateway.relay
+        for name, value in msgspec.structs.asdict(relay.stats).items():
             yield _counter(f"oddstream_relay_{name}_total", f"relay: {name}", value)
+        for name, size in relay.sizes().items():  # Bounded through a day (guarantees.md).
+            yield _gauge(f"oddstream_relay_{name}", f"relay: {name} held", size)
 
 
 def _depths(depths: Iterable[int]) -> GaugeHistogramMetricFamily:

@@ -349,11 +349,15 @@ class Session:
             event_frames.append(frame)
         lobby_markets: dict[str, list[str]] = {}
         lobby_events: dict[str, list[Frame]] = {}
+        ended: set[str] = set()  # Events that left their lobby (docs/protocol.md).
         for sport in lobbies:
             states = await self._store.events(sport)
             if not states:
                 raise ProtocolError(ErrorCode.UNKNOWN_LOBBY, f"no events for sport {sport!r}")
-            lobby_events[sport] = [self._relay.event_frame(state) for state in states]
+            ended.update(s.event_id for s in states if s.phase == "ended")
+            lobby_events[sport] = [
+                self._relay.event_frame(s) for s in states if s.event_id not in ended
+            ]
         held: list[str] = []
         try:
             # Channels first, then the books they carry: no delta can fall in between.
@@ -422,8 +426,13 @@ class Session:
             hub.watch_lobby(sport, self)
             for frame in lobby_events[sport]:
                 self.offer(frame)
+            retired = []
             for m in self._known(lobby_markets[sport], self._relay.markets_of_lobby(sport)):
-                attach(m, f"l:{sport}")
+                if self._relay.event_of(m) in ended:
+                    retired.append(m)
+                else:
+                    attach(m, f"l:{sport}")
+            self._relay.forget_unwatched(retired)
         resumed: set[str] = set()
         for position, reason in deferred:
             if position.market_id not in resumed:
