@@ -234,7 +234,7 @@ async def run(
     gateway = procs.Child(
         "gateway",
         oddstream(
-            "gateway", "--auth", "none", "--redis", redis_url, "--port", "0",
+            "gateway", "--auth", "none", "--workers", "1", "--redis", redis_url, "--port", "0",
             "--ops-port", str(ops_port), "--max-connections-per-ip", "0",
             "--log-level", "warning",
         ),
@@ -350,8 +350,9 @@ def _gauges(port: int) -> dict[str, int]:
     out = {}
     for line in text.splitlines():
         name, _, value = line.partition(" ")
-        if not line.startswith("#") and "{" not in name and value.isdigit():
-            out[name] = int(value)
+        if not line.startswith("#") and "{" not in name:
+            with contextlib.suppress(ValueError):  # Prometheus writes gauges as floats.
+                out[name] = int(float(value))
     return out
 
 
