@@ -28,9 +28,14 @@ Pipelining: a step's I/O runs in a task while the loop fetches, merges and appli
 next records; when each step may do what is decided, without I/O, by
 :class:`feeds.steps.StepPipeline` (the rules, and what a rebase does to a step in
 flight, are in :mod:`feeds.steps`). Each phase runs one step at a time, in step order;
-at most two steps do I/O at once, and a rebalance, a staleness tick, a store check or a
-stop waits for the pipeline to empty first. The records a step applies come in send
-order from :class:`feeds.merge.CrossTopicMerge`.
+at most two steps do I/O at once, and a rebalance, a store check or a stop waits for the
+pipeline to empty first. The records a step applies come in send order from
+:class:`feeds.merge.CrossTopicMerge`.
+
+Staleness runs on its own timer (a task of the runner, not a turn of the Kafka loop):
+its step enters the pipeline like a feed step without waiting for room, so during a
+Kafka outage the suspensions reach storage and pub/sub while the steps before them wait
+to be produced and committed.
 
 This module is the shell around aiokafka: partition lifecycle (assignment, restore,
 seek, revocation), fetching, and performing each step's I/O.
@@ -265,7 +270,11 @@ class BooksRunner:
                 # On an error, the step in flight ends before the clients close.
                 stack.push_async_callback(self._abandon)
                 _freeze_heap(stack)
-                checked = ticked = time.monotonic()
+                timer = None
+                if self._tick_s is not None:
+                    timer = asyncio.create_task(self._stale_timer(self._tick_s))
+                    stack.push_async_callback(_cancelled, timer)  # A stop lets it end.
+                checked = time.monotonic()
                 while not self._stopping.is_set():
                     failure = self._failure or self._pipeline.failure
                     if failure is not None:
@@ -273,6 +282,8 @@ class BooksRunner:
                     if time.monotonic() - checked > self._config.store_check_s:
                         checked = time.monotonic()
                         await self.check_store()
+                    # Back-pressure: the steps before are stored, or being sent.
+                    await self._until(lambda: self._pipeline.has_room)
                     # The last step's I/O runs on while the next records are fetched,
                     # merged and applied (see _step).
                     fetched = await self._fetch()
@@ -281,13 +292,9 @@ class BooksRunner:
                         records = await self._release()
                         if records:
                             await self._step(records)
-                        # After the step: an event heard in it is not stale.
-                        now = self._monotonic()
-                        if self._tick_s is not None and now - ticked >= self._tick_s:
-                            ticked = now
-                            await self._settle()
-                            await self._tick(now)
                     self._observe()
+                if timer is not None:
+                    await timer
                 async with self._lock:
                     await self._settle()
         except BaseException as exc:
@@ -430,8 +437,13 @@ class BooksRunner:
         skipped = self.processor.skipped - skipped_before
         self._processed.update(step.batch.offsets)
         self._event_partition.update(step.batch.partitions)
+        await self._launch(step, len(records) - skipped, skipped)
+
+    async def _launch(self, step: Step, records: int, skipped: int) -> None:
+        """Put an applied step in the pipeline and start its I/O once it may store;
+        return once its writes are on their way. The caller holds the lock."""
         pipeline = self._pipeline
-        flight = pipeline.apply(step, len(records) - skipped, skipped)
+        flight = pipeline.apply(step, records, skipped)
         await self._until(lambda: pipeline.may_store(flight))
         sent = asyncio.Event()
         task = asyncio.create_task(self._finish(flight, sent))
@@ -516,11 +528,29 @@ class BooksRunner:
         if tasks:
             await asyncio.wait(tasks)
 
+    async def _stale_timer(self, tick_s: float) -> None:
+        """The staleness guard's own timer: a tick every ``tick_s`` until :meth:`stop`,
+        whatever the Kafka loop is waiting for. A failure is kept for :meth:`run`."""
+        try:
+            while True:
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(tick_s):
+                        await self._stopping.wait()
+                if self._stopping.is_set():
+                    return
+                async with self._lock:
+                    await self._tick(self._monotonic())
+                self._observe()
+        except Exception as exc:  # noqa: BLE001 - kept for run() to raise.
+            self._failure = self._failure or exc
+
     async def _tick(self, now: float) -> None:
-        """The staleness guard's step for the events of the partitions owned now: store
-        and publish the suspensions, then produce them to the ``deltas`` topic (no Kafka
-        offsets move: a crash after the store is safe, the next owner restores the
-        suspended books and reopens them when the feed returns)."""
+        """The staleness guard's step for the events of the partitions owned now, a step
+        of the pipeline like a feed step: stored and published once the steps before it
+        are stored, then produced to the ``deltas`` topic once they are done (it moves no
+        Kafka offsets: a crash after the store is safe, the next owner restores the
+        suspended books and reopens them when the feed returns). The caller holds the
+        lock."""
         owned = self._owned
         if not owned:
             return
@@ -531,13 +561,8 @@ class BooksRunner:
         for snap in step.batch.snapshots.values():
             if snap.event_id in where:
                 step.batch.partitions[snap.event_id] = where[snap.event_id]
-        await self._store_step(step)
-        async with asyncio.timeout(self._io_timeout):
-            if step.deltas:
-                await self._produce_deltas(step.deltas)
         self.stats.stale_suspensions += len(step.batch.snapshots)
-        self.stats.publications += len(step.publications)
-        self.stats.deltas += len(step.deltas)
+        await self._launch(step, 0, 0)
         log.warning(
             "feed silent for over %.1fs: %d markets suspended (feed_stale)",
             self.processor.staleness.stale_after_s if self.processor.staleness else 0.0,
@@ -815,6 +840,11 @@ def _items(messages: Iterable[Any], topic: str, partition: int, rank: int) -> li
         record = FeedRecord(topic, partition, message.offset, message.value, message.key)
         append(MergeItem(record, (message.timestamp, seq, rank), producer, seq))
     return items
+
+
+async def _cancelled(task: asyncio.Task[None]) -> None:
+    task.cancel()
+    await asyncio.wait([task])
 
 
 async def _acknowledged(futures: Sequence[asyncio.Future[Any]]) -> None:
