@@ -27,3 +27,8 @@ def channels_for_market(market_id: str, event_id: str, sport: str, main: bool) -
 def channels_for_event(event_id: str, sport: str) -> tuple[str, ...]:
     """Every channel an event state message is published on."""
     return (event_channel(event_id), lobby_channel(sport))
+
+
+def owner_beat_channel() -> str:
+    """The channel of the book processors' owner beats (:mod:`channels.liveness`)."""
+    return "o:beat"

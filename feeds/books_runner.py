@@ -55,6 +55,7 @@ from typing import Any, TypeAlias
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.coordinator.assignors.range import RangePartitionAssignor
 from aiokafka.errors import CommitFailedError, IllegalStateError
+from aiokafka.protocol.group import LeaveGroupRequest
 
 from channels.broker import BrokerError
 from channels.store import Store, StoreError
@@ -118,8 +119,9 @@ class BooksConfig:
     io_timeout_s: float = 120.0
     """Bound on each network phase: store, pub/sub, produce acks, Kafka commit, restore."""
     session_timeout_ms: int = 10_000
-    heartbeat_interval_ms: int = 1_000
-    """How soon a member notices a rebalance (and hands partitions over)."""
+    heartbeat_interval_ms: int = 250
+    """How soon a member notices a rebalance (and hands partitions over, or takes those
+    of a member evicted for its silent owner beat: :mod:`feeds.liveness`)."""
     linger_ms: int = 5
     store_check_s: float = 2.0
     """How often an idle processor checks that storage still holds its books."""
@@ -316,6 +318,34 @@ class BooksRunner:
     def ended(self) -> bool:
         """:meth:`run` has returned or raised."""
         return self._done.is_set()
+
+    # -- membership (for the owner beat: feeds/liveness.py) ------------------------
+
+    @property
+    def group(self) -> str:
+        return self._config.group_id
+
+    @property
+    def member(self) -> str | None:
+        """This member's Kafka member id; None until it joined the group."""
+        # aiokafka keeps it on its group coordinator, with no public accessor.
+        member = getattr(getattr(self._consumer, "_coordinator", None), "member_id", "")
+        return member if isinstance(member, str) and member else None
+
+    @property
+    def holds(self) -> frozenset[int]:
+        """The partition numbers whose books this member holds and processes now."""
+        return self._owned
+
+    async def evict(self, member: str) -> bool:
+        """Remove another member from the group at once: a LeaveGroup on its behalf, sent
+        to the group coordinator, which rebalances as if the member had left. False when
+        the coordinator knew no such member (it left or was evicted already). Raises
+        :class:`aiokafka.errors.KafkaError` when the coordinator cannot be reached."""
+        coordinator = self._consumer._coordinator  # aiokafka has no public API for this.
+        response = await coordinator._send_req(LeaveGroupRequest(self.group, member))
+        error: int = response.error_code
+        return error == 0
 
     def _observe(self) -> None:
         for observer in self.observers:

@@ -1,5 +1,5 @@
-"""``oddstream books``: a book processor, Kafka in; Redis and Kafka out. SIGTERM/SIGINT:
-finish the step, commit, leave the group."""
+"""``oddstream books``: a book processor, Kafka in; Redis and Kafka out, with its owner beat
+(:mod:`feeds.liveness`). SIGTERM/SIGINT: finish the step, commit, leave the group."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ import signal
 from channels.redis_broker import RedisBroker
 from channels.redis_store import RedisStore
 from feeds.books_runner import BooksConfig, BooksRunner
+from feeds.liveness import OwnerBeats
 from oddstream import topics
 from oddstream.options import BooksSettings
 
@@ -32,7 +33,14 @@ async def main(settings: BooksSettings) -> None:
                 group_id=settings.group,
                 topics=topics.names(settings),
                 stale_after_s=settings.stale_after_s or None,
+                heartbeat_interval_ms=settings.kafka_heartbeat_ms,
             ),
+        )
+        beats = OwnerBeats(
+            broker,
+            runner,
+            beat_s=settings.owner_beat_ms / 1000,
+            evict_after_s=settings.owner_evict_ms / 1000 or None,
         )
         loop = asyncio.get_running_loop()
         stopping: list[asyncio.Task[None]] = []
@@ -45,12 +53,14 @@ async def main(settings: BooksSettings) -> None:
                 log.info("books: %s", runner.stats.line())
 
         reporter = loop.create_task(report())
+        beating = loop.create_task(beats.run())
         print(f"oddstream: books in group {settings.group} on {settings.kafka}", flush=True)
         try:
             await runner.run()
         finally:
             reporter.cancel()
-            await asyncio.gather(reporter, *stopping, return_exceptions=True)
+            beating.cancel()
+            await asyncio.gather(reporter, beating, *stopping, return_exceptions=True)
             log.info("books: stopped: %s", runner.stats.line())
     finally:
         await broker.close()

@@ -22,12 +22,13 @@ from dataclasses import dataclass, field
 import msgspec
 import pytest
 
-from feeds.kafka_feed import KafkaFeedProducer, TopicNames, ensure_topics
+from channels.redis_store import RedisStore
+from feeds.kafka_feed import KafkaFeedProducer, TopicNames, ensure_topics, kafka_partition
 from feeds.model import FeedMessage
 from feeds.synthetic import MatchDay
 from tests.faults.checker import STALE, Expectation
 from tests.faults.client import ResilientClient, WsClient, now_ms, percentile
-from tests.faults.deploy import Deployment, Scale, assert_passed, feed_done, owner
+from tests.faults.deploy import Deployment, Scale, assert_passed, assigned, feed_done, owner
 from tests.faults.proxy import proxy
 from tests.integration.procs import Proc, services
 
@@ -190,20 +191,59 @@ async def test_gateway_drained(deployment: Deployment) -> None:
 # -- 4: a book processor killed ---------------------------------------------------------------
 
 
+#: Bound on a takeover: from the SIGKILL of a processor to the first delta of the new owner
+#: of its partitions (docs/guarantees.md, owner liveness and failover).
+TAKEOVER_S = 3.0
+
+
 async def test_books_killed(deployment: Deployment) -> None:
-    """SIGKILL of a ``books`` process mid-stream: the survivor takes its partitions,
-    restores the books from Redis and continues every sequence; nothing the feed said
-    is lost or applied twice."""
+    """SIGKILL of a ``books`` process mid-stream: the survivor takes its partitions in
+    under :data:`TAKEOVER_S` (the victim's silent owner beat gets it evicted from the
+    group), restores the books from Redis and continues every sequence; meanwhile every
+    client saw the orphaned partitions' open markets suspended (``feed_stale``) by its
+    gateway; nothing the feed said is lost or applied twice."""
     dep = deployment
     p = await pipeline(dep)
     clients = dep.clients(spread(p.urls, dep.scale.clients(6)), p.events, sse=2, dead_after_s=3)
     await all_connected(clients)
     await at_message(p.feed, 1000)
     victim = owner(p.books, p.events[0])  # The owner of the busiest event.
+    orphaned = assigned(victim) or set()
+    watcher = clients[0]  # Follows every event.
+    markets = [
+        m for m, b in watcher.books.items() if kafka_partition(b.event_id.encode(), 4) in orphaned
+    ]
     victim.kill()
+    killed = time.monotonic()
+    # What the victim wrote last: nothing can follow it but the new owner's deltas.
+    store = await RedisStore.connect(dep.redis)
+    try:
+        last = {s.market_id: s for s in await store.snapshots(markets)}
+    finally:
+        await store.close()
+    was_open = {m for m, s in last.items() if s.status == "open"}
+
+    def taken_over(c: ResilientClient) -> bool:
+        return any((b := c.books.get(m)) is not None and b.seq > last[m].seq for m in last)
+
+    await watcher.wait_until(functools.partial(taken_over, watcher), timeout=30)
+    takeover = time.monotonic() - killed
     await feed_done(p.feed)
     verdict = await dep.finish("4 books SIGKILL", clients, p.urls, p.expectation)
+    blind = [
+        f"{c.name}: {m}"
+        for c in clients
+        for m in was_open
+        if c.covers(last[m])
+        and not any(b.reason == STALE and b.seq == last[m].seq for _, b in c.history.get(m, ()))
+    ]
+    verdict.notes.append(
+        f"partitions {sorted(orphaned)} taken over {takeover:.2f}s after the kill (bound "
+        f"{TAKEOVER_S:.0f}s); {len(was_open)} open markets suspended by the gateways meanwhile, "
+        f"{len(blind)} (client, market) pairs never saw it"
+    )
     assert_passed(verdict)
+    assert takeover < TAKEOVER_S, verdict.notes[-1]
 
 
 # -- 5: Redis restarted -------------------------------------------------------------------------
