@@ -244,6 +244,7 @@ async def test_books_killed(deployment: Deployment) -> None:
     )
     assert_passed(verdict)
     assert takeover < TAKEOVER_S, verdict.notes[-1]
+    assert not blind, blind[:10]
 
 
 # -- 5: Redis restarted -------------------------------------------------------------------------
