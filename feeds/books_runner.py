@@ -247,6 +247,7 @@ class BooksRunner:
         self._producer: Any = None
         self._owned: frozenset[int] = frozenset()
         """Partition numbers whose records are processed now (empty during a rebalance)."""
+        self._revoking = False
         self._held: set[int] = set()
         """Partition numbers whose books are in memory."""
         self._processed: dict[TP, int] = {}
@@ -334,8 +335,10 @@ class BooksRunner:
 
     @property
     def holds(self) -> frozenset[int]:
-        """The partition numbers whose books this member holds and processes now."""
-        return self._owned
+        """The partition numbers whose books this member holds and processes now: none
+        from the moment a revocation starts (its last step may wait for Kafka) until
+        the next assignment."""
+        return frozenset() if self._revoking else self._owned
 
     async def evict(self, member: str) -> bool:
         """Remove another member from the group at once: a LeaveGroup on its behalf, sent
@@ -737,6 +740,7 @@ class BooksRunner:
     # -- rebalance ---------------------------------------------------------------
 
     async def _on_revoked(self) -> None:
+        self._revoking = True
         # Waiting for the lock, then settling, waits for the step in progress: it is
         # stored, published and committed before the partitions go.
         async with self._lock:
@@ -791,6 +795,7 @@ class BooksRunner:
                 await self._seek((topic, p), stored[topic])
         self._held = numbers
         self._owned = frozenset(numbers)
+        self._revoking = False
         self.stats.partitions = self._owned
         self.stats.rebalances += 1
         log.info("assigned partitions %s of %s", sorted(numbers), list(self._feed))
