@@ -57,3 +57,8 @@ def split_channel(channel: str) -> tuple[str, str]:
 def sport_of_route(name: str) -> str:
     """The sport a route (without the deployment prefix) carries."""
     return name[len(_ROUTE) :].rpartition(":")[0]
+
+
+def owner_beat_channel() -> str:
+    """The channel of the book processors' owner beats (:mod:`channels.liveness`)."""
+    return "o:beat"

@@ -20,6 +20,10 @@ Interest and routes (``docs/deployment.md``, "Scaling Redis"): sessions hold *ch
 and the relay holds each route once for every channel that needs it, so the node
 receives each message once. A route also brings messages no client here wants: they are
 dropped after decoding (:meth:`Relay._on_message`).
+
+* A market whose book processor went silent (:meth:`Relay.suspend`, driven by
+  :mod:`server.liveness`) is shown suspended ``feed_stale`` at the same ``seq``; its next
+  message, or :meth:`Relay.lift`, first sends its real book again.
 """
 
 from __future__ import annotations
@@ -51,6 +55,10 @@ from protocol import FINAL_MARKET_STATES, ApplyError, Delta, EventState, Snapsho
 
 log = logging.getLogger(__name__)
 
+#: The reason a gateway shows a market suspended with while its owner is silent: the
+#: processors' own staleness reason, which every client handles (docs/protocol.md).
+OWNER_SILENT = "feed_stale"
+
 
 class UnknownMarket(Exception):
     def __init__(self, market_ids: list[str]):
@@ -65,12 +73,14 @@ class _State(Enum):
 
 
 class _Entry:
-    __slots__ = ("frame", "loaded", "pending", "retiring", "snapshot", "state")
+    __slots__ = ("frame", "loaded", "pending", "retiring", "snapshot", "state", "suspended")
 
     def __init__(self) -> None:
         self.state = _State.LOADING
         self.snapshot: Snapshot | None = None
         self.frame: Frame | None = None  # Snapshot frame of the current version, shared.
+        # The frame of this gateway's owner suspension of the current version, if any.
+        self.suspended: Frame | None = None
         self.pending: list[tuple[Snapshot | Delta, bytes]] = []
         self.loaded: asyncio.Event = asyncio.Event()
         self.retiring = False
@@ -262,6 +272,39 @@ class Relay:
             return None
         return self._snapshot_frame(entry)
 
+    def suspend(self, market_ids: Iterable[str]) -> list[str]:
+        """Show the ready, open markets among ``market_ids`` suspended with reason
+        ``feed_stale`` (their owner went silent): a snapshot of the book at the same
+        ``seq`` to their subscribers and to those who attach meanwhile. Nothing is
+        stored. Returns the markets suspended."""
+        out = []
+        for m in market_ids:
+            entry = self._entries.get(m)
+            if entry is None or entry.state is not _State.READY or entry.suspended is not None:
+                continue
+            snap = entry.snapshot
+            if snap is None or snap.status != "open":
+                continue
+            shown = msgspec.structs.replace(snap, status="suspended", reason=OWNER_SILENT)
+            if shown.crc is not None:
+                shown = msgspec.structs.replace(shown, crc=protocol.checksum(shown))
+            entry.suspended = Frame(shown)
+            self.hub.fanout(m, entry.suspended)
+            out.append(m)
+        return out
+
+    def lift(self, market_ids: Iterable[str]) -> None:
+        """Take back :meth:`suspend`: the real book, same ``seq``, to the subscribers of
+        each market still suspended."""
+        for m in market_ids:
+            entry = self._entries.get(m)
+            if entry is not None and entry.suspended is not None:
+                self._lift(m, entry)
+
+    def _lift(self, market_id: str, entry: _Entry) -> None:
+        entry.suspended = None
+        self.hub.fanout(market_id, self._snapshot_frame(entry))
+
     def current(self, market_id: str) -> Snapshot | None:
         """The local book of a watched market (None while loading or not watched)."""
         entry = self._entries.get(market_id)
@@ -422,6 +465,8 @@ class Relay:
             entry.pending.append((message, payload))
             self._spawn(self._heal(market_id, entry))
             return
+        if entry.suspended is not None:
+            self._lift(market_id, entry)  # Clients apply the delta to the real book.
         self._set(entry, book)
         self.hub.fanout(market_id, Frame(message, payload, self._received))
         if entry.retiring:
@@ -511,11 +556,14 @@ class Relay:
     def _set(self, entry: _Entry, snap: Snapshot) -> None:
         entry.snapshot = snap
         entry.frame = None
+        entry.suspended = None  # A new version: the caller sends it.
 
     def _snapshot_frame(self, entry: _Entry, *, reset: bool = False) -> Frame:
         assert entry.snapshot is not None
         if reset:
             return Frame(protocol.as_reset(entry.snapshot))
+        if entry.suspended is not None:
+            return entry.suspended
         if entry.frame is None:
             entry.frame = Frame(entry.snapshot)
         return entry.frame

@@ -32,9 +32,14 @@ Pipelining: a step's I/O runs in a task while the loop fetches, merges and appli
 next records; when each step may do what is decided, without I/O, by
 :class:`feeds.steps.StepPipeline` (the rules, and what a rebase does to a step in
 flight, are in :mod:`feeds.steps`). Each phase runs one step at a time, in step order;
-at most two steps do I/O at once, and a rebalance, a staleness tick, a store check or a
-stop waits for the pipeline to empty first. The records a step applies come in send
-order from :class:`feeds.merge.CrossTopicMerge`.
+at most two steps do I/O at once, and a rebalance, a store check or a stop waits for the
+pipeline to empty first. The records a step applies come in send order from
+:class:`feeds.merge.CrossTopicMerge`.
+
+Staleness runs on its own timer (a task of the runner, not a turn of the Kafka loop):
+its step enters the pipeline like a feed step without waiting for room, so during a
+Kafka outage the suspensions reach storage and pub/sub while the steps before them wait
+to be produced and committed.
 
 This module is the shell around aiokafka: partition lifecycle (assignment, restore,
 seek, revocation), fetching, and performing each step's I/O.
@@ -55,6 +60,7 @@ from typing import Any
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.coordinator.assignors.range import RangePartitionAssignor
 from aiokafka.errors import CommitFailedError, IllegalStateError
+from aiokafka.protocol.group import LeaveGroupRequest
 
 from channels.broker import BrokerError
 from channels.fencing import FencedError
@@ -120,8 +126,9 @@ class BooksConfig:
     io_timeout_s: float = 120.0
     """Bound on each network phase: store, pub/sub, produce acks, Kafka commit, restore."""
     session_timeout_ms: int = 10_000
-    heartbeat_interval_ms: int = 1_000
-    """How soon a member notices a rebalance (and hands partitions over)."""
+    heartbeat_interval_ms: int = 250
+    """How soon a member notices a rebalance (and hands partitions over, or takes those
+    of a member evicted for its silent owner beat: :mod:`feeds.liveness`)."""
     linger_ms: int = 5
     fetch_max_wait_ms: int = 5
     """Longest the broker holds a fetch for partitions with nothing new. aiokafka keeps one
@@ -279,6 +286,7 @@ class BooksRunner:
         self._producer: Any = None
         self._owned: frozenset[int] = frozenset()
         """Partition numbers whose records are processed now (empty during a rebalance)."""
+        self._revoking = False
         self._held: set[int] = set()
         """Partition numbers whose books are in memory."""
         self._fence: dict[int, int] = {}
@@ -309,7 +317,11 @@ class BooksRunner:
                 # On an error, the step in flight ends before the clients close.
                 stack.push_async_callback(self._abandon)
                 _freeze_heap(stack)
-                checked = ticked = time.monotonic()
+                timer = None
+                if self._tick_s is not None:
+                    timer = asyncio.create_task(self._stale_timer(self._tick_s))
+                    stack.push_async_callback(_cancelled, timer)  # A stop lets it end.
+                checked = time.monotonic()
                 while not self._stopping.is_set():
                     failure = self._failure or self._pipeline.failure
                     if failure is not None:
@@ -317,6 +329,8 @@ class BooksRunner:
                     if time.monotonic() - checked > self._config.store_check_s:
                         checked = time.monotonic()
                         await self.check_store()
+                    # Back-pressure: the steps before are stored, or being sent.
+                    await self._until(lambda: self._pipeline.has_room)
                     # The last step's I/O runs on while the next records are fetched,
                     # merged and applied (see _step).
                     fetched = await self._fetch()
@@ -325,13 +339,9 @@ class BooksRunner:
                         records = await self._release()
                         if records:
                             await self._step(records)
-                        # After the step: an event heard in it is not stale.
-                        now = self._monotonic()
-                        if self._tick_s is not None and now - ticked >= self._tick_s:
-                            ticked = now
-                            await self._settle()
-                            await self._tick(now)
                     self._observe()
+                if timer is not None:
+                    await timer
                 async with self._lock:
                     await self._settle()
         except BaseException as exc:
@@ -380,6 +390,36 @@ class BooksRunner:
     def ended(self) -> bool:
         """:meth:`run` has returned or raised."""
         return self._done.is_set()
+
+    # -- membership (for the owner beat: feeds/liveness.py) ------------------------
+
+    @property
+    def group(self) -> str:
+        return self._config.group_id
+
+    @property
+    def member(self) -> str | None:
+        """This member's Kafka member id; None until it joined the group."""
+        # aiokafka keeps it on its group coordinator, with no public accessor.
+        member = getattr(getattr(self._consumer, "_coordinator", None), "member_id", "")
+        return member if isinstance(member, str) and member else None
+
+    @property
+    def holds(self) -> frozenset[int]:
+        """The partition numbers whose books this member holds and processes now: none
+        from the moment a revocation starts (its last step may wait for Kafka) until
+        the next assignment."""
+        return frozenset() if self._revoking else self._owned
+
+    async def evict(self, member: str) -> bool:
+        """Remove another member from the group at once: a LeaveGroup on its behalf, sent
+        to the group coordinator, which rebalances as if the member had left. False when
+        the coordinator knew no such member (it left or was evicted already). Raises
+        :class:`aiokafka.errors.KafkaError` when the coordinator cannot be reached."""
+        coordinator = self._consumer._coordinator  # aiokafka has no public API for this.
+        response = await coordinator._send_req(LeaveGroupRequest(self.group, member))
+        error: int = response.error_code
+        return error == 0
 
     def _observe(self) -> None:
         for observer in self.observers:
@@ -519,11 +559,18 @@ class BooksRunner:
         self._processed.update(step.batch.offsets)
         self._event_partition.update(step.batch.partitions)
         self._add_outbox(step)
+        await self._launch(step, len(records) - skipped, skipped, Stamped(stamp, span))
+
+    async def _launch(
+        self, step: Step, records: int, skipped: int, stamped: Stamped = NOT_STAMPED
+    ) -> None:
+        """Put an applied step in the pipeline and start its I/O once it may store;
+        return once its writes are on their way. The caller holds the lock."""
         pipeline = self._pipeline
-        flight = pipeline.apply(step, len(records) - skipped, skipped)
+        flight = pipeline.apply(step, records, skipped)
         await self._until(lambda: pipeline.may_store(flight))
         sent = asyncio.Event()
-        task = asyncio.create_task(self._finish(flight, sent, Stamped(stamp, span)))
+        task = asyncio.create_task(self._finish(flight, sent, stamped))
         self._tasks.add(task)
         task.add_done_callback(self._step_ended)
         # Storage works on the step while the next records are fetched and applied, but
@@ -624,11 +671,29 @@ class BooksRunner:
         if tasks:
             await asyncio.wait(tasks)
 
+    async def _stale_timer(self, tick_s: float) -> None:
+        """The staleness guard's own timer: a tick every ``tick_s`` until :meth:`stop`,
+        whatever the Kafka loop is waiting for. A failure is kept for :meth:`run`."""
+        try:
+            while True:
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(tick_s):
+                        await self._stopping.wait()
+                if self._stopping.is_set():
+                    return
+                async with self._lock:
+                    await self._tick(self._monotonic())
+                self._observe()
+        except Exception as exc:  # noqa: BLE001 - kept for run() to raise.
+            self._failure = self._failure or exc
+
     async def _tick(self, now: float) -> None:
-        """The staleness guard's step for the events of the partitions owned now: store
-        and publish the suspensions, then produce them to the ``deltas`` topic (no Kafka
-        offsets move: a crash after the store is safe, the next owner restores the
-        suspended books and reopens them when the feed returns)."""
+        """The staleness guard's step for the events of the partitions owned now, a step
+        of the pipeline like a feed step: stored and published once the steps before it
+        are stored, then produced to the ``deltas`` topic once they are done (it moves no
+        Kafka offsets: a crash after the store is safe, the next owner restores the
+        suspended books and reopens them when the feed returns). The caller holds the
+        lock."""
         owned = self._owned
         if not owned:
             return
@@ -640,12 +705,8 @@ class BooksRunner:
             if snap.event_id in where:
                 step.batch.partitions[snap.event_id] = where[snap.event_id]
         self._add_outbox(step)
-        await self._store_step(step)
-        async with asyncio.timeout(self._io_timeout):
-            await self._send_deltas(step)
         self.stats.stale_suspensions += len(step.batch.snapshots)
-        self.stats.publications += len(step.publications)
-        self.stats.deltas += len(step.deltas)
+        await self._launch(step, 0, 0)
         log.warning(
             "feed silent for over %.1fs: %d markets suspended (feed_stale)",
             self.processor.staleness.stale_after_s if self.processor.staleness else 0.0,
@@ -837,6 +898,7 @@ class BooksRunner:
     # -- rebalance ---------------------------------------------------------------
 
     async def _on_revoked(self) -> None:
+        self._revoking = True
         # Waiting for the lock, then settling, waits for the step in progress: it is
         # stored, published and committed before the partitions go.
         async with self._lock:
@@ -906,6 +968,7 @@ class BooksRunner:
             self.stats.reproduced = self._txn.reproduced
         self._held = numbers
         self._owned = frozenset(numbers)
+        self._revoking = False
         self.stats.partitions = self._owned
         self.stats.rebalances += 1
         log.info("assigned partitions %s of %s", sorted(numbers), list(self._feed))
@@ -989,6 +1052,11 @@ def _items(
         )
         append(MergeItem(record, (message.timestamp, seq, rank), producer, seq))
     return items
+
+
+async def _cancelled(task: asyncio.Task[None]) -> None:
+    task.cancel()
+    await asyncio.wait([task])
 
 
 async def _acknowledged(futures: Sequence[asyncio.Future[Any]]) -> None:

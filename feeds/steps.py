@@ -12,11 +12,15 @@ the feed offsets they reflect. Its I/O goes through these phases, in this order:
 3. ``SENDING``: deltas to the ``deltas`` topic, then the Kafka commit of the offsets;
 4. done: the step leaves the pipeline, and only now is it counted.
 
-**Overlap.** A step is applied while the one before it is being stored, and stored while
-the one before that is being sent: a step may start storing once every earlier step is
-stored and at most one of them is still in the pipeline (:meth:`StepPipeline.may_store`),
-and may start sending once every earlier step is done (:meth:`StepPipeline.may_send`).
-So each phase runs one step at a time, in step order; at most two steps do I/O at once.
+**Overlap.** A step is applied while the one before it is being stored and the one
+before that is being sent: the feed's next step is applied only while at most two are in
+the pipeline (:attr:`StepPipeline.has_room`, the back-pressure, waited for *before*
+applying); a step may start storing once every earlier step is stored
+(:meth:`StepPipeline.may_store`), and may start sending once every earlier step is done
+(:meth:`StepPipeline.may_send`). So each phase runs one step at a time, in step order; at
+most two steps do I/O at once. A staleness step (:meth:`~feeds.processor.Processor.tick`)
+does not wait for room: it is applied and stored while Kafka does not answer, so clients
+learn of an outage through storage and pub/sub.
 
 **Rebase.** When storage lost its data, every book is stored again under a new epoch
 (:meth:`StepPipeline.rebase` starts a new generation). A step applied in an earlier
@@ -76,11 +80,14 @@ class StepPipeline:
         self._flights.append(flight)
         return flight
 
+    @property
+    def has_room(self) -> bool:
+        """Whether the feed's next step may be applied: at most two are in the pipeline."""
+        return len(self._flights) <= 2
+
     def may_store(self, flight: Flight) -> bool:
-        """Whether ``flight`` may start its I/O: every step before it is stored and at
-        most one of them is still in the pipeline."""
-        earlier = self._earlier(flight)
-        return len(earlier) <= 1 and all(f.phase >= Phase.STORED for f in earlier)
+        """Whether ``flight`` may start its I/O: every step before it is stored."""
+        return all(f.phase >= Phase.STORED for f in self._earlier(flight))
 
     def storing(self, flight: Flight) -> bool:
         """``flight`` starts its I/O; False when a rebase since it was applied already

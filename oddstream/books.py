@@ -1,11 +1,14 @@
-"""``oddstream books``: a book processor, Kafka in; Redis and Kafka out. SIGTERM/SIGINT:
-finish the step, commit, leave the group."""
+"""``oddstream books``: a book processor, Kafka in; Redis and Kafka out, with its owner beat
+(:mod:`feeds.liveness`). SIGTERM/SIGINT: finish the step, commit, leave the group."""
 
 from __future__ import annotations
+
+import asyncio
 
 from channels.redis_cluster import connect_broker
 from channels.redis_store import RedisStore
 from feeds.books_runner import BooksConfig, BooksRunner
+from feeds.liveness import OwnerBeats
 from feeds.observe import BooksCollector
 from oddstream import topics
 from oddstream.ops import operator_listener
@@ -34,7 +37,14 @@ async def main(settings: BooksSettings) -> None:
                 exactly_once=settings.deltas_delivery == "exactly-once",
                 retention_s=settings.retention_s or None,
                 finished_ttl_s=settings.finished_ttl_s or None,
+                heartbeat_interval_ms=settings.kafka_heartbeat_ms,
             ),
+        )
+        beats = OwnerBeats(
+            broker,
+            runner,
+            beat_s=settings.owner_beat_ms / 1000,
+            evict_after_s=settings.owner_evict_ms / 1000 or None,
         )
         ops = operator_listener(
             "books",
@@ -47,9 +57,14 @@ async def main(settings: BooksSettings) -> None:
         )
         async with stoppable("books", runner.stop, runner.stats.line):
             print(f"oddstream: books in group {settings.group} on {settings.kafka}", flush=True)
-            with traced("books", settings.traces):
-                async with ops:
-                    await runner.run()
+            beating = asyncio.create_task(beats.run())
+            try:
+                with traced("books", settings.traces):
+                    async with ops:
+                        await runner.run()
+            finally:
+                beating.cancel()
+                await asyncio.gather(beating, return_exceptions=True)
     finally:
         await broker.close()
         await store.close()

@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any, Literal, TypeVar
 from urllib.parse import urlparse
 
+from channels.liveness import OWNER_BEAT_MS, OWNER_EVICT_MS
 from feeds.eviction import FINISHED_TTL_S, RETENTION_S
 from feeds.staleness import STALE_AFTER_S
 from server.settings import Settings, SettingsError
@@ -436,6 +437,38 @@ OPTIONS: tuple[Option, ...] = (
         at_least(0, " (0: never)"),
         FINISHED_TTL_S,
     ),
+    Option(
+        "owner_beat_ms",
+        "a book processor publishes its owner beat (its member id and partitions) on Redis "
+        "this often",
+        frozenset({"books"}),
+        between(10, 10_000),
+        OWNER_BEAT_MS,
+    ),
+    Option(
+        "owner_evict_ms",
+        "a member of the processors' group whose owner beat is silent this long is removed "
+        "from the group at once (its partitions move without waiting for its Kafka session "
+        "to expire; `0`: never)",
+        frozenset({"books"}),
+        at_least(0, " (0: never)"),
+        OWNER_EVICT_MS,
+    ),
+    Option(
+        "kafka_heartbeat_ms",
+        "Kafka consumer-group heartbeat interval of a book processor: how soon it notices a "
+        "rebalance",
+        frozenset({"books"}),
+        between(50, 3_000),
+        250,
+    ),
+    Option(
+        "owner_silent_ms",
+        "a gateway suspends (`feed_stale`) the open markets of a partition no owner beat has "
+        "named for this long, until a beat names it again (`0`: never)",
+        _SERVING,
+        at_least(0, " (0: never)"),
+    ),
     Option("seed", "synthetic feed seed", _SYNTH, None, 1),
     Option("events", "concurrent synthetic events", _SYNTH, at_least(1), 12),
     Option("rate", "synthetic feed messages per second", _SYNTH, above(0), 200.0),
@@ -652,6 +685,9 @@ class BooksSettings:
     deltas_delivery: str
     retention_s: float
     finished_ttl_s: float
+    owner_beat_ms: int
+    owner_evict_ms: int
+    kafka_heartbeat_ms: int
     kafka: str
     redis: str
     redis_prefix: str

@@ -21,6 +21,7 @@ from channels.relay import Relay
 from channels.store import Store
 from protocol import Heartbeat, Snapshot
 from server.auth import Authenticator
+from server.liveness import OwnerWatch
 from server.outbox import Outbox
 from server.resume_token import TOKEN_BUDGET, TokenCache
 from server.session import MAX_CONFLATE_MS, ConnectionInfo, Quotas, Session, SessionStats
@@ -91,6 +92,10 @@ class Gateway:
         self.hub = Hub()
         self.fanout_clock = FanoutClock(time.monotonic, enabled=settings.metrics == "on")
         self.relay = Relay(broker, store, self.hub, clock=self.fanout_clock)
+        silent_s = settings.owner_silent_ms / 1000
+        self.owners = (
+            OwnerWatch(broker, store, self.relay, silent_after_s=silent_s) if silent_s else None
+        )
         self.stats = GatewayStats()
         self.conflation = ConflationStats()
         self._snapshot_frames: dict[str, tuple[Snapshot, Frame]] = {}
@@ -105,10 +110,14 @@ class Gateway:
 
     async def start(self) -> None:
         await self.relay.start()
+        if self.owners is not None:
+            await self.owners.start()
         self.ready = True
 
     async def close(self) -> None:
         self.ready = False
+        if self.owners is not None:
+            await self.owners.close()
         await self.relay.close()
 
     def open_session(

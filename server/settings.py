@@ -48,6 +48,10 @@ class Settings:
     metrics: str = "on"  # "off": no per-message observations (docs/observability.md).
     # Storage.
     history_size: int = 256
+    # A partition no owner beat named for this long has its open markets suspended
+    # (``feed_stale``) for this gateway's clients until a beat names it again; 0: never
+    # (server/liveness.py).
+    owner_silent_ms: int = 1_000
     # Session-level security (docs/protocol.md#limits, docs/auth.md). Commands per second
     # a connection may send (token bucket refilled at ``command_rate``, holding at most
     # ``command_burst``); past it a command is refused with ``rate_limited``, and after
