@@ -68,9 +68,11 @@ class Batch:
         return bool(self.snapshots or self.history or self.events or self.offsets or self.outbox)
 
 
-OUTBOX_KEEP = 2
-"""Outbox entries kept per partition: at most two steps are in a processor's pipeline,
-and a step is stored only once every step two before it is on the topic."""
+OUTBOX_KEEP = 8
+"""Outbox entries kept per partition: the steps stored but maybe not on the topic yet. At
+most three feed steps are in a processor's pipeline (``feeds.steps``: the back-pressure is
+waited for before a step is applied), and a staleness step stores past a stuck send only
+when it suspends markets (once per outage); eight leaves room for both."""
 
 
 class StoreError(Exception):

@@ -10,8 +10,8 @@ per feed partition ``n`` a processor owns:
 - per step with messages for ``n``: a step number (one more than the last), and an
   :class:`OutboxEntry` (the number, the feed offsets after the step, the messages)
   written to storage in the step's own fenced write (``Batch.outbox``); storage keeps
-  the last :data:`OUTBOX_KEEP` entries (at most two steps are in the pipeline, and a
-  step only stores once every step two before it is committed);
+  the last :data:`~channels.store.OUTBOX_KEEP` entries (more than the steps that can be
+  stored and not yet committed: :mod:`feeds.steps`);
 - one Kafka transaction per step and partition: the messages, and the feed offsets of
   ``n`` sent to the transaction with the step number as their metadata. So the group's
   committed offsets of ``n`` name the last step the topic holds.
@@ -42,8 +42,6 @@ from channels.fencing import FencedError
 
 log = logging.getLogger(__name__)
 
-OUTBOX_KEEP = 2
-"""Outbox entries storage keeps per partition (the steps that may not be committed yet)."""
 
 _METADATA = "oddstream-step="
 

@@ -131,8 +131,9 @@ async def test_the_outbox_keeps_the_last_entries_of_each_partition(
     kind: str, writers: tuple[RedisStore, RedisStore]
 ) -> None:
     store: Store = MemoryStore() if kind == "memory" else writers[0]
-    for n in range(1, 5):
+    end = OUTBOX_KEEP + 3
+    for n in range(1, end):
         await store.write(Batch(outbox={0: b"p0-%d" % n, **({1: b"p1"} if n == 1 else {})}))
-    assert await store.outbox(0) == [b"p0-%d" % n for n in range(5 - OUTBOX_KEEP, 5)]
+    assert await store.outbox(0) == [b"p0-%d" % n for n in range(end - OUTBOX_KEEP, end)]
     assert await store.outbox(1) == [b"p1"]
     assert await store.outbox(2) == []

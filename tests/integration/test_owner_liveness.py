@@ -17,7 +17,7 @@ import pytest
 import protocol
 from channels.frame import Frame
 from channels.liveness import decode_beat
-from channels.names import channels_for_market, market_channel, owner_beat_channel
+from channels.names import market_channel, owner_beat_channel, route
 from channels.redis_broker import RedisBroker
 from channels.redis_store import RedisStore
 from channels.store import Batch
@@ -163,9 +163,7 @@ async def test_a_delta_of_a_suspended_market_follows_its_real_book(setup: Setup)
     await setup.store.write(
         Batch(snapshots={"a": protocol.apply(snapshot("a", event="e0"), change)})
     )
-    await setup.broker.publish(
-        channels_for_market("a", "e0", "football", False), protocol.encode(change)
-    )
+    await setup.broker.publish((route("football", "e0"),), protocol.encode(change))
     frames = await a.until(4)
     real, then = book(frames[2]), frames[3].message
     assert (real.status, real.reason, real.seq) == ("open", None, 1)
