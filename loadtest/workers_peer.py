@@ -5,7 +5,7 @@ and the 40k-connection hold.
 This process seeds the Redis store (``ODDSTREAM_REDIS``, one database the run owns and
 flushes) with the benchmark's markets, starts ``python -m oddstream gateway --workers N``
 (auth off, no per-address cap, operator listeners on free ports), and publishes each delta
-on its market channel with the store's own transaction (``RedisStore.write_and_publish``,
+on its event's route with the store's own transaction (``RedisStore.write_and_publish``,
 what ``books`` does), so every worker's relay receives it. The benchmark measures the
 gateway's whole process tree (the supervisor and its workers).
 
@@ -67,7 +67,7 @@ def gateway_argv(url: str, port: int, ops_port: int, workers: int) -> list[str]:
 async def run(board: Board, args: argparse.Namespace, work: Path) -> int:
     import redis.asyncio as aioredis
 
-    from channels.names import market_channel
+    from channels.names import route
     from channels.redis_store import RedisStore
     from channels.store import Batch
 
@@ -78,9 +78,10 @@ async def run(board: Board, args: argparse.Namespace, work: Path) -> int:
     await owned.flushdb()
     store = await RedisStore.connect(url)
     ts = now_ms()
+    books = snapshots(markets, ts)
     await store.write(
         Batch(
-            snapshots={s.market_id: s for s in snapshots(markets, ts)},
+            snapshots={s.market_id: s for s in books},
             events={e.event_id: e for e in events(markets, ts)},
         )
     )
@@ -104,7 +105,8 @@ async def run(board: Board, args: argparse.Namespace, work: Path) -> int:
             print(f"{NAME}: not available (the gateway did not start: {tail!r})", flush=True)
             return peer.UNAVAILABLE
         source = DeltaSource(markets)
-        channels = {m: (market_channel(m),) for m in markets}
+        # Published as a book processor publishes: once, on the event's route.
+        channels = {s.market_id: (route(s.sport, s.event_id),) for s in books}
 
         async def publish(n: int) -> None:
             publications = []
