@@ -42,6 +42,11 @@ from server.resume_token import TokenError, decode_token
 
 log = logging.getLogger(__name__)
 
+#: How long an ended event stays in its sport's lobby for a client subscribing later, by
+#: the feed's clock (docs/protocol.md, "Lobbies"); clients already watching get its final
+#: books and then nothing more.
+LOBBY_LINGER_MS = 10 * 60_000
+
 _RESUME_ATTEMPTS = 10  # History fetches before a hot market falls back to a reset.
 
 #: Largest conflation interval a client may ask for (``conflate_ms``).
@@ -354,7 +359,13 @@ class Session:
             states = await self._store.events(sport)
             if not states:
                 raise ProtocolError(ErrorCode.UNKNOWN_LOBBY, f"no events for sport {sport!r}")
-            ended.update(s.event_id for s in states if s.phase == "ended")
+            # An event that ended a while before the sport's newest news (the feed's own
+            # clock, so a replay behaves as live) has left the lobby; one that has just
+            # ended is still listed with its final books.
+            newest = max(s.ts for s in states)
+            ended.update(
+                s.event_id for s in states if s.phase == "ended" and s.ts < newest - LOBBY_LINGER_MS
+            )
             lobby_events[sport] = [
                 self._relay.event_frame(s) for s in states if s.event_id not in ended
             ]

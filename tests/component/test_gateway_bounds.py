@@ -10,6 +10,7 @@ from channels.hub import Hub
 from channels.names import event_channel, lobby_channel, market_channel
 from channels.relay import Relay
 from channels.store import MemoryStore
+from server.session import LOBBY_LINGER_MS
 from tests.component.stack import (
     T0,
     Feed,
@@ -87,7 +88,7 @@ async def test_structures_return_to_baseline_after_a_day_of_churn() -> None:
 async def test_a_lobby_subscribed_late_in_the_day_lists_only_events_not_ended() -> None:
     async with running_stack() as stack:
         for n in range(20):
-            e, ts = f"fb-{n}", T0 + n * 1000
+            e, ts = f"fb-{n}", T0 + n * 3_600_000  # An event an hour.
             await stack.feed.send(event(e, ts=ts), match_result(e, ts=ts), over_under(e, ts=ts))
             if n < 18:  # The day's earlier events are over.
                 await stack.feed.send(settle(f"{e}:1x2", ts + 1, home="winner"))
@@ -100,3 +101,17 @@ async def test_a_lobby_subscribed_late_in_the_day_lists_only_events_not_ended() 
             relay = stack.gateway.relay
             assert relay.sizes()["markets"] == 2
             assert relay.sizes()["events"] == 2
+
+
+async def test_an_event_that_just_ended_is_still_in_a_lobby_subscribed_later() -> None:
+    async with running_stack() as stack:
+        for n in range(2):
+            e = f"fb-{n}"
+            await stack.feed.send(event(e, ts=T0), match_result(e, ts=T0))
+        await stack.feed.send(settle("fb-0:1x2", T0 + 1, home="winner"))
+        await stack.feed.send(event("fb-0", ts=T0 + 2, phase="ended"))
+        await stack.feed.send(event("fb-1", ts=T0 + LOBBY_LINGER_MS, phase="live"))
+        async with ws_client(stack) as client:
+            await client.send({"type": "subscribe", "lobbies": ["football"], "id": "l"})
+            await client.until_seq({"fb-0:1x2": 2, "fb-1:1x2": 1})
+            assert client.books.markets["fb-0:1x2"].status == "settled"
