@@ -45,7 +45,7 @@ log = logging.getLogger(__name__)
 #: How long an ended event stays in its sport's lobby for a client subscribing later, by
 #: the feed's clock (docs/protocol.md, "Lobbies"); clients already watching get its final
 #: books and then nothing more.
-LOBBY_LINGER_MS = 10 * 60_000
+LOBBY_LINGER_MS = 60_000
 
 _RESUME_ATTEMPTS = 10  # History fetches before a hot market falls back to a reset.
 

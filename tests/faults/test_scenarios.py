@@ -217,7 +217,7 @@ async def test_books_killed(deployment: Deployment) -> None:
     victim.kill()
     killed = time.monotonic()
     # What the victim wrote last: nothing can follow it but the new owner's deltas.
-    store = await RedisStore.connect(dep.redis)
+    store = await RedisStore.connect(dep.redis, prefix=dep.prefix)  # The deployment's keys.
     try:
         last = {s.market_id: s for s in await store.snapshots(markets)}
     finally:
