@@ -44,7 +44,6 @@ from loadtest.bench import (
     wait_connected,
 )
 from loadtest.board import H_PUBLISHED, H_RATE_MILLI, H_RECORD, S_CLOSED, diff, max_ms, percentiles
-from loadtest.pushpin_peer import free_port
 
 Log = Callable[[str], None]
 
@@ -221,7 +220,7 @@ def e2e_scenario(
     servers: list[procs.Child] = []
     work = Path(tempfile.mkdtemp(prefix="oddstream-e2e-"))
     # The operator listeners the stage table is read from (loopback, free ports).
-    books_ops, gateway_ops = free_port(), free_port()
+    books_ops, gateway_ops = procs.free_ports(2)
     metrics_urls = [f"http://127.0.0.1:{p}/metrics" for p in (books_ops, gateway_ops)]
     try:
         books = _books(kafka, redis, group, prefix, books_ops)

@@ -104,9 +104,27 @@ def _signal_group(pid: int, sig: int) -> None:
 
 def free_port() -> int:
     """A loopback TCP port the kernel just had free (for a child's own listener)."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+    return free_ports(1)[0]
+
+
+def free_ports(count: int, *, block: bool = False) -> list[int]:
+    """``count`` distinct loopback TCP ports the kernel just had free, all held at once
+    while chosen (two calls of :func:`free_port` may return the same one); ``block``:
+    consecutive ones (a gateway's workers use ``--ops-port`` + i)."""
+    with contextlib.ExitStack() as held:
+        for _ in range(100):
+            first = held.enter_context(socket.socket())
+            first.bind(("127.0.0.1", 0))
+            ports = [int(first.getsockname()[1])]
+            try:
+                while len(ports) < count:
+                    sock = held.enter_context(socket.socket())
+                    sock.bind(("127.0.0.1", ports[-1] + 1 if block else 0))
+                    ports.append(int(sock.getsockname()[1]))
+            except OSError:
+                continue  # The next port of the block is taken: another start.
+            return ports
+    raise RuntimeError(f"no {count} free loopback ports")
 
 
 def python(module: str, *args: str) -> list[str]:

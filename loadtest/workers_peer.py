@@ -85,8 +85,11 @@ async def run(board: Board, args: argparse.Namespace, work: Path) -> int:
             events={e.event_id: e for e in events(markets, ts)},
         )
     )
-    port = args.port or peer.free_port()
-    ops_port = peer.free_port()  # Worker i's operator listener is this + i.
+    # The public port and a block for the workers' operator listeners (worker i: + i),
+    # chosen together so that none is another's.
+    port, *ops = procs.free_ports(1 + args.workers, block=True)
+    port = args.port or port
+    ops_port = ops[0]
     log = (work / "gateway.log").open("wb")
     proc = await asyncio.create_subprocess_exec(
         *gateway_argv(url, port, ops_port, args.workers),
