@@ -64,7 +64,9 @@ beforeAll(async () => {
   const books = ["books", ...space, "--redis", redis, "--group", `g${id}`, ...quiet];
   stack.push(await DevServer.run(books, /(books in group \S+)/));
   const opsPort = await freePort();
-  const gateway = ["gateway", "--auth", "none", "--redis", redis, "--port", "0", "--log-level", "warning"];
+  // One process: the page draws its own process's metrics, and with a worker per core the
+  // board tab's connection could land on a worker whose page this is not.
+  const gateway = ["gateway", "--auth", "none", "--workers", "1", "--redis", redis, "--port", "0", "--log-level", "warning"];
   server = await DevServer.run([...gateway, "--ops-port", String(opsPort)]);
   stack.push(server);
   // The feed's own operator listener says when it produces (its stdout line).
@@ -89,8 +91,9 @@ describe("the operator page", () => {
     await page.waitForFunction(
       () => {
         const s = (window as unknown as { operator?: OperatorState }).operator;
-        const observed = s !== undefined && (s.last.stages["gateway"]?.p99 ?? 0) > 0;
-        return observed && s.polls >= 3 && (s.last.throughput ?? 0) > 0 && (s.last.connections ?? 0) >= 1;
+        // Before the first parse `last` has no stages yet: keep waiting, do not throw.
+        const observed = s !== undefined && (s.last?.stages?.["gateway"]?.p99 ?? 0) > 0;
+        return observed && s.polls >= 3 && (s.last?.throughput ?? 0) > 0 && (s.last?.connections ?? 0) >= 1;
       },
       undefined,
       { timeout: 30_000 },
